@@ -1,0 +1,120 @@
+"""Argument checks shared by every public entry point (SPEC 10).
+
+Each check raises ``ValueError`` or ``TypeError`` naming the argument and what was
+expected, before any kernel runs.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Union
+
+import torch
+
+from .dictionary import BOUNDARIES, KEY_SETS, MODES
+
+BACKENDS = ("auto", "reference", "kernel")
+
+
+def check_choice(name: str, value, choices) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+    return value
+
+
+def check_patch_size(P, name: str = "P") -> int:
+    if isinstance(P, bool) or not isinstance(P, int):
+        if isinstance(P, torch.Tensor) and P.numel() == 1 and not P.is_floating_point():
+            P = int(P)
+        else:
+            raise TypeError(f"{name} must be an odd positive int; got {type(P).__name__} {P!r}")
+    if P <= 0 or P % 2 == 0:
+        raise ValueError(f"{name} must be an odd positive int (patch size 2m+1); got {P}")
+    return P
+
+
+def check_images(name: str, x, *, allow_empty: bool = False) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor [N, C, H, W]; got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"{name} must have shape [N, C, H, W]; got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor (float32 or float64); got {x.dtype}")
+    if x.shape[0] == 0 and not allow_empty:
+        raise ValueError(f"{name} is empty (shape {tuple(x.shape)}): need at least one image")
+    if min(x.shape[1:]) == 0:
+        raise ValueError(f"{name} has an empty channel or spatial axis: shape {tuple(x.shape)}")
+    if x.numel() and not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return x
+
+
+def check_sigma(sigma, batch: int, like: torch.Tensor) -> torch.Tensor:
+    """Return sigma as a ``[B]`` tensor with ``like``'s dtype and device."""
+    if isinstance(sigma, torch.Tensor):
+        if sigma.device != like.device:
+            raise ValueError(f"sigma is on {sigma.device} but z is on {like.device}")
+        if sigma.dim() == 0:
+            sigma = sigma.expand(batch)
+        elif sigma.shape != (batch,):
+            raise ValueError(f"sigma must be a float or a [B] tensor with B={batch}; got shape {tuple(sigma.shape)}")
+        sigma = sigma.to(like.dtype)
+    elif isinstance(sigma, (int, float)) and not isinstance(sigma, bool):
+        if not math.isfinite(sigma) or sigma <= 0:
+            raise ValueError(f"sigma must be a finite value > 0; got {sigma}")
+        sigma = torch.full((batch,), float(sigma), dtype=like.dtype, device=like.device)
+    else:
+        raise TypeError(f"sigma must be a float or a [B] tensor; got {type(sigma).__name__}")
+    if not bool(torch.isfinite(sigma).all()) or bool((sigma <= 0).any()):
+        raise ValueError(f"sigma must be finite and > 0 everywhere; got {sigma.tolist()}")
+    return sigma.contiguous()
+
+
+def check_query_and_data(z, data) -> tuple[torch.Tensor, torch.Tensor]:
+    z = check_images("z", z)
+    data = check_images("data", data)
+    if data.device != z.device:
+        raise ValueError(f"data is on {data.device} but z is on {z.device}; move them to one device")
+    if data.shape[1:] != z.shape[1:]:
+        raise ValueError(
+            f"data images [N, C, H, W] = {tuple(data.shape)} do not match z [B, C, H, W] = {tuple(z.shape)} "
+            "in C, H or W")
+    return z, data.to(z.dtype)
+
+
+def check_key_logw(key_logw, mode: str, data: torch.Tensor) -> Union[torch.Tensor, None]:
+    """``key_logw``: ``[N]`` for ``mode="ideal"``, ``[N, H, W]`` otherwise; -inf removes a key."""
+    if key_logw is None:
+        return None
+    if not isinstance(key_logw, torch.Tensor) or not key_logw.is_floating_point():
+        raise TypeError("key_logw must be a floating-point tensor of log prior weights")
+    if key_logw.device != data.device:
+        raise ValueError(f"key_logw is on {key_logw.device} but data is on {data.device}")
+    N, _, H, W = data.shape
+    expected = (N,) if mode == "ideal" else (N, H, W)
+    if tuple(key_logw.shape) != expected:
+        raise ValueError(f"key_logw must have shape {list(expected)} for mode={mode!r}; got {list(key_logw.shape)}")
+    if bool(torch.isnan(key_logw).any()) or bool((key_logw == float("inf")).any()):
+        raise ValueError("key_logw must not contain NaN or +inf (use -inf to remove a key)")
+    return key_logw.to(data.dtype).contiguous()
+
+
+def check_operator_args(z, data, sigma, P, mode, boundary, keys, key_logw, backend):
+    """All checks of ``patch_posterior_mean``; returns the normalised arguments."""
+    mode = check_choice("mode", mode, MODES)
+    boundary = check_choice("boundary", boundary, BOUNDARIES)
+    keys = check_choice("keys", keys, KEY_SETS)
+    backend = check_choice("backend", backend, BACKENDS)
+    P = check_patch_size(P)
+    z, data = check_query_and_data(z, data)
+    if keys == "valid":
+        if mode != "els" or boundary != "circular":
+            raise ValueError("keys='valid' applies only to mode='els' with boundary='circular'; "
+                             f"got mode={mode!r}, boundary={boundary!r}")
+        H, W = z.shape[2:]
+        if P > H or P > W:
+            raise ValueError(f"keys='valid' needs P <= H and P <= W (a patch that does not wrap); "
+                             f"got P={P} for {H}x{W} images")
+    sigma = check_sigma(sigma, z.shape[0], z)
+    key_logw = check_key_logw(key_logw, mode, data)
+    return z, data, sigma, P, mode, boundary, keys, key_logw, backend

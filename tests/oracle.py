@@ -1,0 +1,95 @@
+"""Brute-force float64 oracle written literally from SPEC 3.1-3.3 (tiny inputs only).
+
+Deliberately shares no code with the package: patches are read pixel by pixel with
+the zero-extension / wrap rule, and the admissible set is the spec's sentence.
+"""
+
+import math
+
+import torch
+
+
+def read_pixel(img, ch, r, c, boundary):
+    """img [C, H, W]; zero extension or wrap-around."""
+    _, H, W = img.shape
+    if boundary == "circular":
+        return float(img[ch, r % H, c % W])
+    if 0 <= r < H and 0 <= c < W:
+        return float(img[ch, r, c])
+    return 0.0
+
+
+def patch_distance(a, x, b, y, P, boundary):
+    m = (P - 1) // 2
+    total = 0.0
+    for ch in range(a.shape[0]):
+        for dr in range(-m, m + 1):
+            for dc in range(-m, m + 1):
+                d = read_pixel(a, ch, x[0] + dr, x[1] + dc, boundary) - read_pixel(b, ch, y[0] + dr, y[1] + dc, boundary)
+                total += d * d
+    return total
+
+
+def admissible_keys(x, H, W, P, mode, boundary, keys):
+    """Key centres y admissible for query pixel x (SPEC 3.2, 3.3)."""
+    m = (P - 1) // 2
+    r, c = x
+    if mode == "local":
+        return [(r, c)]
+    if boundary == "circular":
+        if keys == "all":
+            return [(a, b) for a in range(H) for b in range(W)]
+        return [(a, b) for a in range(m, H - m) for b in range(m, W - m)]
+    edge_row = r < m or r > H - 1 - m
+    edge_col = c < m or c > W - 1 - m
+    rows = [r] if edge_row else list(range(m, H - m))
+    cols = [c] if edge_col else list(range(m, W - m))
+    return [(a, b) for a in rows for b in cols]
+
+
+def oracle(z, data, sigma, P, mode, boundary="zeros", keys="all", key_logw=None):
+    """Returns (x0_hat [B,C,H,W], lse [B,H,W], best (mu, y_flat) [B,H,W,2]) in float64."""
+    z = z.double()
+    data = data.double()
+    B, C, H, W = z.shape
+    N = data.shape[0]
+    sig = [float(s) for s in (sigma if torch.is_tensor(sigma) else [sigma] * B)]
+    out = torch.zeros(B, C, H, W, dtype=torch.float64)
+    lse = torch.zeros(B, H, W, dtype=torch.float64)
+    best = torch.zeros(B, H, W, 2, dtype=torch.int64)
+    for b in range(B):
+        if mode == "ideal":
+            logits = []
+            for mu in range(N):
+                d = float(((z[b] - data[mu]) ** 2).sum())
+                logits.append(-d / (2 * sig[b] ** 2) + (float(key_logw[mu]) if key_logw is not None else 0.0))
+            mx = max(logits)
+            w = [math.exp(l - mx) for l in logits]
+            s = sum(w)
+            img = sum(wi * data[mu] for mu, wi in enumerate(w)) / s
+            out[b] = img
+            lse[b] = mx + math.log(s)
+            mu_best = logits.index(mx)
+            for r in range(H):
+                for c in range(W):
+                    best[b, r, c] = torch.tensor([mu_best, r * W + c])
+            continue
+        for r in range(H):
+            for c in range(W):
+                logits, centres, ids = [], [], []
+                for mu in range(N):
+                    for (a, bb) in admissible_keys((r, c), H, W, P, mode, boundary, keys):
+                        d = patch_distance(z[b], (r, c), data[mu], (a, bb), P, boundary)
+                        l = -d / (2 * sig[b] ** 2)
+                        if key_logw is not None:
+                            l += float(key_logw[mu, a, bb])
+                        logits.append(l)
+                        centres.append(data[mu, :, a, bb])
+                        ids.append((mu, a * W + bb))
+                mx = max(logits)
+                w = [math.exp(l - mx) for l in logits]
+                s = sum(w)
+                out[b, :, r, c] = sum(wi * ci for wi, ci in zip(w, centres)) / s
+                lse[b, r, c] = mx + math.log(s)
+                best[b, r, c] = torch.tensor(ids[logits.index(mx)])
+    return out, lse, best
