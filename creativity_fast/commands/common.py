@@ -1,0 +1,228 @@
+"""Options and steps shared by the sub-commands: data, machine, schedule, seeds, sampling."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .. import io
+from ..data import Dataset, load_dataset
+from ..denoisers import machine_names, make_denoiser
+from ..samplers import SAMPLERS, get_sampler, initial_noise
+from ..schedules import PUBLISHED_PATCH_SCHEDULES, PatchSchedule, cosine_vp_sigmas, karras_sigmas
+
+NOISE_SCHEDULES = ("cosine", "karras")
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0-15"``, ``"3"``, ``"0,2,5-7"`` -> a list of ints (in order, duplicates rejected)."""
+    seeds: list[int] = []
+    try:
+        for part in str(text).split(","):
+            part = part.strip()
+            if "-" in part[1:]:
+                lo, hi = part.split("-", 1) if not part.startswith("-") else (part, "")
+                lo_i, hi_i = int(lo), int(hi)
+                if hi_i < lo_i:
+                    raise ValueError
+                seeds.extend(range(lo_i, hi_i + 1))
+            else:
+                seeds.append(int(part))
+    except ValueError:
+        raise ValueError(f"--seeds must look like '0-15' or '0,3,7-9'; got {text!r}") from None
+    if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds) or not seeds:
+        raise ValueError(f"--seeds must be distinct non-negative ints; got {text!r}")
+    return seeds
+
+
+def add_data_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--data", metavar="PATH", default=None,
+                   help="training set: IDX directory/file, .npz, .npy or image folder "
+                        "(default: the embedded Fashion-MNIST subset)")
+    g.add_argument("--class", dest="class_label", metavar="LABEL", default=None,
+                   help="class-conditional: sample this class (a label or class name)")
+    g.add_argument("--limit", type=int, default=None, help="use only the first LIMIT training images")
+
+
+def add_machine_options(p: argparse.ArgumentParser, *, default_machine: str = "els") -> None:
+    g = p.add_argument_group("machine")
+    g.add_argument("--machine", default=default_machine, choices=machine_names(), help="denoiser (default: %(default)s)")
+    g.add_argument("--boundary", default="zeros", choices=("zeros", "circular"), help="default: %(default)s")
+    g.add_argument("--keys", default="all", choices=("all", "valid"),
+                   help="circular ELS key set (default: %(default)s)")
+    g.add_argument("--patch-schedule", default="fashion_mnist", metavar="SPEC",
+                   help="P per step: an odd int, a comma list (one per step, sampling order) or a published "
+                        f"schedule ({', '.join(PUBLISHED_PATCH_SCHEDULES)}); default: %(default)s")
+    g.add_argument("--backend", default="auto", choices=("auto", "kernel", "reference"), help="default: %(default)s")
+
+
+def add_sampling_options(p: argparse.ArgumentParser, *, default_seeds: str = "0-15") -> None:
+    g = p.add_argument_group("sampling")
+    g.add_argument("--steps", type=int, default=20, help="sampling steps (default: %(default)s)")
+    g.add_argument("--sampler", default="ddim", choices=tuple(SAMPLERS), help="default: %(default)s")
+    g.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity (0: deterministic)")
+    g.add_argument("--noise-schedule", default="cosine", choices=NOISE_SCHEDULES,
+                   help="cosine VP schedule of the ELS paper or Karras (default: %(default)s)")
+    g.add_argument("--seeds", default=default_seeds, help="one sample per seed, e.g. 0-15 (default: %(default)s)")
+    g.add_argument("--batch-size", type=int, default=16, help="samples per batch (default: %(default)s)")
+    g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def load_training_set(args) -> Dataset:
+    if args.limit is not None and args.limit <= 0:
+        raise ValueError(f"--limit must be a positive int; got {args.limit}")
+    data = load_dataset(args.data, limit=args.limit)
+    return data
+
+
+def class_label_of(args, data: Dataset) -> Optional[int]:
+    """The ``--class`` value as an int label (a class name is looked up)."""
+    if args.class_label is None:
+        return None
+    if data.labels is None:
+        raise ValueError("--class needs a labelled data set; this one has no labels")
+    text = str(args.class_label)
+    if data.class_names and text in data.class_names:
+        return data.class_names.index(text)
+    try:
+        label = int(text)
+    except ValueError:
+        names = f"; class names: {', '.join(data.class_names)}" if data.class_names else ""
+        raise ValueError(f"--class {text!r} is neither a label nor a class name{names}") from None
+    if not bool((data.labels == label).any()):
+        raise ValueError(f"--class {label} has no training images")
+    return label
+
+
+def noise_sigmas(args) -> torch.Tensor:
+    if args.steps <= 0:
+        raise ValueError(f"--steps must be a positive int; got {args.steps}")
+    if args.noise_schedule == "karras":
+        return karras_sigmas(args.steps)
+    return cosine_vp_sigmas(args.steps)
+
+
+def build_machine(args, data: Dataset, sigmas: torch.Tensor, **extra):
+    """The denoiser the options describe, with its patch-size schedule over ``sigmas``."""
+    schedule = PatchSchedule(sigmas, args.patch_schedule)
+    return make_denoiser(args.machine, data.images, P=schedule, boundary=args.boundary, keys=args.keys,
+                         labels=data.labels, class_label=class_label_of(args, data), backend=args.backend,
+                         record_stats=True, **extra), schedule
+
+
+@dataclass
+class SampleRun:
+    """What a sampling run produced; ``provenance [B,H,W,2]`` is (image, flat location) or None."""
+
+    samples: torch.Tensor
+    seeds: list[int]
+    sigmas: torch.Tensor
+    patch_sizes: list[int]
+    provenance: Optional[torch.Tensor]
+    seconds: float
+    settings: dict = field(default_factory=dict)
+
+
+def sample_images(denoiser, seeds: Sequence[int], shape_chw, sigmas: torch.Tensor, *, sampler: str = "ddim",
+                  eta: float = 0.0, batch_size: int = 16, progress: bool = True,
+                  checkpoint: Optional[Callable[[dict], None]] = None, done: Optional[dict] = None) -> dict:
+    """Sample one image per seed in batches; returns ``{seed: (sample [C,H,W], provenance or None)}``.
+
+    ``done`` holds already finished seeds (resume); ``checkpoint(results)`` is called after each batch so
+    that an interrupted run loses at most one batch.
+    """
+    if batch_size <= 0:
+        raise ValueError(f"--batch-size must be a positive int; got {batch_size}")
+    sample_fn = get_sampler(sampler)
+    results = dict(done or {})
+    todo = [s for s in seeds if s not in results]
+    for start in range(0, len(todo), batch_size):
+        batch = todo[start:start + batch_size]
+        z, generators = initial_noise(batch, shape_chw, float(sigmas[0]))
+        last = {}
+
+        def remember_last(info, last=last):
+            last["stats"] = getattr(denoiser, "last_stats", None)
+
+        kwargs = dict(generator=generators, callback=remember_last, progress=progress)
+        if sampler == "ddim":
+            kwargs["eta"] = eta
+        out = sample_fn(denoiser, z, sigmas, **kwargs)
+        stats = last.get("stats")
+        for j, seed in enumerate(batch):
+            prov = stats.argmax[j] if stats is not None and stats.argmax.shape[0] == len(batch) else None
+            results[seed] = (out[j], prov)
+        if checkpoint is not None:
+            checkpoint(results)
+    return results
+
+
+def stack_results(results: dict, seeds: Sequence[int]):
+    samples = torch.stack([results[s][0] for s in seeds])
+    provs = [results[s][1] for s in seeds]
+    provenance = torch.stack(provs) if all(p is not None for p in provs) else None
+    return samples, provenance
+
+
+def settings_json(args, **extra) -> str:
+    keys = ("machine", "boundary", "keys", "patch_schedule", "backend", "steps", "sampler", "eta",
+            "noise_schedule", "data", "class_label", "limit")
+    settings = {k: getattr(args, k) for k in keys if hasattr(args, k)}
+    settings.update(extra)
+    return json.dumps(settings, sort_keys=True)
+
+
+def ensure_out_dir(path: str) -> Path:
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {path} exists and is not a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def partial_results_path(out: Path, name: str) -> Path:
+    return out / f".{name}.partial.npz"
+
+
+def save_partial(path: Path, results: dict, settings: str) -> None:
+    seeds = sorted(results)
+    arrays = dict(seeds=np.array(seeds), settings=np.array(settings),
+                  samples=torch.stack([results[s][0] for s in seeds]).numpy())
+    if all(results[s][1] is not None for s in seeds):
+        arrays["provenance"] = torch.stack([results[s][1] for s in seeds]).numpy()
+    io.save_npz(path, **arrays)
+
+
+def load_partial(path: Path, settings: str) -> dict:
+    """Finished seeds of an interrupted run with the same settings (else nothing)."""
+    if not path.exists():
+        return {}
+    try:
+        arrays = io.load_npz(path)
+    except ValueError:
+        return {}
+    if str(arrays.get("settings")) != settings:
+        return {}
+    prov = arrays.get("provenance")
+    return {int(s): (torch.from_numpy(arrays["samples"][i]), None if prov is None else torch.from_numpy(prov[i]))
+            for i, s in enumerate(arrays["seeds"])}
+
+
+def elapsed(start: float) -> float:
+    return time.perf_counter() - start
+
+
+def remove_quietly(path: Path) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
