@@ -33,7 +33,13 @@ def check_patch_size(P, name: str = "P") -> int:
     return P
 
 
-def check_images(name: str, x, *, allow_empty: bool = False) -> torch.Tensor:
+def check_finite(name: str, x: torch.Tensor) -> torch.Tensor:
+    if x.numel() and x.device.type != "meta" and not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return x
+
+
+def check_images(name: str, x, *, allow_empty: bool = False, finite: bool = True) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor [N, C, H, W]; got {type(x).__name__}")
     if x.dim() != 4:
@@ -44,9 +50,7 @@ def check_images(name: str, x, *, allow_empty: bool = False) -> torch.Tensor:
         raise ValueError(f"{name} is empty (shape {tuple(x.shape)}): need at least one image")
     if min(x.shape[1:]) == 0:
         raise ValueError(f"{name} has an empty channel or spatial axis: shape {tuple(x.shape)}")
-    if x.numel() and not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name} contains NaN or infinite values")
-    return x
+    return check_finite(name, x) if finite else x
 
 
 def check_sigma(sigma, batch: int, like: torch.Tensor) -> torch.Tensor:
@@ -71,10 +75,12 @@ def check_sigma(sigma, batch: int, like: torch.Tensor) -> torch.Tensor:
 
 
 def check_query_and_data(z, data) -> tuple[torch.Tensor, torch.Tensor]:
-    z = check_images("z", z)
-    data = check_images("data", data)
+    z = check_images("z", z, finite=False)
+    data = check_images("data", data, finite=False)
     if data.device != z.device:
         raise ValueError(f"data is on {data.device} but z is on {z.device}; move them to one device")
+    check_finite("z", z)
+    check_finite("data", data)
     if data.shape[1:] != z.shape[1:]:
         raise ValueError(
             f"data images [N, C, H, W] = {tuple(data.shape)} do not match z [B, C, H, W] = {tuple(z.shape)} "

@@ -13,8 +13,8 @@ bounded memory, not speed:
   for the kernels' backward pass).
 
 Squared distances use ``|q|^2_w + |k|^2_w - 2 <w q, k>`` so the heavy part is a
-matrix product; in float64 this is exact to ~1e-13, in float32 its rounding sets
-the accuracy the kernels are compared against.
+matrix product, evaluated in float64 for every input dtype (exact to ~1e-13); the
+softmax itself runs in the input dtype.
 """
 
 from __future__ import annotations
@@ -112,10 +112,17 @@ def extract_patches(images: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor
 
 
 def _sq_dist(q: torch.Tensor, q_sq: torch.Tensor, k: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Weighted squared distances ``[..., Q, K]`` between q [..., Q, D] and k [..., K, D]."""
+    """Weighted squared distances ``[..., Q, K]`` between q [..., Q, D] and k [..., K, D].
+
+    Computed in float64 whatever the input: the expansion cancels ``|q|^2`` against
+    ``2 <q, k>``, and BLAS rounds differently for different chunk shapes, so float32
+    here would make results depend on the chunking by more than 1e-6.
+    """
+    dtype = q.dtype
+    q, q_sq, k, weights = q.double(), q_sq.double(), k.double(), weights.double()
     k_sq = (k * k * weights).sum(-1)
     cross = torch.matmul(q * weights, k.transpose(-1, -2))
-    return (q_sq[..., :, None] + k_sq[..., None, :] - 2 * cross).clamp_min(0)
+    return (q_sq[..., :, None] + k_sq[..., None, :] - 2 * cross).clamp_min(0).to(dtype)
 
 
 def _images_per_chunk(bytes_per_image: int, budget: int, chunk_size: Optional[int]) -> int:
@@ -129,7 +136,7 @@ def ideal_partials(z, data, sigma, key_logw=None, *, chunk_size=None, memory_bud
     B, C, H, W = z.shape
     N = data.shape[0]
     q = z.reshape(B, -1)
-    q_sq = (q * q).sum(-1)
+    q_sq = (q.double() * q.double()).sum(-1)
     inv2s2 = 1.0 / (2 * sigma * sigma)  # [B]
     ones = torch.ones(q.shape[1], dtype=z.dtype, device=z.device)
     state = _RunningSoftmax((B,), C * H * W, z)
@@ -157,7 +164,7 @@ def local_partials(z, data, sigma, P, boundary, key_logw=None, *, chunk_size=Non
     rows, cols, pad, weights = _patch_geometry(H, W, C, P, boundary, z)
     D = weights.numel()
     q = extract_patches(z, rows, cols, pad).transpose(0, 1)  # [HW, B, D]
-    q_sq = (q * q * weights).sum(-1)
+    q_sq = (q.double() * q.double() * weights.double()).sum(-1)
     inv2s2 = (1.0 / (2 * sigma * sigma))[None, :, None]  # [1, B, 1]
     state = _RunningSoftmax((HW, B), C, z)
     step = _images_per_chunk(z.element_size() * HW * (2 * D + 4 * B + C), memory_budget, chunk_size)
@@ -188,7 +195,7 @@ def els_partials(z, data, sigma, P, boundary, keys="all", key_logw=None, *, chun
                & admissible_centres(W, P, "els", boundary, keys)[None, :, None, :]).reshape(HW, HW)
     log_mask = torch.zeros(HW, HW, dtype=z.dtype, device=z.device).masked_fill(~allowed.to(z.device), float("-inf"))
     q = extract_patches(z, rows, cols, pad).reshape(B * HW, D)
-    q_sq = (q * q * weights).sum(-1)
+    q_sq = (q.double() * q.double() * weights.double()).sum(-1)
     inv2s2 = (1.0 / (2 * sigma * sigma)).repeat_interleave(HW)[:, None, None]  # [B*HW, 1, 1]
     state = _RunningSoftmax((B * HW,), C, z)
     step = _images_per_chunk(z.element_size() * HW * (D + 4 * B * HW + C), memory_budget, chunk_size)
