@@ -13,8 +13,8 @@ bounded memory, not speed:
   for the kernels' backward pass).
 
 Squared distances use ``|q|^2_w + |k|^2_w - 2 <w q, k>`` so the heavy part is a
-matrix product, evaluated in float64 for every input dtype (exact to ~1e-13); the
-softmax itself runs in the input dtype.
+matrix product. Everything runs in float64 for every input dtype (exact to
+~1e-13), and results are returned in the input dtype.
 """
 
 from __future__ import annotations
@@ -112,17 +112,10 @@ def extract_patches(images: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor
 
 
 def _sq_dist(q: torch.Tensor, q_sq: torch.Tensor, k: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Weighted squared distances ``[..., Q, K]`` between q [..., Q, D] and k [..., K, D].
-
-    Computed in float64 whatever the input: the expansion cancels ``|q|^2`` against
-    ``2 <q, k>``, and BLAS rounds differently for different chunk shapes, so float32
-    here would make results depend on the chunking by more than 1e-6.
-    """
-    dtype = q.dtype
-    q, q_sq, k, weights = q.double(), q_sq.double(), k.double(), weights.double()
+    """Weighted squared distances ``[..., Q, K]`` between q [..., Q, D] and k [..., K, D]."""
     k_sq = (k * k * weights).sum(-1)
     cross = torch.matmul(q * weights, k.transpose(-1, -2))
-    return (q_sq[..., :, None] + k_sq[..., None, :] - 2 * cross).clamp_min(0).to(dtype)
+    return (q_sq[..., :, None] + k_sq[..., None, :] - 2 * cross).clamp_min(0)
 
 
 def _images_per_chunk(bytes_per_image: int, budget: int, chunk_size: Optional[int]) -> int:
@@ -136,13 +129,13 @@ def ideal_partials(z, data, sigma, key_logw=None, *, chunk_size=None, memory_bud
     B, C, H, W = z.shape
     N = data.shape[0]
     q = z.reshape(B, -1)
-    q_sq = (q.double() * q.double()).sum(-1)
+    q_sq = (q * q).sum(-1)
     inv2s2 = 1.0 / (2 * sigma * sigma)  # [B]
     ones = torch.ones(q.shape[1], dtype=z.dtype, device=z.device)
     state = _RunningSoftmax((B,), C * H * W, z)
     step = _images_per_chunk(z.element_size() * (C * H * W + 4 * B), memory_budget, chunk_size)
     for start in range(0, N, step):
-        k = data[start:start + step].reshape(-1, C * H * W)
+        k = data[start:start + step].to(z.dtype).reshape(-1, C * H * W)
         logits = -_sq_dist(q, q_sq, k, ones) * inv2s2[:, None]
         if key_logw is not None:
             logits = logits + key_logw[start:start + step][None, :]
@@ -164,13 +157,13 @@ def local_partials(z, data, sigma, P, boundary, key_logw=None, *, chunk_size=Non
     rows, cols, pad, weights = _patch_geometry(H, W, C, P, boundary, z)
     D = weights.numel()
     q = extract_patches(z, rows, cols, pad).transpose(0, 1)  # [HW, B, D]
-    q_sq = (q.double() * q.double() * weights.double()).sum(-1)
+    q_sq = (q * q * weights).sum(-1)
     inv2s2 = (1.0 / (2 * sigma * sigma))[None, :, None]  # [1, B, 1]
     state = _RunningSoftmax((HW, B), C, z)
     step = _images_per_chunk(z.element_size() * HW * (2 * D + 4 * B + C), memory_budget, chunk_size)
     pixel = torch.arange(HW, device=z.device)[:, None, None]
     for start in range(0, N, step):
-        chunk = data[start:start + step]
+        chunk = data[start:start + step].to(z.dtype)
         n = chunk.shape[0]
         k = extract_patches(chunk, rows, cols, pad).transpose(0, 1)  # [HW, n, D]
         centres = chunk.reshape(n, C, HW).permute(2, 0, 1)  # [HW, n, C]
@@ -195,12 +188,12 @@ def els_partials(z, data, sigma, P, boundary, keys="all", key_logw=None, *, chun
                & admissible_centres(W, P, "els", boundary, keys)[None, :, None, :]).reshape(HW, HW)
     log_mask = torch.zeros(HW, HW, dtype=z.dtype, device=z.device).masked_fill(~allowed.to(z.device), float("-inf"))
     q = extract_patches(z, rows, cols, pad).reshape(B * HW, D)
-    q_sq = (q.double() * q.double() * weights.double()).sum(-1)
+    q_sq = (q * q * weights).sum(-1)
     inv2s2 = (1.0 / (2 * sigma * sigma)).repeat_interleave(HW)[:, None, None]  # [B*HW, 1, 1]
     state = _RunningSoftmax((B * HW,), C, z)
     step = _images_per_chunk(z.element_size() * HW * (D + 4 * B * HW + C), memory_budget, chunk_size)
     for start in range(0, N, step):
-        chunk = data[start:start + step]
+        chunk = data[start:start + step].to(z.dtype)
         n = chunk.shape[0]
         k = extract_patches(chunk, rows, cols, pad).reshape(n * HW, D)
         centres = chunk.permute(0, 2, 3, 1).reshape(n * HW, C)
@@ -219,13 +212,24 @@ def els_partials(z, data, sigma, P, boundary, keys="all", key_logw=None, *, chun
 def patch_posterior_partials_reference(z, data, sigma, P, mode="els", boundary="zeros", keys="all",
                                        key_logw=None, *, chunk_size=None,
                                        memory_budget=DEFAULT_MEMORY_BUDGET) -> SoftmaxPartials:
-    """Streaming-softmax partials of any machine; arguments as ``patch_posterior_mean_reference``."""
+    """Streaming-softmax partials of any machine; arguments as ``patch_posterior_mean_reference``.
+
+    Works in float64 whatever the input dtype (data are cast chunk by chunk) and
+    returns the input dtype: the distance expansion cancels ``|q|^2`` against
+    ``2 <q, k>``, and float32 BLAS and exp round differently for different chunk and
+    batch shapes, so a float32 oracle would depend on chunking and batching.
+    """
+    dtype = z.dtype
+    z, sigma = z.double(), sigma.double()
+    key_logw = None if key_logw is None else key_logw.double()
     opts = dict(chunk_size=chunk_size, memory_budget=memory_budget)
     if mode == "ideal":
-        return ideal_partials(z, data, sigma, key_logw, **opts)
-    if mode == "local":
-        return local_partials(z, data, sigma, P, boundary, key_logw, **opts)
-    return els_partials(z, data, sigma, P, boundary, keys, key_logw, **opts)
+        parts = ideal_partials(z, data, sigma, key_logw, **opts)
+    elif mode == "local":
+        parts = local_partials(z, data, sigma, P, boundary, key_logw, **opts)
+    else:
+        parts = els_partials(z, data, sigma, P, boundary, keys, key_logw, **opts)
+    return SoftmaxPartials(*(t.to(dtype) if t.is_floating_point() else t for t in parts))
 
 
 def merge_partials(a: SoftmaxPartials, b: SoftmaxPartials) -> SoftmaxPartials:
