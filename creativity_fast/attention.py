@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections import OrderedDict
-from typing import NamedTuple, Optional, Union
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -375,6 +375,7 @@ class AELSDenoiser(PatchMachine):
         self.exclude = exclude
         self.last_attention: Optional[torch.Tensor] = None
         self._centers: dict[int, torch.Tensor] = {}
+        self._priors: dict[int, Optional[torch.Tensor]] = {}
 
     def attention_size(self, P: int) -> int:
         return self.attention_P if self.attention_P is not None else P
@@ -383,9 +384,11 @@ class AELSDenoiser(PatchMachine):
         """``log(1 + lam * c)`` [N, H, W] for ELS patch size ``P`` (None when ``lam = 0``)."""
         if self.lam == 0:
             return None
-        Pa = self.attention_size(P)
-        counts = training_in_degree(self.data, Pa, exclude=self.exclude, tau=self.tau, backend=self.backend)
-        return torch.log1p(self.lam * counts.to(self.data.dtype))
+        if P not in self._priors:  # the training set is fixed per machine: once per P
+            Pa = self.attention_size(P)
+            counts = training_in_degree(self.data, Pa, exclude=self.exclude, tau=self.tau, backend=self.backend)
+            self._priors[P] = torch.log1p(self.lam * counts.to(self.data.dtype))
+        return self._priors[P]
 
     def center(self, Pa: int) -> torch.Tensor:
         if Pa not in self._centers:

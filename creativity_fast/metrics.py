@@ -20,7 +20,7 @@
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -53,7 +53,9 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    lo = 0.0 if successes == 0 else max(0.0, centre - half)
+    hi = 1.0 if successes == n else min(1.0, centre + half)
+    return (lo, hi)
 
 
 def _normal_quantile(q: float) -> float:
@@ -282,13 +284,15 @@ def global_consistency(samples: torch.Tensor, *, alphabet: Optional[int] = None,
 def analyze_samples(samples: torch.Tensor, data: torch.Tensor, *, P: Optional[int] = None, mode: str = "els",
                     boundary: str = "zeros", keys: str = "all", provenance: Optional[torch.Tensor] = None,
                     heldout: Optional[torch.Tensor] = None, glyphs: bool = False, alphabet: Optional[int] = None,
-                    tol: float = 0.05, backend: str = "auto") -> dict:
+                    tol: float = 0.05, backend: str = "auto", return_provenance: bool = False) -> dict:
     """All SPEC 7 metrics of ``samples [B,C,H,W]`` against ``data [N,C,H,W]``.
 
     ``P``/``mode``/``boundary``/``keys`` define the admissible patches for provenance and
     local consistency (``mode="ideal"``: whole images; ``P=None`` skips both unless
     ``provenance`` is given). Returns ``{"summary": {...}, "per_sample": {...}}``; both
-    are JSON-serialisable through ``io.save_json``.
+    are JSON-serialisable through ``io.save_json``. ``return_provenance`` adds the
+    ``[B, H, W, 2]`` provenance used (given, or the nearest admissible patches) under
+    ``"provenance"``.
     """
     samples = check_images("samples", samples)
     data = check_images("data", data).to(samples.dtype)
@@ -301,20 +305,24 @@ def analyze_samples(samples: torch.Tensor, data: torch.Tensor, *, P: Optional[in
                nn_distance=mem["nn_distance"][:, 0])
     nov = novelty(samples, data, heldout)
     summary["novelty"] = nov["summary"]
-    if provenance is None and P is not None:
-        provenance = compute_provenance(samples, data, P, mode=mode, boundary=boundary, keys=keys, backend=backend)
-    if provenance is not None:
-        prov = provenance_summary(provenance)
-        summary["provenance"] = prov["summary"]
-        per.update(n_sources=prov["n_sources"], moved_fraction=prov["moved_fraction"])
+    nearest = None
     if P is not None:
         nearest = compute_provenance(samples, data, P, mode=mode, boundary=boundary, keys=keys, backend=backend)
         loc = local_consistency(samples, data, P, tol=tol, provenance=nearest)
         summary["local_consistency"] = loc["summary"]
         per["local_consistency"] = loc["fraction"]
+    if provenance is None:
+        provenance = nearest
+    if provenance is not None:
+        prov = provenance_summary(provenance)
+        summary["provenance"] = prov["summary"]
+        per.update(n_sources=prov["n_sources"], moved_fraction=prov["moved_fraction"])
     if glyphs:
         glob = global_consistency(samples, alphabet=alphabet)
         summary["global_consistency"] = glob["summary"]
         per.update(glyphs=[list(map(int, g)) for g in glob["glyphs"]], globally_consistent=glob["consistent"],
                    twin=glob["twin"], mixed=glob["mixed"])
-    return {"summary": summary, "per_sample": per}
+    result = {"summary": summary, "per_sample": per}
+    if return_provenance:
+        result["provenance"] = provenance
+    return result

@@ -1,0 +1,180 @@
+"""``creativity-fast analyze RESULTS.npz``: memorization, novelty, provenance and consistency metrics (SPEC 7).
+
+Reads a ``samples.npz`` written by ``creativity-fast sample`` (or the sweep / the twin-glyph
+experiment), reloads the training set named in its settings (or ``--data``), and writes
+
+- ``<stem>_metrics.json``: a summary (fractions with Wilson 95% intervals, distributions
+  with bootstrap intervals of the median) and per-sample values;
+- ``<stem>_provenance.png``: sample | source training image ids colour-coded | source offsets;
+- ``<stem>_nn_distances.png``: nearest-training-image distances of samples vs held-out images.
+
+Provenance is the one recorded at the sampler's last step when the file has it; otherwise
+it is recomputed as the nearest admissible training patch of each final pixel.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .. import io
+from ..data import load_dataset
+from ..data.synthetic import DEFAULT_ALPHABET, GLYPH_NAMES
+
+MODE_OF_MACHINE = {"ideal": "ideal", "local": "local", "els": "els", "aels": "els"}
+
+
+def register(sub) -> None:
+    p = sub.add_parser("analyze", help="metrics and figures of a samples.npz (memorization, novelty, consistency)")
+    p.add_argument("results", metavar="RESULTS.npz", help="file written by `creativity-fast sample`")
+    p.add_argument("--out", default=None, help="output directory (default: the file's directory)")
+    p.add_argument("--data", default=None, metavar="PATH",
+                   help="training set (default: the one named in the file's settings)")
+    p.add_argument("--limit", type=int, default=None, help="use only the first LIMIT training images "
+                   "(default: the file's setting)")
+    p.add_argument("--heldout", default=None, metavar="PATH",
+                   help="held-out real images for novelty (default: the test split of the training source, if any)")
+    p.add_argument("--no-heldout", action="store_true", help="skip the held-out comparison")
+    p.add_argument("--glyphs", default="auto", choices=("auto", "on", "off"),
+                   help="twin-glyph global consistency (auto: when the data set is twin glyphs)")
+    p.add_argument("--alphabet", type=int, default=None, help="glyph alphabet size (default: from the data set)")
+    p.add_argument("--P", type=int, default=None, help="patch size for provenance / local consistency "
+                   "(default: the last step's)")
+    p.add_argument("--tol", type=float, default=0.05, help="local-consistency tolerance (default: %(default)s)")
+    p.add_argument("--rows", type=int, default=8, help="samples in the provenance figure (default: %(default)s)")
+    p.add_argument("--backend", default="auto", choices=("auto", "kernel", "reference"))
+    p.set_defaults(func=run)
+
+
+def read_results(path: str) -> tuple[dict, dict]:
+    """``(arrays, settings)`` of a results file; settings ``{}`` when absent."""
+    arrays = io.load_npz(path)
+    if "samples" not in arrays:
+        raise ValueError(f"{path} has no 'samples' array (found {sorted(arrays)})")
+    samples = arrays["samples"]
+    if samples.ndim != 4:
+        raise ValueError(f"{path}: samples must be [B, C, H, W]; got shape {list(samples.shape)}")
+    settings: dict = {}
+    if "settings" in arrays:
+        try:
+            settings = json.loads(str(arrays["settings"]))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: settings is not JSON ({exc})") from None
+    return arrays, settings
+
+
+def is_twin_glyphs(data, settings: dict) -> bool:
+    names = " ".join(str(x) for x in (data.name, data.source, settings.get("data_name"), settings.get("data"),
+                                      settings.get("experiment")))
+    return "twin_glyph" in names
+
+
+def glyph_alphabet(data, requested: Optional[int]) -> int:
+    if requested is not None:
+        return requested
+    if data.class_names and all(n in GLYPH_NAMES for n in data.class_names):
+        return len(data.class_names)
+    if data.labels is not None and data.labels.numel():
+        return int(data.labels.max()) + 1
+    return DEFAULT_ALPHABET
+
+
+def heldout_images(data_path, heldout_path=None) -> Optional[torch.Tensor]:
+    """Held-out real images: ``heldout_path`` if given, else the test split of ``data_path`` (None if absent)."""
+    if heldout_path is not None:
+        return load_dataset(heldout_path).images
+    try:
+        return load_dataset(data_path, split="test").images
+    except (ValueError, FileNotFoundError):
+        return None
+
+
+def analysis_settings(arrays: dict, settings: dict, P: Optional[int]):
+    """``(mode, P, boundary, keys)`` for provenance and local consistency."""
+    machine = settings.get("machine", "els")
+    mode = MODE_OF_MACHINE.get(machine, "els")
+    if P is None:
+        if "patch_sizes" in arrays and np.asarray(arrays["patch_sizes"]).size:
+            P = int(np.asarray(arrays["patch_sizes"]).reshape(-1)[-1])
+        elif isinstance(settings.get("P"), int):
+            P = settings["P"]
+        else:
+            P = 3
+    return mode, P, settings.get("boundary", "zeros"), settings.get("keys", "all")
+
+
+def analyze_file(args) -> dict:
+    from ..figures import plot_nn_distances, save_provenance_png
+    from ..metrics import analyze_samples
+
+    arrays, settings = read_results(args.results)
+    data_path = args.data if args.data is not None else settings.get("data")
+    limit = args.limit if args.limit is not None else settings.get("limit")
+    data = load_dataset(data_path, limit=limit)
+    samples = torch.from_numpy(np.asarray(arrays["samples"], dtype=np.float32))
+    if tuple(samples.shape[1:]) != data.image_shape:
+        raise ValueError(f"samples are {list(samples.shape[1:])} but the training set {data.name} holds "
+                         f"{list(data.image_shape)} images; pass the right --data")
+    mode, P, boundary, keys = analysis_settings(arrays, settings, args.P)
+    provenance = None
+    provenance_source = "recomputed: nearest admissible training patch of each final pixel"
+    if "provenance" in arrays:
+        provenance = torch.from_numpy(np.asarray(arrays["provenance"], dtype=np.int64))
+        if tuple(provenance.shape) != (samples.shape[0], *samples.shape[2:], 2):
+            raise ValueError(f"provenance has shape {list(provenance.shape)}; expected [B, H, W, 2]")
+        provenance_source = "recorded at the sampler's last step"
+    glyphs = args.glyphs == "on" or (args.glyphs == "auto" and is_twin_glyphs(data, settings))
+    heldout = None if args.no_heldout else heldout_images(data_path, args.heldout)
+    result = analyze_samples(samples, data.images, P=P, mode=mode, boundary=boundary, keys=keys,
+                             provenance=provenance, heldout=heldout, glyphs=glyphs,
+                             alphabet=glyph_alphabet(data, args.alphabet) if glyphs else None, tol=args.tol,
+                             backend=args.backend, return_provenance=True)
+    provenance = result.pop("provenance")
+    result["inputs"] = {"results": str(args.results), "data": data.source or data.name, "n_train": len(data),
+                        "heldout": None if heldout is None else int(heldout.shape[0]), "mode": mode, "P": P,
+                        "boundary": boundary, "keys": keys, "provenance": provenance_source, "settings": settings}
+    out = Path(args.out) if args.out else Path(args.results).resolve().parent
+    out.mkdir(parents=True, exist_ok=True)
+    stem = Path(args.results).stem
+    files = {"metrics": io.save_json(out / f"{stem}_metrics.json", result)}
+    files["provenance"] = save_provenance_png(samples, provenance, out / f"{stem}_provenance.png", max_rows=args.rows)
+    nn = result["per_sample"]["nn_distance"]
+    held_d = None
+    if heldout is not None:
+        from ..metrics import nearest_neighbours
+        held_d = nearest_neighbours(heldout, data.images, 1)[0][:, 0].numpy()
+    files["nn_distances"] = plot_nn_distances(np.asarray(nn), held_d, out / f"{stem}_nn_distances.png",
+                                              title=f"{settings.get('machine', '?')} on {data.name}")
+    result["files"] = {k: str(v) for k, v in files.items()}
+    return result
+
+
+def run(args) -> int:
+    if args.rows <= 0:
+        raise ValueError(f"--rows must be a positive int; got {args.rows}")
+    if not args.tol >= 0:
+        raise ValueError(f"--tol must be >= 0; got {args.tol}")
+    result = analyze_file(args)
+    s = result["summary"]
+    mem = s["memorization"]
+    lines = [f"{s['n_samples']} samples vs {s['n_train']} training images",
+             f"memorized: {mem['fraction']:.3f} [{mem['ci95'][0]:.3f}, {mem['ci95'][1]:.3f}]"]
+    nov = s["novelty"]
+    lines.append(f"median NN distance: {nov['sample']['median']:.3f}"
+                 + (f" (held-out real: {nov['heldout']['median']:.3f})" if "heldout" in nov else ""))
+    if "local_consistency" in s:
+        lines.append(f"local consistency (median pixel fraction): {s['local_consistency']['pixel_fraction']['median']:.3f}")
+    if "provenance" in s:
+        lines.append(f"distinct sources per sample (median): {s['provenance']['n_sources']['median']:.1f}")
+    if "global_consistency" in s:
+        g = s["global_consistency"]
+        lines.append(f"globally consistent: {g['consistent']['fraction']:.3f} "
+                     f"[{g['consistent']['ci95'][0]:.3f}, {g['consistent']['ci95'][1]:.3f}], "
+                     f"twin {g['twin']['fraction']:.3f}, mixed {g['mixed']['fraction']:.3f}")
+    print("\n".join(lines))
+    print("wrote " + ", ".join(result["files"].values()))
+    return 0

@@ -1,0 +1,259 @@
+"""``creativity-fast sweep``: a grid over machine, P, lam and gamma, with metrics per grid point.
+
+For every grid point the samples are drawn from the same seeds (same initial noise),
+saved as ``runs/<point>.npz`` (the ``sample`` format, so ``analyze`` works on each), and
+scored with the SPEC 7 metrics. Outputs in ``--out``:
+
+- ``sweep.json`` (settings and one row per point), ``sweep.csv``, ``sweep.md``;
+- ``sweep.png``: memorized fraction, novelty and consistency against each parameter.
+
+Resumable: finished points are skipped on a rerun with the same settings (``rows/<point>.json``),
+and a point interrupted mid-way resumes from its last finished batch.
+Parameters that do not apply to a machine are collapsed: ``lam``/``gamma`` only vary for
+``aels``, ``P`` not for ``ideal`` or ``gaussian``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io as _pyio
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .. import attention  # noqa: F401  (registers the "aels" machine)
+from .. import io
+from ..denoisers import machine_names, make_denoiser
+from . import common
+from .analyze import glyph_alphabet, heldout_images, is_twin_glyphs
+
+NO_PATCH = ("ideal", "gaussian", "nearest")
+
+
+def _floats(text: str, name: str) -> list[float]:
+    try:
+        values = [float(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--{name} must be a comma list of numbers; got {text!r}") from None
+    if not values or any(not math.isfinite(v) for v in values):
+        raise ValueError(f"--{name} must be a non-empty comma list of finite numbers; got {text!r}")
+    return values
+
+
+def _odd_ints(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--P must be a comma list of odd ints; got {text!r}") from None
+    if not values or any(v <= 0 or v % 2 == 0 for v in values):
+        raise ValueError(f"--P must be a comma list of odd positive ints; got {text!r}")
+    return values
+
+
+def register(sub) -> None:
+    p = sub.add_parser("sweep", help="grid over machine, P, lam, gamma: samples, metrics table and plots")
+    common.add_data_options(p)
+    g = p.add_argument_group("grid")
+    g.add_argument("--machines", default="els,aels", help="comma list of machines (default: %(default)s)")
+    g.add_argument("--P", default="3,5,7", help="comma list of patch sizes (default: %(default)s)")
+    g.add_argument("--lam", default="0,1", help="AELS attention-prior strengths (default: %(default)s)")
+    g.add_argument("--gamma", default="0,1", help="AELS sample-time attention strengths (default: %(default)s)")
+    g.add_argument("--tau", type=float, default=None, help="AELS soft-attention temperature (default: top-1)")
+    g.add_argument("--attention-P", type=int, default=None, help="AELS attention patch size (default: P)")
+    g.add_argument("--exclude", type=int, default=None, help="AELS exclusion radius (default: attention P)")
+    m = p.add_argument_group("machine")
+    m.add_argument("--boundary", default="zeros", choices=("zeros", "circular"))
+    m.add_argument("--keys", default="all", choices=("all", "valid"))
+    m.add_argument("--backend", default="auto", choices=("auto", "kernel", "reference"))
+    common.add_sampling_options(p, default_seeds="0-63")
+    a = p.add_argument_group("analysis")
+    a.add_argument("--glyphs", default="auto", choices=("auto", "on", "off"),
+                   help="twin-glyph global consistency (auto: when the data set is twin glyphs)")
+    a.add_argument("--no-heldout", action="store_true", help="skip the held-out novelty comparison")
+    p.add_argument("--out", default="out/sweep", help="output directory (default: %(default)s)")
+    p.set_defaults(func=run)
+
+
+def grid(args) -> list[dict]:
+    """The grid points, collapsed where a parameter does not apply, in a stable order."""
+    machines = [m.strip() for m in args.machines.split(",") if m.strip()]
+    known = machine_names()
+    for m in machines:
+        if m not in known:
+            raise ValueError(f"--machines: unknown machine {m!r}; known: {', '.join(known)}")
+    Ps, lams, gammas = _odd_ints(args.P), _floats(args.lam, "lam"), _floats(args.gamma, "gamma")
+    if any(v < 0 for v in lams):
+        raise ValueError(f"--lam values must be >= 0; got {args.lam!r}")
+    points, seen = [], set()
+    for machine in machines:
+        for P in Ps:
+            for lam in lams:
+                for gamma in gammas:
+                    point = {"machine": machine, "P": None if machine in NO_PATCH else P,
+                             "lam": lam if machine == "aels" else None, "gamma": gamma if machine == "aels" else None}
+                    key = tuple(point.values())
+                    if key not in seen:
+                        seen.add(key)
+                        points.append(point)
+    return points
+
+
+def point_id(point: dict) -> str:
+    parts = [point["machine"]]
+    if point["P"] is not None:
+        parts.append(f"P{point['P']}")
+    if point["lam"] is not None:
+        parts += [f"lam{point['lam']:g}", f"gamma{point['gamma']:g}"]
+    return "_".join(parts).replace("-", "m")
+
+
+def machine_options(point: dict, args) -> dict:
+    opts: dict = {"boundary": args.boundary, "keys": args.keys, "backend": args.backend}
+    if point["P"] is not None:
+        opts["P"] = point["P"]
+    if point["machine"] == "aels":
+        opts.update(lam=point["lam"], gamma=point["gamma"], tau=args.tau, attention_P=args.attention_P,
+                    exclude=args.exclude)
+    return opts
+
+
+def flatten_row(point: dict, summary: dict, seconds: float, glyphs: bool) -> dict:
+    mem = summary["memorization"]
+    nov = summary["novelty"]
+    row = dict(point)
+    row.update(id=point_id(point), n=summary["n_samples"], seconds=round(seconds, 2),
+               memorized=mem["fraction"], memorized_lo=mem["ci95"][0], memorized_hi=mem["ci95"][1],
+               nn_median=nov["sample"]["median"], nn_relative=nov.get("relative_median"))
+    if "local_consistency" in summary:
+        row["local_consistency"] = summary["local_consistency"]["pixel_fraction"]["median"]
+    if "provenance" in summary:
+        row["n_sources"] = summary["provenance"]["n_sources"]["median"]
+    if glyphs and "global_consistency" in summary:
+        g = summary["global_consistency"]
+        for name in ("consistent", "twin", "mixed"):
+            row[name] = g[name]["fraction"]
+            row[f"{name}_lo"], row[f"{name}_hi"] = g[name]["ci95"]
+    return row
+
+
+def run_point(point, args, data, sigmas, seeds, out: Path, heldout, glyphs, alphabet, base_settings) -> dict:
+    from ..metrics import analyze_samples
+
+    pid = point_id(point)
+    settings = json.dumps({**base_settings, **point, "machine": point["machine"], "id": pid,
+                           "patch_schedule": str(point["P"] or 1), "tau": args.tau,
+                           "attention_P": args.attention_P, "exclude": args.exclude}, sort_keys=True)
+    row_path = out / "rows" / f"{pid}.json"
+    if row_path.exists():
+        try:
+            saved = json.loads(row_path.read_text())
+            if saved.get("settings") == settings:
+                return saved["row"]
+        except (json.JSONDecodeError, KeyError):
+            pass
+    run_path = out / "runs" / f"{pid}.npz"
+    P = point["P"] or 1
+    opts = machine_options(point, args)
+    denoiser = make_denoiser(point["machine"], data.images, labels=data.labels,
+                             class_label=common.class_label_of(args, data), record_stats=True, **opts)
+    partial = common.partial_results_path(out / "runs", pid)
+    done = common.load_partial(partial, settings)
+    start = time.perf_counter()
+    results = common.sample_images(denoiser, seeds, data.image_shape, sigmas, sampler=args.sampler, eta=args.eta,
+                                   batch_size=args.batch_size, progress=False, done=done,
+                                   checkpoint=lambda r: common.save_partial(partial, r, settings))
+    seconds = time.perf_counter() - start
+    samples, provenance = common.stack_results(results, seeds)
+    arrays = dict(samples=samples.numpy(), seeds=np.array(seeds), settings=np.array(settings),
+                  sigmas=sigmas.numpy(), patch_sizes=np.array([P] * (len(sigmas) - 1)))
+    if provenance is not None:
+        arrays["provenance"] = provenance.numpy()
+    io.save_npz(run_path, **arrays)
+    common.remove_quietly(partial)
+    mode = {"ideal": "ideal", "local": "local"}.get(point["machine"], "els")
+    metrics = analyze_samples(samples, data.images, P=None if point["machine"] in ("gaussian", "nearest") else P,
+                              mode=mode, boundary=args.boundary, keys=args.keys, provenance=provenance,
+                              heldout=heldout, glyphs=glyphs, alphabet=alphabet, backend=args.backend)
+    row = flatten_row(point, metrics["summary"], seconds, glyphs)
+    io.save_json(row_path, {"settings": settings, "row": row, "summary": metrics["summary"]})
+    return row
+
+
+def write_table(rows: list[dict], out: Path, config: dict, glyphs: bool) -> list[Path]:
+    columns = ["id", "machine", "P", "lam", "gamma", "n", "memorized", "memorized_lo", "memorized_hi",
+               "nn_median", "nn_relative", "local_consistency", "n_sources"]
+    if glyphs:
+        columns += ["consistent", "consistent_lo", "consistent_hi", "twin", "twin_lo", "twin_hi",
+                    "mixed", "mixed_lo", "mixed_hi"]
+    columns.append("seconds")
+    paths = [io.save_json(out / "sweep.json", {"config": config, "rows": rows})]
+    buffer = _pyio.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    with io.atomic_open(out / "sweep.csv", "w") as handle:
+        handle.write(buffer.getvalue())
+    paths.append(out / "sweep.csv")
+
+    def cell(v):
+        if v is None:
+            return "-"
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    shown = [c for c in columns if not c.endswith(("_lo", "_hi"))]
+    lines = ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
+    for r in rows:
+        cells = []
+        for c in shown:
+            text = cell(r.get(c))
+            if f"{c}_lo" in r and r.get(c) is not None:
+                text += f" [{r[c + '_lo']:.2f}, {r[c + '_hi']:.2f}]"
+            cells.append(text)
+        lines.append("| " + " | ".join(cells) + " |")
+    with io.atomic_open(out / "sweep.md", "w") as handle:
+        handle.write("\n".join(lines) + "\n")
+    paths.append(out / "sweep.md")
+    return paths
+
+
+def run(args) -> int:
+    from tqdm.auto import tqdm
+
+    from ..figures import plot_sweep
+
+    start = time.perf_counter()
+    seeds = common.parse_seeds(args.seeds)
+    points = grid(args)
+    out = common.ensure_out_dir(args.out)
+    data = common.load_training_set(args)
+    sigmas = common.noise_sigmas(args)
+    base_settings = json.loads(common.settings_json(args, data_name=data.name, n_train=len(data),
+                                                    seeds=[seeds[0], seeds[-1], len(seeds)]))
+    base_settings.pop("machine", None)
+    glyphs = args.glyphs == "on" or (args.glyphs == "auto" and is_twin_glyphs(data, base_settings))
+    alphabet = glyph_alphabet(data, None) if glyphs else None
+    heldout = None if args.no_heldout else heldout_images(args.data)
+    rows = []
+    bar = tqdm(points, desc="sweep", disable=args.no_progress)
+    for point in bar:
+        bar.set_postfix_str(point_id(point))
+        rows.append(run_point(point, args, data, sigmas, seeds, out, heldout, glyphs, alphabet, base_settings))
+        write_table(rows, out, {"grid": points, "settings": base_settings}, glyphs)  # partial table after each
+    paths = write_table(rows, out, {"grid": points, "settings": base_settings}, glyphs)
+    metrics = {"memorized": "memorized fraction", "nn_relative" if heldout is not None else "nn_median":
+               "NN distance / held-out" if heldout is not None else "median NN distance",
+               "local_consistency": "local consistency"}
+    if glyphs:
+        metrics["consistent"] = "globally consistent"
+        metrics["twin"] = "twin (>=2 same glyphs)"
+        metrics["mixed"] = "mixed (>=2 different glyphs)"
+    params = [p for p in ("P", "lam", "gamma") if len({r.get(p) for r in rows if r.get(p) is not None}) > 1]
+    if not params:
+        params = ["P"]
+    paths.append(plot_sweep(rows, params, metrics, out / "sweep.png"))
+    print(f"{len(points)} grid points, {len(seeds)} samples each, {time.perf_counter() - start:.1f} s")
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0

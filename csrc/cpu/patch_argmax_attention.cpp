@@ -1,0 +1,217 @@
+// CPU kernel of creativity_fast::patch_argmax_attention (SPEC 3.4, 4); schema in
+// csrc/attention_schema.cpp, reference twin in creativity_fast/attention.py.
+//
+// Score of a query pixel x and a key pixel y of one image, with zero-extended
+// P x P patches Pi and the embedding e(Pi) = Pi - c:
+//   s(x, y) = <Pi_x - c, Pi_y - c> = G(x, y) - a(x) - a(y) + |c|^2,
+//   G(x, y) = <Pi_x, Pi_y>,  a(u) = <c, Pi_u>.
+// For a fixed displacement d = y - x, G(x, x + d) is a box sum (over the P x P
+// window around x) of the product image Q_d(u) = sum_ch img(u) img(u + d), so one
+// prefix-sum table per displacement gives G for every x in O(1): the cost per image
+// is O((2H-1)(2W-1) * H * W), independent of P. Everything is accumulated in double,
+// so integer- or dyadic-valued inputs give exact scores and exact ties (lowest flat
+// index y wins). Hard attention (tau <= 0) keeps the argmax per row; soft attention
+// (tau > 0) makes one pass for the row log-normalisers and a second for the column
+// sums of the row softmax.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+#include <torch/types.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+namespace creativity_fast {
+namespace {
+
+class AttentionImage {
+ public:
+  AttentionImage(int C, int H, int W, int P, int exclude, const double* center)
+      : C_(C), H_(H), W_(W), m_((P - 1) / 2), P_(P), exclude_(exclude), center_(center),
+        img_(static_cast<size_t>(C) * H * W), a_(static_cast<size_t>(H) * W),
+        prefix_(static_cast<size_t>(H + 1) * (W + 1)) {
+    cc_ = 0.0;
+    for (int i = 0; i < C * P * P; ++i) cc_ += center[i] * center[i];
+  }
+
+  template <typename scalar_t>
+  void load(const scalar_t* src) {
+    for (size_t i = 0; i < img_.size(); ++i) img_[i] = static_cast<double>(src[i]);
+    // a(u) = <c, Pi_u>: only offsets that land inside the image contribute.
+    for (int r = 0; r < H_; ++r) {
+      for (int c = 0; c < W_; ++c) {
+        double acc = 0.0;
+        const int or0 = std::max(-m_, -r), or1 = std::min(m_, H_ - 1 - r);
+        const int oc0 = std::max(-m_, -c), oc1 = std::min(m_, W_ - 1 - c);
+        for (int ch = 0; ch < C_; ++ch) {
+          const double* im = &img_[static_cast<size_t>(ch) * H_ * W_];
+          const double* ce = center_ + static_cast<size_t>(ch) * P_ * P_;
+          for (int orr = or0; orr <= or1; ++orr) {
+            for (int oc = oc0; oc <= oc1; ++oc) {
+              acc += ce[(orr + m_) * P_ + (oc + m_)] * im[(r + orr) * W_ + (c + oc)];
+            }
+          }
+        }
+        a_[r * W_ + c] = acc;
+      }
+    }
+  }
+
+  // Calls f(x, y, s) for every admissible pair (x, y) of the loaded image. The score is
+  // symmetric, so each displacement d > 0 (in flat order) serves both (x, x+d) and (x+d, x).
+  template <typename F>
+  void for_each_pair(F&& f) {
+    if (exclude_ <= 0) {  // d = 0: every pixel may attend to itself
+      for (int x = 0; x < H_ * W_; ++x) {
+        double g = 0.0;
+        self_box(x / W_, x % W_, &g);
+        f(x, x, g - 2.0 * a_[x] + cc_);
+      }
+    }
+    for (int dr = 0; dr <= H_ - 1; ++dr) {
+      for (int dc = dr == 0 ? 1 : -(W_ - 1); dc <= W_ - 1; ++dc) {
+        if (std::max(dr, std::abs(dc)) < exclude_) continue;
+        // Pixels u with u and u + d both inside: rows [r0, r1), cols [c0, c1). The same
+        // range holds the queries x whose key x + d is inside the image.
+        const int r0 = 0, r1 = H_ - dr;
+        const int c0 = std::max(0, -dc), c1 = std::min(W_, W_ - dc);
+        const int h = r1 - r0, w = c1 - c0;
+        if (h <= 0 || w <= 0) continue;
+        prefix(dr, dc, r0, c0, h, w);
+        const int pw = w + 1;
+        const double* S = prefix_.data();
+        for (int i = 0; i < h; ++i) {
+          const int lo_i = std::max(0, i - m_) * pw, hi_i = (std::min(h - 1, i + m_) + 1) * pw;
+          const int xrow = (r0 + i) * W_ + c0;
+          const int yrow = xrow + dr * W_ + dc;
+          for (int j = 0; j < w; ++j) {
+            const int lo_j = std::max(0, j - m_), hi_j = std::min(w - 1, j + m_) + 1;
+            const double g = S[hi_i + hi_j] - S[lo_i + hi_j] - S[hi_i + lo_j] + S[lo_i + lo_j];
+            const int x = xrow + j, y = yrow + j;
+            const double s = g - a_[x] - a_[y] + cc_;
+            f(x, y, s);
+            f(y, x, s);
+          }
+        }
+      }
+    }
+  }
+
+ private:
+  // <Pi_x, Pi_x> for the pixel (r, c).
+  void self_box(int r, int c, double* g) const {
+    double acc = 0.0;
+    for (int ch = 0; ch < C_; ++ch) {
+      const double* im = &img_[static_cast<size_t>(ch) * H_ * W_];
+      for (int rr = std::max(0, r - m_); rr <= std::min(H_ - 1, r + m_); ++rr)
+        for (int cc = std::max(0, c - m_); cc <= std::min(W_ - 1, c + m_); ++cc) acc += im[rr * W_ + cc] * im[rr * W_ + cc];
+    }
+    *g = acc;
+  }
+
+  // prefix_: 2-D prefix sums of Q_d(u) = sum_ch img(u) img(u + d) over the valid rectangle.
+  void prefix(int dr, int dc, int r0, int c0, int h, int w) {
+    const int pw = w + 1;
+    double* S = prefix_.data();
+    std::fill(S, S + pw, 0.0);
+    for (int i = 0; i < h; ++i) {
+      double row = 0.0;
+      S[(i + 1) * pw] = 0.0;
+      const int r = r0 + i;
+      for (int j = 0; j < w; ++j) {
+        const int c = c0 + j;
+        double q = 0.0;
+        for (int ch = 0; ch < C_; ++ch) {
+          const double* im = &img_[static_cast<size_t>(ch) * H_ * W_];
+          q += im[r * W_ + c] * im[(r + dr) * W_ + (c + dc)];
+        }
+        row += q;
+        S[(i + 1) * pw + (j + 1)] = S[i * pw + (j + 1)] + row;
+      }
+    }
+  }
+
+  int C_, H_, W_, m_, P_, exclude_;
+  const double* center_;
+  double cc_;
+  std::vector<double> img_, a_, prefix_;
+};
+
+template <typename scalar_t>
+void attention_kernel(const scalar_t* images, const double* center, int64_t M, int C, int H, int W, int P,
+                      int exclude, double tau, int64_t* y_star, scalar_t* in_degree) {
+  const int HW = H * W;
+  at::parallel_for(0, M, 1, [&](int64_t begin, int64_t end) {
+    AttentionImage att(C, H, W, P, exclude, center);
+    std::vector<double> best(HW), rmax(HW), rsum(HW), col(HW);
+    std::vector<int64_t> arg(HW);
+    const double ninf = -std::numeric_limits<double>::infinity();
+    for (int64_t i = begin; i < end; ++i) {
+      att.load(images + i * C * HW);
+      std::fill(best.begin(), best.end(), ninf);
+      std::fill(arg.begin(), arg.end(), -1);
+      if (tau > 0) {
+        std::fill(rmax.begin(), rmax.end(), ninf);
+        std::fill(rsum.begin(), rsum.end(), 0.0);
+      }
+      att.for_each_pair([&](int x, int y, double s) {
+        if (s > best[x] || (s == best[x] && y < arg[x])) {
+          best[x] = s;
+          arg[x] = y;
+        }
+        if (tau > 0) {  // online log-sum-exp of s / tau per row
+          const double v = s / tau;
+          if (v > rmax[x]) {
+            rsum[x] = rsum[x] * std::exp(rmax[x] - v) + 1.0;
+            rmax[x] = v;
+          } else {
+            rsum[x] += std::exp(v - rmax[x]);
+          }
+        }
+      });
+      std::fill(col.begin(), col.end(), 0.0);
+      if (tau > 0) {
+        for (int x = 0; x < HW; ++x) rmax[x] += std::log(rsum[x]);  // row lse (-inf if empty)
+        att.for_each_pair([&](int x, int y, double s) { col[y] += std::exp(s / tau - rmax[x]); });
+      } else {
+        for (int x = 0; x < HW; ++x)
+          if (arg[x] >= 0) col[arg[x]] += 1.0;
+      }
+      for (int x = 0; x < HW; ++x) {
+        y_star[i * HW + x] = arg[x];
+        in_degree[i * HW + x] = static_cast<scalar_t>(col[x]);
+      }
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> patch_argmax_attention_cpu(const at::Tensor& images_in, const at::Tensor& center_in,
+                                                              int64_t P, int64_t exclude, double tau) {
+  TORCH_CHECK(images_in.dim() == 4, "patch_argmax_attention: images must be [M, C, H, W]");
+  TORCH_CHECK(P > 0 && P % 2 == 1, "patch_argmax_attention: P must be an odd positive int");
+  TORCH_CHECK(exclude >= 0, "patch_argmax_attention: exclude must be >= 0");
+  const int64_t M = images_in.size(0), C = images_in.size(1), H = images_in.size(2), W = images_in.size(3);
+  TORCH_CHECK(center_in.dim() == 3 && center_in.size(0) == C && center_in.size(1) == P && center_in.size(2) == P,
+              "patch_argmax_attention: center must be [C, P, P]");
+  auto images = images_in.contiguous();
+  auto center = center_in.to(at::kDouble).contiguous();
+  auto y_star = at::empty({M, H, W}, images.options().dtype(at::kLong));
+  auto in_degree = at::empty({M, H, W}, images.options());
+  const int excl = static_cast<int>(std::min<int64_t>(exclude, std::max(H, W) + 1));
+  AT_DISPATCH_FLOATING_TYPES(images.scalar_type(), "patch_argmax_attention_cpu", [&] {
+    attention_kernel<scalar_t>(images.data_ptr<scalar_t>(), center.data_ptr<double>(), M, static_cast<int>(C),
+                               static_cast<int>(H), static_cast<int>(W), static_cast<int>(P), excl, tau,
+                               y_star.data_ptr<int64_t>(), in_degree.data_ptr<scalar_t>());
+  });
+  return {y_star, in_degree};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(creativity_fast, CPU, m) {
+  m.impl("patch_argmax_attention", &patch_argmax_attention_cpu);
+}
+
+}  // namespace creativity_fast
