@@ -77,15 +77,19 @@ def add_sampling_options(p: argparse.ArgumentParser, *, default_seeds: str = "0-
     g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
-def load_training_set(args) -> Dataset:
+def load_training_set(args, shard: Optional[tuple[int, int]] = None) -> Dataset:
+    """The training set; ``shard=(rank, world_size)`` loads only that rank's contiguous part (torchrun)."""
     if args.limit is not None and args.limit <= 0:
         raise ValueError(f"--limit must be a positive int; got {args.limit}")
-    data = load_dataset(args.data, limit=args.limit)
+    data = load_dataset(args.data, limit=args.limit, shard=shard)
     return data
 
 
-def class_label_of(args, data: Dataset) -> Optional[int]:
-    """The ``--class`` value as an int label (a class name is looked up)."""
+def class_label_of(args, data: Dataset, *, sharded: bool = False) -> Optional[int]:
+    """The ``--class`` value as an int label (a class name is looked up).
+
+    ``sharded``: ``data`` is this rank's shard; the label must occur in some rank's shard.
+    """
     if args.class_label is None:
         return None
     if data.labels is None:
@@ -98,7 +102,11 @@ def class_label_of(args, data: Dataset) -> Optional[int]:
     except ValueError:
         names = f"; class names: {', '.join(data.class_names)}" if data.class_names else ""
         raise ValueError(f"--class {text!r} is neither a label nor a class name{names}") from None
-    if not bool((data.labels == label).any()):
+    count = (data.labels == label).sum().reshape(1)
+    if sharded:
+        from .. import distributed
+        count = distributed.all_reduce_sum(count, what="the --class count")
+    if int(count) == 0:
         raise ValueError(f"--class {label} has no training images")
     return label
 
@@ -111,9 +119,18 @@ def noise_sigmas(args) -> torch.Tensor:
     return cosine_vp_sigmas(args.steps)
 
 
-def build_machine(args, data: Dataset, sigmas: torch.Tensor, **extra):
-    """The denoiser the options describe, with its patch-size schedule over ``sigmas``."""
+def build_machine(args, data: Dataset, sigmas: torch.Tensor, *, shard=None, **extra):
+    """The denoiser the options describe, with its patch-size schedule over ``sigmas``.
+
+    ``shard`` (a ``distributed.ShardInfo``): ``data`` is this rank's shard; build the sharded machine.
+    """
     schedule = PatchSchedule(sigmas, args.patch_schedule)
+    if shard is not None:
+        from .. import distributed
+        return distributed.make_sharded_denoiser(
+            args.machine, data.images, offset=shard.start, P=schedule, boundary=args.boundary, keys=args.keys,
+            labels=data.labels, class_label=class_label_of(args, data, sharded=True), backend=args.backend,
+            record_stats=True, **extra), schedule
     return make_denoiser(args.machine, data.images, P=schedule, boundary=args.boundary, keys=args.keys,
                          labels=data.labels, class_label=class_label_of(args, data), backend=args.backend,
                          record_stats=True, **extra), schedule

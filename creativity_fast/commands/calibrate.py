@@ -1,0 +1,113 @@
+"""``creativity-fast calibrate``: fit a patch-size schedule to a trained network.
+
+Along the network's own sampling trajectory, every step tries each candidate ``P`` for
+the machine (default ELS) and keeps the one whose output agrees best with the network
+(cosine similarity of scores or MSE, median over seeds). Writes ``OUT/calibration.json``
+(``patch_sizes`` in sampling order plus the whole score table; pass it to
+``compare --patch-schedule OUT/calibration.json`` or ``sample --patch-schedule``
+after ``creativity_fast.calibration.load_patch_schedule``) and ``OUT/calibration.png``.
+Finished steps are saved as they complete; rerunning the same command resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+
+from .. import io
+from ..calibration import METRICS, calibrate, calibration_figure, save_calibration
+from ..denoisers import make_denoiser
+from . import common
+from .compare import _action, add_network_options, load_net_and_data
+
+
+def parse_candidates(text: str) -> list[int]:
+    """``"3-27"`` (every odd P in the range), ``"3,5,9"`` or a mix -> sorted odd patch sizes."""
+    sizes: set[int] = set()
+    try:
+        for part in str(text).split(","):
+            part = part.strip()
+            if "-" in part:
+                lo, hi = (int(v) for v in part.split("-", 1))
+                if hi < lo or lo % 2 == 0 or hi % 2 == 0:
+                    raise ValueError
+                sizes.update(range(lo, hi + 1, 2))
+            else:
+                sizes.add(int(part))
+    except ValueError:
+        raise ValueError(f"--candidates must look like '3-27' (odd bounds) or '3,5,7'; got {text!r}") from None
+    if not sizes or any(p <= 0 or p % 2 == 0 for p in sizes):
+        raise ValueError(f"--candidates must be odd positive patch sizes; got {text!r}")
+    return sorted(sizes)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("calibrate", help="fit the machine's patch size per step to a trained network")
+    common.add_data_options(p)
+    common.add_machine_options(p)
+    _action(p, "patch_schedule").help = argparse.SUPPRESS  # calibration chooses P itself
+    add_network_options(p)
+    common.add_sampling_options(p, default_seeds="0-7")
+    p.add_argument("--candidates", default="3-27",
+                   help="patch sizes to try: '3-27' (odd) or '3,5,7' (default: %(default)s)")
+    p.add_argument("--metric", default="cosine", choices=METRICS,
+                   help="cosine similarity of scores (higher is better) or MSE of x0_hat (default: %(default)s)")
+    p.add_argument("--out", default="out/calibrate", help="output directory (default: %(default)s)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    start = time.perf_counter()
+    seeds = common.parse_seeds(args.seeds)
+    candidates = parse_candidates(args.candidates)
+    if args.class_label is not None:
+        raise ValueError("calibrate uses an unconditional network: --class is not supported")
+    if args.batch_size <= 0:
+        raise ValueError(f"--batch-size must be a positive int; got {args.batch_size}")
+    out = common.ensure_out_dir(args.out)
+    net, info, data = load_net_and_data(args)
+    sigmas = common.noise_sigmas(args)
+
+    def factory(images, P):
+        return make_denoiser(args.machine, images, P=P, boundary=args.boundary, keys=args.keys, backend=args.backend)
+
+    settings = json.dumps(dict(net=info["path"], net_clip=not args.no_clip, machine=args.machine,
+                               boundary=args.boundary, keys=args.keys,
+                               steps=args.steps, noise_schedule=args.noise_schedule, sampler=args.sampler,
+                               eta=args.eta, seeds=seeds, candidates=candidates, metric=args.metric,
+                               data=data.name, n_train=len(data)), sort_keys=True)
+    partial = common.partial_results_path(out, "calibrate")
+    done = {}
+    if partial.exists():
+        try:
+            arrays = io.load_npz(partial)
+            if str(arrays.get("settings")) == settings:
+                done = {int(i): arrays["tables"][k] for k, i in enumerate(arrays["steps"])}
+        except (ValueError, KeyError):
+            done = {}
+    if done:
+        print(f"resuming: {len(done)} of {args.steps} steps already calibrated")
+
+    def checkpoint(tables):
+        steps = sorted(tables)
+        io.save_npz(partial, steps=np.array(steps), tables=np.stack([tables[i] for i in steps]),
+                    settings=np.array(settings))
+
+    result = calibrate(net, factory, data.images, sigmas, candidates, seeds, metric=args.metric,
+                       sampler=args.sampler, eta=args.eta, batch_size=args.batch_size,
+                       progress=not args.no_progress, done=done, checkpoint=checkpoint)
+    seconds = time.perf_counter() - start
+    js = save_calibration(out / "calibration.json", result, net=info["path"], net_config=info["config"],
+                          net_clip=not args.no_clip, machine=args.machine, boundary=args.boundary,
+                          keys=args.keys,
+                          noise_schedule=args.noise_schedule, sampler=args.sampler, data=data.name,
+                          n_train=len(data), seconds=round(seconds, 1))
+    png = calibration_figure(result, out / "calibration.png")
+    common.remove_quietly(partial)
+    print("patch sizes (highest noise first):", " ".join(map(str, result.patch_sizes)))
+    print("best median", args.metric, "per step:", " ".join(f"{v:.3f}" for v in result.best_scores))
+    print(f"wrote {js} and {png} ({seconds:.1f} s); use it with --patch-schedule {js}")
+    return 0

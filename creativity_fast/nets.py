@@ -1,0 +1,409 @@
+"""Reference convolutional diffusion networks and their use as denoisers (SPEC 6).
+
+Two small eps-prediction networks like those of Kamb & Ganguli (2025), trained on
+the cosine VP schedule ``abar(t) = cos^2(pi t / 2.016)``:
+
+- ``ConvResNet``: a stack of ``depth`` 3x3 convolutions (input conv, residual blocks
+  of two convs, output conv) at a constant width, no down-sampling. Its receptive
+  field is ``2 * depth + 1`` pixels wide: ``depth = 8`` gives the paper's 17x17.
+- ``SmallUNet``: a 3-level UNet (resolutions H, H/2, H/4) with one residual block
+  per level and side, for comparison with a network of global receptive field.
+
+Both take ``(x_t [B,C,H,W], t [B])`` with ``x_t = sqrt(abar) x0 + sqrt(1-abar) eps`` and
+return ``eps_hat``. Time enters through a sinusoidal embedding and an MLP that
+gives every residual block a per-channel scale and shift (FiLM). Convolutions use
+``padding_mode`` ``"zeros"`` (the paper's zero-padded networks, compared with the
+boundary-broken ELS machine) or ``"circular"``.
+
+``NetworkDenoiser(net)`` wraps such a network as a sigma-space denoiser
+``denoiser(z, sigma) -> x0_hat`` (SPEC 2): ``abar = 1 / (1 + sigma^2)``,
+``x_t = sqrt(abar) z``, ``t = (2.016 / pi) atan(sigma)``, and
+``x0_hat = z - sigma * eps_hat``, clipped to the data range ``[-1, 1]`` by default (the
+``clip_denoised`` of DDPM samplers; the true posterior mean lies in the data's convex
+hull, and every machine's output does). Without the clip, the ``sigma`` factor turns a
+small eps error at ``sigma ~ 80`` into an x0 error of several units.
+
+Checkpoints are plain dictionaries of tensors and primitive values, read with
+``torch.load(..., weights_only=True)`` (never runs code from the file)::
+
+    {"format": "creativity_fast.net", "version": 1, "config": {...}, "state_dict": {...}, "meta": {...}}
+
+``config`` is what ``build_network(config)`` needs; ``meta`` records the training
+run (data set, steps, seconds...). Training checkpoints (``training.py``) add the
+optimizer, EMA and RNG states under further keys and load the same way.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .schedules import COSINE_S
+
+__all__ = [
+    "ARCHITECTURES", "PADDINGS", "NORMS", "ConvResNet", "SmallUNet", "build_network", "NetworkDenoiser",
+    "load_network", "load_checkpoint", "save_network", "network_checkpoint", "default_network_path",
+    "vp_noise", "CHECKPOINT_FORMAT",
+]
+
+CHECKPOINT_FORMAT = "creativity_fast.net"
+CHECKPOINT_VERSION = 1
+ARCHITECTURES = ("resnet", "unet")
+PADDINGS = ("zeros", "circular")
+NORMS = ("group", "none")
+
+#: The network shipped with the package (trained by ``creativity-fast train``; see docs/calibration.md).
+DEFAULT_NETWORK = "fashion_mnist_resnet.pt"
+
+
+def default_network_path() -> Path:
+    """Path of the shipped Fashion-MNIST ResNet checkpoint (it may be absent in a source checkout)."""
+    return Path(__file__).resolve().parent / "checkpoints" / DEFAULT_NETWORK
+
+
+# --------------------------------------------------------------------------- #
+# building blocks
+# --------------------------------------------------------------------------- #
+
+def _groups(width: int) -> int:
+    """Largest group count <= 8 that divides ``width`` (GroupNorm)."""
+    for g in (8, 4, 2, 1):
+        if width % g == 0:
+            return g
+    return 1
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding ``[B, dim]`` of ``t [B]`` in ``[0, 1]`` (scaled by 1000 as in DDPM)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = 1000.0 * t.float()[:, None] * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=1)
+    if dim % 2:
+        emb = F.pad(emb, (0, 1))
+    return emb
+
+
+def _norm(kind: str, width: int) -> nn.Module:
+    return nn.GroupNorm(_groups(width), width) if kind == "group" else nn.Identity()
+
+
+def _conv3x3(cin: int, cout: int, padding: str) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 3, padding=1, padding_mode=padding)
+
+
+class _TimeMLP(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+        self.net = nn.Sequential(nn.Linear(dim, 2 * dim), nn.SiLU(), nn.Linear(2 * dim, 2 * dim))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.net(timestep_embedding(t, self.dim))
+
+
+class ResBlock(nn.Module):
+    """``x + conv(act(FiLM(norm(x)))) ...``: one or two 3x3 convolutions with time FiLM."""
+
+    def __init__(self, cin: int, cout: int, temb_dim: int, padding: str, convs: int = 2, norm: str = "group"):
+        super().__init__()
+        if convs not in (1, 2):
+            raise ValueError(f"convs must be 1 or 2; got {convs}")
+        self.norm1 = _norm(norm, cin)
+        self.conv1 = _conv3x3(cin, cout, padding)
+        self.film = nn.Linear(temb_dim, 2 * cout)
+        self.convs = convs
+        if convs == 2:
+            self.norm2 = _norm(norm, cout)
+            self.conv2 = _conv3x3(cout, cout, padding)
+            nn.init.zeros_(self.conv2.weight)
+            nn.init.zeros_(self.conv2.bias)
+        self.skip = nn.Identity() if cin == cout else nn.Conv2d(cin, cout, 1)
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.film(temb)[:, :, None, None].chunk(2, dim=1)
+        if self.convs == 2:
+            h = self.norm2(h) * (1 + scale) + shift
+            h = self.conv2(F.silu(h))
+        else:
+            h = h * (1 + scale) + shift
+        return self.skip(x) + h
+
+
+class ConvResNet(nn.Module):
+    """ResNet of ``depth`` 3x3 convolutions at constant ``width``: receptive field ``2*depth+1``.
+
+    Layout: 3x3 input conv, ``depth - 2`` convs in residual blocks of two (the last
+    block has one when ``depth`` is odd), 3x3 output conv after GroupNorm + SiLU.
+
+    ``norm="group"`` (GroupNorm before each conv) couples all pixels through each group's
+    mean and variance: the convolutional path sees ``(2*depth+1)^2`` pixels, the
+    normalisation statistics see the whole image. ``norm="none"`` makes the network
+    strictly local (exactly the receptive field above).
+    """
+
+    def __init__(self, channels: int = 1, width: int = 32, depth: int = 8, padding: str = "zeros",
+                 temb_dim: Optional[int] = None, norm: str = "group"):
+        super().__init__()
+        _check_config_values(channels=channels, width=width, depth=depth, padding=padding, min_depth=2, norm=norm)
+        temb_dim = int(temb_dim or width)
+        self.channels, self.width, self.depth, self.padding, self.norm = channels, width, depth, padding, norm
+        self.time = _TimeMLP(temb_dim)
+        self.conv_in = _conv3x3(channels, width, padding)
+        inner = depth - 2
+        self.blocks = nn.ModuleList(
+            [ResBlock(width, width, 2 * temb_dim, padding, convs=min(2, inner - 2 * i), norm=norm)
+             for i in range((inner + 1) // 2)])
+        self.norm_out = _norm(norm, width)
+        self.conv_out = _conv3x3(width, channels, padding)
+
+    @property
+    def receptive_field(self) -> int:
+        return 2 * self.depth + 1
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        temb = F.silu(self.time(t))
+        h = self.conv_in(x)
+        for block in self.blocks:
+            h = block(h, temb)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class SmallUNet(nn.Module):
+    """3-level UNet (H, H/2, H/4; widths ``width, 2*width, 2*width``), average-pool down, nearest up.
+
+    ``H`` and ``W`` must be divisible by 4 (28x28 and 32x32 are).
+    """
+
+    def __init__(self, channels: int = 1, width: int = 32, padding: str = "zeros", temb_dim: Optional[int] = None,
+                 norm: str = "group"):
+        super().__init__()
+        _check_config_values(channels=channels, width=width, depth=None, padding=padding, norm=norm)
+        temb_dim = int(temb_dim or width)
+        self.channels, self.width, self.padding, self.norm = channels, width, padding, norm
+        w1, w2, w3 = width, 2 * width, 2 * width
+        e = 2 * temb_dim
+        self.time = _TimeMLP(temb_dim)
+        self.conv_in = _conv3x3(channels, w1, padding)
+        self.down1 = ResBlock(w1, w1, e, padding, norm=norm)
+        self.down2 = ResBlock(w1, w2, e, padding, norm=norm)
+        self.mid = ResBlock(w2, w3, e, padding, norm=norm)
+        self.up2 = ResBlock(w3 + w2, w2, e, padding, norm=norm)
+        self.up1 = ResBlock(w2 + w1, w1, e, padding, norm=norm)
+        self.norm_out = _norm(norm, w1)
+        self.conv_out = _conv3x3(w1, channels, padding)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] % 4 or x.shape[-2] % 4:
+            raise ValueError(f"SmallUNet needs H and W divisible by 4; got {tuple(x.shape[-2:])}")
+        temb = F.silu(self.time(t))
+        h1 = self.down1(self.conv_in(x), temb)                 # H
+        h2 = self.down2(F.avg_pool2d(h1, 2), temb)             # H/2
+        h3 = self.mid(F.avg_pool2d(h2, 2), temb)               # H/4
+        u2 = self.up2(torch.cat([F.interpolate(h3, scale_factor=2.0, mode="nearest"), h2], 1), temb)
+        u1 = self.up1(torch.cat([F.interpolate(u2, scale_factor=2.0, mode="nearest"), h1], 1), temb)
+        return self.conv_out(F.silu(self.norm_out(u1)))
+
+
+def _check_int(value, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}; got {value!r}")
+    return int(value)
+
+
+def _check_config_values(*, channels, width, depth, padding, min_depth: int = 2, norm: str = "group") -> None:
+    _check_int(channels, "channels", 1)
+    _check_int(width, "width", 1)
+    if depth is not None:
+        _check_int(depth, "depth", min_depth)
+    if padding not in PADDINGS:
+        raise ValueError(f"padding must be one of {', '.join(PADDINGS)}; got {padding!r}")
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {', '.join(NORMS)}; got {norm!r}")
+
+
+def build_network(config: dict) -> nn.Module:
+    """Network from a config dict: ``{"arch": "resnet"|"unet", "channels", "width", "depth" (resnet), "padding",
+    "norm" ("group" default | "none"), "temb_dim"}``."""
+    if not isinstance(config, dict):
+        raise TypeError(f"config must be a dict; got {type(config).__name__}")
+    arch = config.get("arch")
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"config['arch'] must be one of {', '.join(ARCHITECTURES)}; got {arch!r}")
+    kwargs = dict(channels=config.get("channels", 1), width=config.get("width", 32),
+                  padding=config.get("padding", "zeros"), temb_dim=config.get("temb_dim"),
+                  norm=config.get("norm", "group"))
+    if arch == "resnet":
+        return ConvResNet(depth=config.get("depth", 8), **kwargs)
+    return SmallUNet(**kwargs)
+
+
+def network_config(net: nn.Module) -> dict:
+    """The config dict that rebuilds ``net`` with ``build_network``."""
+    if isinstance(net, ConvResNet):
+        return dict(arch="resnet", channels=net.channels, width=net.width, depth=net.depth, padding=net.padding,
+                    temb_dim=net.time.dim, norm=net.norm)
+    if isinstance(net, SmallUNet):
+        return dict(arch="unet", channels=net.channels, width=net.width, padding=net.padding, temb_dim=net.time.dim,
+                    norm=net.norm)
+    raise TypeError(f"net must be a ConvResNet or SmallUNet; got {type(net).__name__}")
+
+
+# --------------------------------------------------------------------------- #
+# VP noising (training) and the sigma-space denoiser (sampling)
+# --------------------------------------------------------------------------- #
+
+def cosine_abar(t: torch.Tensor, s: float = COSINE_S) -> torch.Tensor:
+    """``abar(t) = cos^2(pi t / s)``."""
+    return torch.cos(math.pi * t / s) ** 2
+
+
+def vp_noise(x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, s: float = COSINE_S) -> torch.Tensor:
+    """``x_t = sqrt(abar(t)) x0 + sqrt(1 - abar(t)) eps`` on the cosine schedule; ``t [B]``."""
+    abar = cosine_abar(t, s).to(x0.dtype)[:, None, None, None]
+    return abar.sqrt() * x0 + (1 - abar).sqrt() * eps
+
+
+class NetworkDenoiser:
+    """An eps-prediction VP network as a sigma-space denoiser ``denoiser(z, sigma) -> x0_hat``.
+
+    ``abar = 1/(1+sigma^2)``, ``x_t = z sqrt(abar)``, ``t = (s/pi) atan(sigma)`` (cosine schedule,
+    ``s = 2.016``), ``x0_hat = z - sigma * eps_hat(x_t, t)``, then clamped to
+    ``clip = (lo, hi)`` (default ``(-1, 1)``, the data range; ``None`` for the raw estimate). Runs
+    under ``torch.no_grad`` in eval mode, in batches of at most ``batch_size`` on the network's
+    device; returns on ``z``'s device and dtype. ``sigma`` is a float or a ``[B]`` tensor. The
+    network is unconditional: ``class_labels`` must be None.
+    """
+
+    def __init__(self, net: nn.Module, *, s: float = COSINE_S, batch_size: int = 256, name: str = "network",
+                 clip: Optional[tuple] = (-1.0, 1.0)):
+        if not isinstance(net, nn.Module):
+            raise TypeError(f"net must be a torch.nn.Module; got {type(net).__name__}")
+        if clip is not None:
+            if len(clip) != 2 or not float(clip[0]) < float(clip[1]):
+                raise ValueError(f"clip must be None or (lo, hi) with lo < hi; got {clip!r}")
+            clip = (float(clip[0]), float(clip[1]))
+        self.clip = clip
+        self.net = net.eval()
+        self.s = float(s)
+        self.batch_size = _check_int(batch_size, "batch_size", 1)
+        self.name = name
+
+    @property
+    def device(self) -> torch.device:
+        try:
+            return next(self.net.parameters()).device
+        except StopIteration:
+            return torch.device("cpu")
+
+    def eps(self, z: torch.Tensor, sigma) -> torch.Tensor:
+        """``eps_hat`` at sigma-space state ``z``."""
+        sig = self._sigmas(sigma, z)
+        abar = 1.0 / (1.0 + sig.double() ** 2)
+        t = (self.s / math.pi) * torch.atan(sig.double())
+        xt = z.double() * abar.sqrt()[:, None, None, None]
+        dev, out = self.device, []
+        with torch.no_grad():
+            for i in range(0, z.shape[0], self.batch_size):
+                sl = slice(i, i + self.batch_size)
+                out.append(self.net(xt[sl].float().to(dev), t[sl].float().to(dev)).to(z.device))
+        return torch.cat(out).to(z.dtype)
+
+    def __call__(self, z: torch.Tensor, sigma, class_labels=None, **_unused) -> torch.Tensor:
+        if class_labels is not None:
+            raise ValueError("this network is unconditional: class_labels must be None")
+        if not isinstance(z, torch.Tensor) or z.dim() != 4:
+            raise ValueError(f"z must be a [B, C, H, W] tensor; got {getattr(z, 'shape', type(z).__name__)}")
+        sig = self._sigmas(sigma, z)
+        x0 = (z - sig.to(z.dtype)[:, None, None, None] * self.eps(z, sig)).to(z.dtype)
+        return x0 if self.clip is None else x0.clamp(*self.clip)
+
+    @staticmethod
+    def _sigmas(sigma, z: torch.Tensor) -> torch.Tensor:
+        sig = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1).to(z.device)
+        if sig.numel() == 1:
+            sig = sig.expand(z.shape[0])
+        if sig.numel() != z.shape[0]:
+            raise ValueError(f"sigma has {sig.numel()} values for a batch of {z.shape[0]}")
+        if not bool(torch.isfinite(sig).all()) or bool((sig <= 0).any()):
+            raise ValueError("sigma must be finite and > 0")
+        return sig
+
+
+# --------------------------------------------------------------------------- #
+# checkpoints
+# --------------------------------------------------------------------------- #
+
+def network_checkpoint(net: nn.Module, meta: Optional[dict] = None, state_dict: Optional[dict] = None) -> dict:
+    """The inference checkpoint dict of ``net`` (weights as float32 CPU tensors)."""
+    sd = net.state_dict() if state_dict is None else state_dict
+    return {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "config": network_config(net),
+            "state_dict": {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).clone()
+                           for k, v in sd.items()},
+            "meta": dict(meta or {})}
+
+
+def save_network(path: Union[str, os.PathLike], net: nn.Module, meta: Optional[dict] = None,
+                 state_dict: Optional[dict] = None) -> Path:
+    """Write an inference checkpoint atomically (see the module doc for its layout)."""
+    from .io import atomic_open
+    path = Path(path)
+    with atomic_open(path, "wb") as handle:
+        torch.save(network_checkpoint(net, meta, state_dict), handle)
+    return path
+
+
+def load_checkpoint(path: Union[str, os.PathLike]) -> dict:
+    """Read a checkpoint dict with ``weights_only=True``; clear errors on missing or malformed files."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such network checkpoint: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - truncated zip, pickle refusing code, not a torch file...
+        raise ValueError(f"cannot read {path} as a creativity_fast network checkpoint "
+                         f"(torch.load weights_only=True failed: {type(exc).__name__}: {exc})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a creativity_fast network checkpoint "
+                         f"(expected a dict with format={CHECKPOINT_FORMAT!r})")
+    if ckpt.get("version") != CHECKPOINT_VERSION:
+        raise ValueError(f"{path}: unsupported checkpoint version {ckpt.get('version')!r} "
+                         f"(this creativity_fast reads version {CHECKPOINT_VERSION})")
+    for key, kind in (("config", dict), ("state_dict", dict)):
+        if not isinstance(ckpt.get(key), kind):
+            raise ValueError(f"{path}: checkpoint field {key!r} is missing or not a {kind.__name__}")
+    return ckpt
+
+
+def load_network(path: Union[str, os.PathLike, None] = None, *, ema: bool = True, device=None
+                 ) -> tuple[nn.Module, dict]:
+    """Rebuild a network from a checkpoint: ``(net in eval mode, checkpoint meta + config)``.
+
+    ``path=None`` loads the shipped Fashion-MNIST ResNet. For a training checkpoint,
+    ``ema=True`` takes the EMA weights when present.
+    """
+    path = default_network_path() if path is None else Path(path)
+    ckpt = load_checkpoint(path)
+    try:
+        net = build_network(ckpt["config"])
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: bad network config {ckpt['config']!r}: {exc}") from None
+    state = ckpt.get("ema_state_dict") if ema and isinstance(ckpt.get("ema_state_dict"), dict) else ckpt["state_dict"]
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: weights do not match the config {ckpt['config']!r}: {exc}") from None
+    if device is not None:
+        net = net.to(device)
+    info = dict(ckpt.get("meta") or {})
+    info["config"] = dict(ckpt["config"])
+    info["path"] = str(path)
+    return net.eval(), info

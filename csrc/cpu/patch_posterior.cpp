@@ -1,0 +1,364 @@
+// CPU implementation of creativity_fast::patch_posterior_mean and its backward
+// (schemas in csrc/ops.cpp; fake and autograd registrations in creativity_fast/ops.py).
+//
+// This file owns everything torch-facing: argument checks, the per-axis tables
+// derived from dictionary.h (the one definition of patch offsets, weights and
+// admissible keys), the choice of instruction set, and the parallel loop over work
+// units (sample, block of query rows) through torch's thread pool. The arithmetic
+// lives in ppm_kernel.h, compiled once per instruction set (ppm_generic.cpp,
+// ppm_avx2.cpp, ppm_avx512.cpp).
+//
+// Tuning / diagnosis environment variables (read at every call; none changes a
+// result bit, see ppm_api.h):
+//   CREATIVITY_FAST_CPU_ISA        auto | avx512 | avx2 | generic
+//   CREATIVITY_FAST_CPU_TILE_ROWS  query rows per work unit (default: auto)
+//   CREATIVITY_FAST_CPU_ALGO       auto | box | direct
+//   CREATIVITY_FAST_CPU_PRUNE      1 | 0   (skip keys whose weight underflows to 0)
+//   CREATIVITY_FAST_CPU_GW_MIN     window length from which box passes use
+//                                  Gil-Werman prefix/suffix sums (default 5)
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "cpu/ppm_api.h"
+#include "dictionary.h"
+
+namespace creativity_fast {
+namespace cpu {
+namespace {
+
+std::string env_str(const char* name) {
+  const char* v = std::getenv(name);
+  return v ? std::string(v) : std::string();
+}
+
+int env_int(const char* name, int fallback) {
+  const std::string s = env_str(name);
+  if (s.empty()) return fallback;
+  try {
+    return std::stoi(s);
+  } catch (...) {
+    TORCH_CHECK(false, name, " must be an integer; got '", s, "'");
+  }
+  return fallback;
+}
+
+bool cpu_has(const char* feature) {
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+  __builtin_cpu_init();
+  if (!std::strcmp(feature, "avx512"))
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq");
+  if (!std::strcmp(feature, "avx2")) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#endif
+  (void)feature;
+  return false;
+}
+
+const IsaKernels& select_isa() {
+  const std::string want = env_str("CREATIVITY_FAST_CPU_ISA");
+  if (want == "generic") return kKernelsGeneric;
+  if (want == "avx2") {
+    TORCH_CHECK(cpu_has("avx2"), "CREATIVITY_FAST_CPU_ISA=avx2 but this CPU lacks AVX2/FMA");
+    return kKernelsAvx2;
+  }
+  if (want == "avx512") {
+    TORCH_CHECK(cpu_has("avx512"), "CREATIVITY_FAST_CPU_ISA=avx512 but this CPU lacks AVX-512");
+    return kKernelsAvx512;
+  }
+  TORCH_CHECK(want.empty() || want == "auto", "CREATIVITY_FAST_CPU_ISA must be auto, avx512, avx2 or generic; got '",
+              want, "'");
+  if (cpu_has("avx512")) return kKernelsAvx512;
+  if (cpu_has("avx2")) return kKernelsAvx2;
+  return kKernelsGeneric;
+}
+
+Mode parse_mode(c10::string_view s) {
+  if (s == "ideal") return Mode::Ideal;
+  if (s == "local") return Mode::Local;
+  if (s == "els") return Mode::Els;
+  TORCH_CHECK(false, "mode must be 'ideal', 'local' or 'els'; got '", std::string(s), "'");
+}
+Boundary parse_boundary(c10::string_view s) {
+  if (s == "zeros") return Boundary::Zeros;
+  if (s == "circular") return Boundary::Circular;
+  TORCH_CHECK(false, "boundary must be 'zeros' or 'circular'; got '", std::string(s), "'");
+}
+Keys parse_keys(c10::string_view s) {
+  if (s == "all") return Keys::All;
+  if (s == "valid") return Keys::Valid;
+  TORCH_CHECK(false, "keys must be 'all' or 'valid'; got '", std::string(s), "'");
+}
+
+// Owns the arrays an AxisTables points into.
+struct AxisStore {
+  std::vector<int> weight, disp, keypos, hull_lo, hull_hi;
+  std::vector<uint8_t> valid;
+  AxisTables t{};
+};
+
+void build_axis(AxisStore& st, int size, int P, Mode mode, Boundary boundary, Keys keys) {
+  const AxisPatch ap(P, size, boundary);
+  AxisTables& t = st.t;
+  t.size = size;
+  t.wrap = boundary == Boundary::Circular;
+  t.first = ap.first;
+  t.count = ap.count;
+  st.weight.resize(ap.count);
+  for (int i = 0; i < ap.count; ++i) st.weight[i] = ap.weight(i);
+  // The patch as a window sum: weights are all 1 on a contiguous run of offsets,
+  // except for circular patches larger than the image, whose residues carry
+  // multiplicities k or k + 1 with the k + 1 ones on a cyclic run.
+  const bool multiplicity = std::any_of(st.weight.begin(), st.weight.end(), [](int w) { return w != 1; });
+  if (!multiplicity) {
+    t.s = ap.first;
+    t.L = ap.count;
+    t.kfull = 0;
+  } else {
+    TORCH_CHECK(t.wrap && ap.first == 0 && ap.count == size, "unexpected patch reduction from dictionary.h");
+    const int k = *std::min_element(st.weight.begin(), st.weight.end());
+    int L = 0, start = -1;
+    for (int i = 0; i < size; ++i) {
+      TORCH_CHECK(st.weight[i] == k || st.weight[i] == k + 1, "unexpected multiplicities from dictionary.h");
+      if (st.weight[i] == k + 1) {
+        ++L;
+        if (st.weight[(i - 1 + size) % size] == k) start = i;
+      }
+    }
+    TORCH_CHECK(L == 0 || start >= 0, "unexpected multiplicities from dictionary.h");
+    for (int j = 0; j < L; ++j)  // the extra ones must be one cyclic run
+      TORCH_CHECK(st.weight[(start + j) % size] == k + 1, "multiplicities are not one cyclic run");
+    t.s = L ? start : 0;
+    t.L = L;
+    t.kfull = k;
+  }
+  // Displacements: circular d in [0, size) (key = (pos + d) mod size), zeros d in
+  // (-size, size) (key = pos + d inside the image).
+  const int dlo = t.wrap ? 0 : -(size - 1);
+  const int dhi = size - 1;
+  for (int d = dlo; d <= dhi; ++d) {
+    int lo = size, hi = -1;
+    std::vector<uint8_t> v(size, 0);
+    std::vector<int> kp(size, 0);
+    for (int pos = 0; pos < size; ++pos) {
+      int key = pos + d;
+      if (t.wrap)
+        key %= size;
+      else if (key < 0 || key >= size)
+        continue;
+      if (!admissible(pos, key, size, P, mode, boundary, keys)) continue;
+      v[pos] = 1;
+      kp[pos] = key;
+      lo = std::min(lo, pos);
+      hi = std::max(hi, pos);
+      if (!t.wrap) {
+        // The box filter treats the product image as 0 outside the query image; that
+        // is exact only if, along every patch offset, the query and key positions
+        // leave the image together (true for the zero-boundary rules of SPEC 3.3).
+        for (int i = 0; i < ap.count; ++i) {
+          const bool qin = ap.source(pos, i) >= 0, kin = ap.source(key, i) >= 0;
+          TORCH_CHECK(qin == kin, "zero-boundary admissible pair leaves the image on one side only");
+        }
+      }
+    }
+    if (hi < 0) continue;
+    st.disp.push_back(d);
+    st.valid.insert(st.valid.end(), v.begin(), v.end());
+    st.keypos.insert(st.keypos.end(), kp.begin(), kp.end());
+    st.hull_lo.push_back(lo);
+    st.hull_hi.push_back(hi);
+  }
+  t.nd = int(st.disp.size());
+  t.weight = st.weight.data();
+  t.disp = st.disp.data();
+  t.valid = st.valid.data();
+  t.keypos = st.keypos.data();
+  t.hull_lo = st.hull_lo.data();
+  t.hull_hi = st.hull_hi.data();
+}
+
+PpmOptions read_options() {
+  PpmOptions o;
+  o.tile_rows = env_int("CREATIVITY_FAST_CPU_TILE_ROWS", 0);
+  const std::string algo = env_str("CREATIVITY_FAST_CPU_ALGO");
+  if (algo.empty() || algo == "auto")
+    o.algo = 0;
+  else if (algo == "box")
+    o.algo = 1;
+  else if (algo == "direct")
+    o.algo = 2;
+  else
+    TORCH_CHECK(false, "CREATIVITY_FAST_CPU_ALGO must be auto, box or direct; got '", algo, "'");
+  o.prune = env_int("CREATIVITY_FAST_CPU_PRUNE", 1);
+  o.gw_min_len = env_int("CREATIVITY_FAST_CPU_GW_MIN", 5);
+  return o;
+}
+
+struct Setup {
+  PpmProblem pb{};
+  AxisStore rows, cols;
+  std::vector<double> sigma;
+  int64_t units = 0;
+};
+
+// Common checks and tables; `ideal` units are samples, patch units are (sample, row block).
+void setup(Setup& S, const at::Tensor& z, const at::Tensor& data, const at::Tensor& sigma, int64_t P,
+           c10::string_view mode_s, c10::string_view boundary_s, c10::string_view keys_s,
+           const std::optional<at::Tensor>& key_logw) {
+  TORCH_CHECK(z.dim() == 4, "z must be [B, C, H, W]; got ", z.sizes());
+  TORCH_CHECK(data.dim() == 4, "data must be [N, C, H, W]; got ", data.sizes());
+  TORCH_CHECK(z.scalar_type() == at::kFloat || z.scalar_type() == at::kDouble,
+              "z must be float32 or float64; got ", z.scalar_type());
+  TORCH_CHECK(data.scalar_type() == z.scalar_type(), "data must have z's dtype");
+  TORCH_CHECK(data.size(1) == z.size(1) && data.size(2) == z.size(2) && data.size(3) == z.size(3),
+              "data [N, C, H, W] must match z in C, H, W; got ", data.sizes(), " and ", z.sizes());
+  TORCH_CHECK(data.size(0) > 0, "data is empty");
+  TORCH_CHECK(sigma.dim() == 1 && sigma.size(0) == z.size(0), "sigma must be [B]; got ", sigma.sizes());
+  TORCH_CHECK(P > 0 && P % 2 == 1, "P must be an odd positive int; got ", P);
+  TORCH_CHECK(z.size(2) < (1 << 20) && z.size(3) < (1 << 20), "image too large");
+  const Mode mode = parse_mode(mode_s);
+  const Boundary boundary = parse_boundary(boundary_s);
+  const Keys keys = parse_keys(keys_s);
+  PpmProblem& pb = S.pb;
+  pb.B = z.size(0);
+  pb.C = z.size(1);
+  pb.H = z.size(2);
+  pb.W = z.size(3);
+  pb.N = data.size(0);
+  TORCH_CHECK(P < (int64_t(1) << 30), "P is too large; got ", P);
+  pb.P = int(P);
+  pb.mode = int(mode);
+  pb.boundary = int(boundary);
+  pb.keys = int(keys);
+  if (key_logw.has_value()) {
+    const at::Tensor& lw = *key_logw;
+    TORCH_CHECK(lw.scalar_type() == z.scalar_type(), "key_logw must have z's dtype");
+    if (mode == Mode::Ideal) {
+      TORCH_CHECK(lw.dim() == 1 && lw.size(0) == pb.N, "key_logw must be [N] for mode='ideal'; got ", lw.sizes());
+    } else {
+      TORCH_CHECK(lw.dim() == 3 && lw.size(0) == pb.N && lw.size(1) == pb.H && lw.size(2) == pb.W,
+                  "key_logw must be [N, H, W]; got ", lw.sizes());
+    }
+  }
+  TORCH_CHECK(pb.N * pb.H * pb.W < (int64_t(1) << 62), "data too large");
+  TORCH_CHECK((pb.N + 15) / 16 < (int64_t(1) << 30), "too many training images");
+  pb.has_logw = key_logw.has_value();
+  pb.opt = read_options();
+  S.sigma.resize(pb.B);
+  const at::Tensor sg = sigma.to(at::kDouble).contiguous();
+  for (int64_t b = 0; b < pb.B; ++b) S.sigma[b] = sg.data_ptr<double>()[b];
+  pb.sigma = S.sigma.data();
+  if (mode == Mode::Ideal) {
+    pb.n_row_blocks = 1;
+    pb.rows_per_block = pb.H;
+    S.units = pb.B;
+    return;
+  }
+  build_axis(S.rows, int(pb.H), int(P), mode, boundary, keys);
+  build_axis(S.cols, int(pb.W), int(P), mode, boundary, keys);
+  pb.ax_r = S.rows.t;
+  pb.ax_c = S.cols.t;
+  int64_t rows = pb.opt.tile_rows;
+  if (rows <= 0) {
+    // Enough units to keep every thread busy; fewer, taller blocks recompute fewer
+    // halo rows. The tiling never changes a result bit.
+    const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+    const int64_t blocks = std::min<int64_t>(pb.H, (2 * threads + pb.B - 1) / pb.B);
+    rows = (pb.H + std::max<int64_t>(blocks, 1) - 1) / std::max<int64_t>(blocks, 1);
+    if (pb.B >= threads) rows = pb.H;
+  }
+  rows = std::min<int64_t>(std::max<int64_t>(rows, 1), pb.H);
+  pb.rows_per_block = rows;
+  pb.n_row_blocks = (pb.H + rows - 1) / rows;
+  S.units = pb.B * pb.n_row_blocks;
+}
+
+void run_units(int64_t units, const PpmProblem& pb, UnitFn fn) {
+  at::parallel_for(0, units, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t u = begin; u < end; ++u) fn(pb, u);
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> patch_posterior_mean_cpu(
+    const at::Tensor& z_in, const at::Tensor& data_in, const at::Tensor& sigma, int64_t P, c10::string_view mode,
+    c10::string_view boundary, c10::string_view keys, const std::optional<at::Tensor>& key_logw_in,
+    bool return_argmax) {
+  const at::Tensor z = z_in.contiguous();
+  const at::Tensor data = data_in.contiguous();
+  std::optional<at::Tensor> key_logw;
+  if (key_logw_in.has_value()) key_logw = key_logw_in->contiguous();
+  Setup S;
+  setup(S, z, data, sigma, P, mode, boundary, keys, key_logw);
+  PpmProblem& pb = S.pb;
+  pb.want_argmax = return_argmax;
+  at::Tensor x0 = at::empty_like(z);
+  at::Tensor lse = at::empty({pb.B, pb.H, pb.W}, z.options());
+  at::Tensor best = return_argmax ? at::empty({pb.B, pb.H, pb.W}, z.options().dtype(at::kLong))
+                                  : at::empty({0}, z.options().dtype(at::kLong));
+  pb.z = z.data_ptr();
+  pb.data = data.data_ptr();
+  pb.logw = key_logw.has_value() ? key_logw->data_ptr() : nullptr;
+  pb.x0 = x0.data_ptr();
+  pb.lse = lse.data_ptr();
+  pb.best = return_argmax ? best.data_ptr<int64_t>() : nullptr;
+  const IsaKernels& k = select_isa();
+  run_units(S.units, pb, z.scalar_type() == at::kFloat ? k.forward_f32 : k.forward_f64);
+  return {x0, lse, best};
+}
+
+at::Tensor patch_posterior_mean_backward_cpu(const at::Tensor& grad_in, const at::Tensor& z_in,
+                                             const at::Tensor& data_in, const at::Tensor& sigma, int64_t P,
+                                             c10::string_view mode, c10::string_view boundary,
+                                             c10::string_view keys, const std::optional<at::Tensor>& key_logw_in,
+                                             const at::Tensor& x0_in, const at::Tensor& lse_in) {
+  const at::Tensor z = z_in.contiguous();
+  const at::Tensor data = data_in.contiguous();
+  const at::Tensor grad = grad_in.to(z.scalar_type()).contiguous();
+  const at::Tensor x0 = x0_in.to(z.scalar_type()).contiguous();
+  const at::Tensor lse = lse_in.to(z.scalar_type()).contiguous();
+  std::optional<at::Tensor> key_logw;
+  if (key_logw_in.has_value()) key_logw = key_logw_in->contiguous();
+  TORCH_CHECK(grad.sizes() == z.sizes(), "grad_x0 must have z's shape");
+  TORCH_CHECK(x0.sizes() == z.sizes(), "x0_hat must have z's shape");
+  TORCH_CHECK(lse.dim() == 3 && lse.size(0) == z.size(0) && lse.size(1) == z.size(2) && lse.size(2) == z.size(3),
+              "lse must be [B, H, W]");
+  Setup S;
+  setup(S, z, data, sigma, P, mode, boundary, keys, key_logw);
+  PpmProblem& pb = S.pb;
+  pb.want_argmax = false;
+  pb.z = z.data_ptr();
+  pb.data = data.data_ptr();
+  pb.logw = key_logw.has_value() ? key_logw->data_ptr() : nullptr;
+  pb.grad = grad.data_ptr();
+  pb.x0_in = x0.data_ptr();
+  pb.lse_in = lse.data_ptr();
+  // One double partial gradient per unit, summed in unit order: deterministic
+  // whatever the thread count. Memory O(units * C*H*W), independent of N.
+  at::Tensor partial = at::zeros({S.units, pb.C, pb.H, pb.W}, z.options().dtype(at::kDouble));
+  pb.grad_partial = partial.data_ptr<double>();
+  const IsaKernels& k = select_isa();
+  run_units(S.units, pb, z.scalar_type() == at::kFloat ? k.backward_f32 : k.backward_f64);
+  at::Tensor g = partial.view({pb.B, S.units / pb.B, pb.C, pb.H, pb.W});
+  at::Tensor out = g.select(1, 0).clone();
+  for (int64_t i = 1; i < g.size(1); ++i) out.add_(g.select(1, i));
+  return out.to(z.scalar_type());
+}
+
+}  // namespace
+
+// Which instruction-set build auto selection picks here (for benchmarks and reports).
+const char* selected_isa_name() { return select_isa().name; }
+
+}  // namespace cpu
+}  // namespace creativity_fast
+
+TORCH_LIBRARY_IMPL(creativity_fast, CPU, m) {
+  m.impl("patch_posterior_mean", &creativity_fast::cpu::patch_posterior_mean_cpu);
+  m.impl("patch_posterior_mean_backward", &creativity_fast::cpu::patch_posterior_mean_backward_cpu);
+}

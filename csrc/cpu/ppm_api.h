@@ -1,0 +1,92 @@
+// Interface between the torch-facing CPU operator (patch_posterior.cpp) and the
+// ISA-specific kernel builds (ppm_generic.cpp, ppm_avx2.cpp, ppm_avx512.cpp).
+//
+// The kernel translation units are compiled with `#pragma GCC target(...)` so that
+// one binary carries a baseline, an AVX2+FMA and an AVX-512 build and picks one at
+// run time. To keep them free of ODR hazards they include no torch header: this
+// file is plain data and function pointers only.
+#pragma once
+
+#include <cstdint>
+
+namespace creativity_fast {
+namespace cpu {
+
+// Work-decomposition and algorithm knobs (CREATIVITY_FAST_CPU_* environment
+// variables, see patch_posterior.cpp). None of them changes a result bit: the
+// per-query reduction order and every partial sum are anchored to absolute
+// positions, whatever the tiling or the thread count.
+struct PpmOptions {
+  int tile_rows = 0;    // query rows per work unit (0: auto)
+  int algo = 0;         // 0 auto (box), 1 box filter, 2 direct patch distances
+  int prune = 1;        // skip keys whose weight provably underflows (exact)
+  int gw_min_len = 5;   // window length from which a box pass uses Gil-Werman
+                        // block prefix/suffix sums (O(1) per output) instead of
+                        // summing the window directly
+};
+
+// Everything the kernels need to know about one axis, computed once per call from
+// dictionary.h (AxisPatch, admissible) by patch_posterior.cpp.
+struct AxisTables {
+  int size;
+  int wrap;  // circular boundary: positions wrap; zeros: outside reads 0
+  // Patch distance along this axis as a window sum (the reduction of AxisPatch):
+  //   sum_i weight(i) v(x + first + i) = kfull * sum_all v + sum_{j<L} v(x + s + j)
+  int s, L, kfull;
+  // The same patch as offsets and multiplicity weights (direct algorithm).
+  int first, count;
+  const int* weight;
+  // Displacements d (key position = position + d, wrapped when circular), the
+  // admissible query positions of each (valid[id * size + pos]), the key position,
+  // and the hull [hull_lo, hull_hi] of the admissible positions (lo > hi: none).
+  int nd;
+  const int* disp;
+  const uint8_t* valid;
+  const int* keypos;
+  const int* hull_lo;
+  const int* hull_hi;
+};
+
+struct PpmProblem {
+  // shapes
+  int64_t B, C, H, W, N;
+  int P;
+  int mode, boundary, keys;  // creativity_fast::Mode / Boundary / Keys values
+  bool has_logw, want_argmax;
+  PpmOptions opt;
+  AxisTables ax_r, ax_c;  // rows (H) and columns (W)
+  int64_t n_row_blocks;  // work units are (b, row block): unit = b * n_row_blocks + block
+  int64_t rows_per_block;
+  // inputs: z [B,C,H,W], data [N,C,H,W], key_logw [N,H,W] or [N] (ideal), all of the
+  // kernel's scalar type; sigma as double [B]
+  const void* z;
+  const void* data;
+  const void* logw;
+  const double* sigma;
+  // forward outputs: x0 [B,C,H,W], lse [B,H,W] (scalar type), best [B,H,W] (or null)
+  void* x0;
+  void* lse;
+  int64_t* best;
+  // backward inputs: grad_x0 [B,C,H,W], x0 (forward output), lse (forward output)
+  const void* grad;
+  const void* x0_in;
+  const void* lse_in;
+  // backward output: one [C,H,W] double partial gradient per work unit (summed by
+  // the caller in unit order)
+  double* grad_partial;
+};
+
+using UnitFn = void (*)(const PpmProblem&, int64_t unit);
+
+struct IsaKernels {
+  const char* name;
+  UnitFn forward_f32, forward_f64, backward_f32, backward_f64;
+};
+
+// Defined in ppm_generic.cpp / ppm_avx2.cpp / ppm_avx512.cpp.
+extern const IsaKernels kKernelsGeneric;
+extern const IsaKernels kKernelsAvx2;
+extern const IsaKernels kKernelsAvx512;
+
+}  // namespace cpu
+}  // namespace creativity_fast

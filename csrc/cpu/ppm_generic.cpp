@@ -1,0 +1,31 @@
+// generic build of the patch_posterior_mean CPU kernels (see ppm_kernel.h, ppm_api.h).
+// Every header is included before the target pragma, so only this file's own code
+// (in its own namespace, nothing shared with the other builds) uses the wider ISA.
+#include <immintrin.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <limits>
+
+#include "cpu/ppm_api.h"
+#include "dictionary.h"
+
+#pragma GCC diagnostic ignored "-Wpsabi"
+#pragma GCC push_options
+
+#define CF_ISA_LEVEL 0
+
+namespace creativity_fast {
+namespace cpu {
+namespace isa_generic {
+#include "cpu/ppm_kernel.h"
+}  // namespace isa_generic
+
+const IsaKernels kKernelsGeneric = {"generic", &isa_generic::forward_entry<float>, &isa_generic::forward_entry<double>,
+                              &isa_generic::backward_entry<float>, &isa_generic::backward_entry<double>};
+}  // namespace cpu
+}  // namespace creativity_fast
+
+#undef CF_ISA_LEVEL
+#pragma GCC pop_options

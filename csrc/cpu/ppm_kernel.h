@@ -1,0 +1,1060 @@
+// Fused CPU kernels of patch_posterior_mean (SPEC 4, 9), written once and compiled
+// per instruction set: ppm_<isa>.cpp sets `#pragma GCC target`, defines
+// CF_ISA_LEVEL (0 baseline, 1 AVX2+FMA, 2 AVX-512) and includes this file inside
+// its own namespace. No torch header may be included here (see ppm_api.h).
+//
+// Layout: lanes are training images. A "group" packs V = 64 / sizeof(T) training
+// images side by side ([row][col][channel][lane]), so every pixel of the group is
+// one SIMD vector and all the work below is vertical SIMD with scalar addressing:
+// any image size, any boundary, no gathers.
+//
+// Forward, for one work unit (sample b, a block of query rows) and one group:
+//   for every displacement delta = (dr, dc) with an admissible query in the block
+//     e(p)  = sum_ch (z(p) - phi(p + delta))^2                 (one product image)
+//     d(x)  = sum_o w(o) e(x + o)                              (separable box filter)
+//     l     = -d / (2 sigma^2) + key_logw
+//     online softmax per (query, lane): running max, sum, weighted centre
+// so a (query, key) pair costs O(C) plus a few adds whatever P (SPEC 9), and the
+// [queries x keys] matrix never exists. Window sums never subtract (they are
+// direct sums for short windows and Gil-Werman block prefix+suffix sums for long
+// ones), so a small distance next to large ones keeps its relative accuracy.
+// Blocks of the prefix/suffix sums are anchored to absolute positions, so every
+// distance is bitwise independent of the tiling and of the thread count.
+//
+// Exact pruning: exp() below flushes to exactly 0 for arguments under kExpLo, so a
+// key whose logit is more than |kExpLo| under the running max contributes exactly
+// 0; such keys are skipped without changing a bit of the result.
+//
+// Accumulation: per (query, lane) the sum and weighted centre are accumulated in T
+// over one row of displacements, then flushed into double accumulators; lanes are
+// merged in double at the end, in a fixed order.
+
+#ifndef CF_ISA_LEVEL
+#error "define CF_ISA_LEVEL before including ppm_kernel.h"
+#endif
+
+#define CF_AI inline __attribute__((always_inline))
+
+template <class T>
+struct VecT;
+// Lanes per group V = doubles per native vector (8 AVX-512, 4 AVX2, 2 baseline), so
+// every type below is one native register: v data lanes (T), vi int lanes of v's
+// width, vd the same lanes in double (distances, logits, running maxima, outer
+// sums), vdi int64 lanes of vd.
+#if CF_ISA_LEVEL >= 2
+#define CF_VBYTES 64
+#elif CF_ISA_LEVEL == 1
+#define CF_VBYTES 32
+#else
+#define CF_VBYTES 16
+#endif
+template <>
+struct VecT<float> {
+  static constexpr int V = CF_VBYTES / 8;
+  typedef float v __attribute__((vector_size(CF_VBYTES / 2)));
+  typedef int32_t vi __attribute__((vector_size(CF_VBYTES / 2)));
+  typedef double vd __attribute__((vector_size(CF_VBYTES)));
+  typedef int64_t vdi __attribute__((vector_size(CF_VBYTES)));
+  static constexpr float kExpLo = -87.0f;  // exp(-87) > FLT_MIN: no denormals
+};
+template <>
+struct VecT<double> {
+  static constexpr int V = CF_VBYTES / 8;
+  typedef double v __attribute__((vector_size(CF_VBYTES)));
+  typedef int64_t vi __attribute__((vector_size(CF_VBYTES)));
+  typedef double vd __attribute__((vector_size(CF_VBYTES)));
+  typedef int64_t vdi __attribute__((vector_size(CF_VBYTES)));
+  static constexpr double kExpLo = -708.0;  // exp(-708) > DBL_MIN
+};
+// Keys are pruned when every lane's (double) exponent is below kExpLo - 0.5: after
+// rounding to T such an exponent is still below kExpLo, so vexp would return exactly
+// 0 for it. Pruning therefore never changes a bit of the result.
+template <class T>
+CF_AI double prune_below() {
+  return double(VecT<T>::kExpLo) - 0.5;
+}
+
+template <class VV, class S>
+CF_AI VV splat(S s) {
+  return VV{} + s;
+}
+
+// ---------------------------------------------------------------------------
+// exp for arguments <= 0 (all call sites: logit minus a running max or lse).
+// Returns exactly 0 below kExpLo (that is the pruning contract) and exactly 1 at 0.
+
+CF_AI VecT<float>::v vexp(VecT<float>::v x) {
+  typedef VecT<float>::v v;
+  typedef VecT<float>::vi vi;
+  const v lo = splat<v>(VecT<float>::kExpLo);
+  const v xc = x < lo ? lo : x;
+  const v magic = splat<v>(12582912.0f);  // 1.5 * 2^23: round to nearest integer
+  const v t = xc * 1.44269504088896341f + magic;
+  const v n = t - magic;
+  const vi ni = (vi)t - (vi)magic;  // the integer n, read from the mantissa bits
+  v r = xc - n * 0.693359375f;      // Cody-Waite split of ln 2 (Cephes expf)
+  r = r - n * -2.12194440e-4f;
+  const v z = r * r;
+  v y = splat<v>(1.9875691500E-4f);
+  y = y * r + 1.3981999507E-3f;
+  y = y * r + 8.3334519073E-3f;
+  y = y * r + 4.1665795894E-2f;
+  y = y * r + 1.6666665459E-1f;
+  y = y * r + 5.0000001201E-1f;
+  y = y * z + r + 1.0f;
+  const vi bits = (ni + 127) << 23;
+  const v res = y * (v)bits;
+  return x < lo ? v{} : res;
+}
+
+CF_AI VecT<double>::v vexp(VecT<double>::v x) {
+  typedef VecT<double>::v v;
+  typedef VecT<double>::vi vi;
+  const v lo = splat<v>(VecT<double>::kExpLo);
+  const v xc = x < lo ? lo : x;
+  const v magic = splat<v>(6755399441055744.0);  // 1.5 * 2^52
+  const v t = xc * 1.4426950408889634074 + magic;
+  const v n = t - magic;
+  const vi ni = (vi)t - (vi)magic;
+  v r = xc - n * 6.93145751953125E-1;
+  r = r - n * 1.42860682030941723212E-6;
+  // Taylor series to degree 13 on |r| <= ln2/2: truncation < 1e-17.
+  v y = splat<v>(1.0 / 6227020800.0);
+  y = y * r + 1.0 / 479001600.0;
+  y = y * r + 1.0 / 39916800.0;
+  y = y * r + 1.0 / 3628800.0;
+  y = y * r + 1.0 / 362880.0;
+  y = y * r + 1.0 / 40320.0;
+  y = y * r + 1.0 / 5040.0;
+  y = y * r + 1.0 / 720.0;
+  y = y * r + 1.0 / 120.0;
+  y = y * r + 1.0 / 24.0;
+  y = y * r + 1.0 / 6.0;
+  y = y * r + 0.5;
+  y = y * r + 1.0;
+  y = y * r + 1.0;
+  const vi bits = (ni + 1023) << 52;
+  const v res = y * (v)bits;
+  return x < lo ? v{} : res;
+}
+
+// ---------------------------------------------------------------------------
+// "any lane" tests
+
+#if CF_ISA_LEVEL >= 2
+CF_AI bool any_gt(VecT<float>::v a, VecT<float>::v b) {
+  return _mm256_cmp_ps_mask((__m256)a, (__m256)b, _CMP_GT_OQ) != 0;
+}
+CF_AI bool any_ge(VecT<float>::v a, VecT<float>::v b) {
+  return _mm256_cmp_ps_mask((__m256)a, (__m256)b, _CMP_GE_OQ) != 0;
+}
+CF_AI bool any_gt(VecT<double>::v a, VecT<double>::v b) {
+  return _mm512_cmp_pd_mask((__m512d)a, (__m512d)b, _CMP_GT_OQ) != 0;
+}
+CF_AI bool any_ge(VecT<double>::v a, VecT<double>::v b) {
+  return _mm512_cmp_pd_mask((__m512d)a, (__m512d)b, _CMP_GE_OQ) != 0;
+}
+#else
+template <class VI>
+CF_AI bool any_true(VI m) {
+  if constexpr (sizeof(VI) == 32) {
+    union {
+      VI v;
+      __m256i h;
+    } u;
+    u.v = m;
+    return !_mm256_testz_si256(u.h, u.h);
+  } else if constexpr (sizeof(VI) == 16) {
+    union {
+      VI v;
+      __m128i h;
+    } u;
+    u.v = m;
+    return _mm_movemask_epi8(u.h) != 0;
+  } else {
+    static_assert(sizeof(VI) == 8, "unexpected vector size");
+    union {
+      VI v;
+      uint64_t h;
+    } u;
+    u.v = m;
+    return u.h != 0;
+  }
+}
+template <class VV>
+CF_AI bool any_gt(VV a, VV b) {
+  return any_true(a > b);
+}
+template <class VV>
+CF_AI bool any_ge(VV a, VV b) {
+  return any_true(a >= b);
+}
+#endif
+
+CF_AI int imin(int a, int b) { return a < b ? a : b; }
+CF_AI int imax(int a, int b) { return a > b ? a : b; }
+CF_AI int floordiv(int a, int b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+
+// ---------------------------------------------------------------------------
+// Scratch memory: one aligned block per work unit, carved in order.
+
+struct Arena {
+  char* base = nullptr;
+  size_t used = 0, cap = 0;
+  explicit Arena(size_t bytes) : cap(bytes) {
+    base = static_cast<char*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64 + 64));
+  }
+  ~Arena() { std::free(base); }
+  Arena(const Arena&) = delete;
+  Arena& operator=(const Arena&) = delete;
+  template <class X>
+  X* take(size_t count) {
+    const size_t bytes = (count * sizeof(X) + 63) / 64 * 64;
+    X* p = reinterpret_cast<X*>(base + used);
+    used += bytes;
+    return p;
+  }
+};
+
+template <class X>
+CF_AI size_t arena_bytes(size_t count) {
+  return (count * sizeof(X) + 63) / 64 * 64;
+}
+
+// Index maps of one axis, valid for t in [-4 size, 5 size): the real position read at
+// unwrapped position t (wrapped, or `size` = the zero sentinel outside the image).
+struct AxisMap {
+  int off;
+  const int* m;
+  CF_AI int operator()(int t) const { return m[t + off]; }
+};
+
+CF_AI void fill_axis_map(int* m, int size, bool wrap) {
+  for (int t = -4 * size; t < 5 * size; ++t) {
+    int r;
+    if (wrap)
+      r = ((t % size) + size) % size;
+    else
+      r = (t >= 0 && t < size) ? t : size;
+    m[t + 4 * size] = r;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// One-dimensional window sums, out[i] = sum_{j=0}^{L-1} src(i + s + j) for output
+// positions i in [lo, hi], anchored: blocks of L outputs start at multiples of L.
+// Element u (unwrapped) is `width` vectors get(u)[k * stride], k < width; the
+// width dimension is independent work (rows or columns processed side by side), so
+// the prefix/suffix recurrences run as `width` interleaved chains. emit(i, acc) gets
+// the window sums of element i as `width` contiguous vectors.
+
+template <class v, class Get, class Emit>
+CF_AI void window_sums(int lo, int hi, int s, int L, int width, int stride, int gw_min_len, Get&& get, v* suf,
+                       v* pre, v* acc, Emit&& emit) {
+  if (L == 0) {
+    for (int i = lo; i <= hi; ++i) {
+      for (int c = 0; c < width; ++c) acc[c] = v{};
+      emit(i, acc);
+    }
+    return;
+  }
+  if (L < gw_min_len) {
+    for (int i = lo; i <= hi; ++i) {
+      const v* a = get(i + s);
+      for (int c = 0; c < width; ++c) acc[c] = a[c * stride];
+      for (int j = 1; j < L; ++j) {
+        const v* b = get(i + s + j);
+        for (int c = 0; c < width; ++c) acc[c] = acc[c] + b[c * stride];
+      }
+      emit(i, acc);
+    }
+    return;
+  }
+  // Gil-Werman / van Herk: window = suffix of its block + prefix of the next block.
+  int i = lo;
+  while (i <= hi) {
+    const int k = floordiv(i, L);
+    const int bs = k * L + s, be = bs + L - 1;  // unwrapped element range of block k
+    const int seg_end = imin(hi, k * L + L - 1);
+    const int t0 = i + s;
+    {  // suffix sums for t in [t0, be], stored at suf[(t - bs) * width]
+      const v* a = get(be);
+      v* dst = suf + (be - bs) * width;
+      for (int c = 0; c < width; ++c) dst[c] = a[c * stride];
+      for (int t = be - 1; t >= t0; --t) {
+        const v* x = get(t);
+        v* d = suf + (t - bs) * width;
+        const v* nx = d + width;
+        for (int c = 0; c < width; ++c) d[c] = x[c * stride] + nx[c];
+      }
+    }
+    for (int c = 0; c < width; ++c) pre[c] = v{};
+    int u = be + 1;
+    for (; i <= seg_end; ++i) {
+      const int t = i + s;
+      const v* sf = suf + (t - bs) * width;
+      if (t == bs) {
+        emit(i, sf);
+      } else {
+        for (; u <= t + L - 1; ++u) {
+          const v* x = get(u);
+          for (int c = 0; c < width; ++c) pre[c] = pre[c] + x[c * stride];
+        }
+        for (int c = 0; c < width; ++c) acc[c] = sf[c] + pre[c];
+        emit(i, acc);
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Per-unit context shared by the forward and backward kernels.
+
+template <class T>
+struct Unit {
+  typedef typename VecT<T>::v v;
+  typedef typename VecT<T>::vd vd;
+  static constexpr int V = VecT<T>::V;
+
+  const PpmProblem& pb;
+  int H, W, C;
+  int64_t N, HW, b;
+  int r0, r1, nq;
+  int G;  // groups of V training images
+  double inv2s2;
+  AxisMap rmap, cmap;
+  int gw_min;
+
+  // scratch
+  Arena arena;
+  int* rmap_buf;
+  int* cmap_buf;
+  v* ph;       // [(H+1)][(W+1)][C] packed group, zero row H and column W
+  vd* lw;      // [H][W] per-key log prior of the group (lanes past N: -inf)
+  double* zd;  // [C][H][W] z[b] in double
+  vd* erows;   // [H][W+1] product image rows (real columns), column W = 0
+  vd* hreal;   // [H][W] horizontally filtered rows (output columns from offset 0)
+  int* rowid;  // [H] slot of a real row in erows/hreal, -1 if not needed
+  int* rowlist;  // [H] the needed real rows
+  vd* hzero;   // [W] zeros
+  vd* hsuf;    // [(2W+1) H] horizontal suffix scratch
+  vd* hpre;    // [H]
+  vd* hacc;    // [H]
+  vd* htot;    // [H]
+  vd* vsuf;    // [max(L_r,1)][W] vertical suffix rows
+  vd* vpre;    // [W]
+  vd* vacc;    // [W]
+  vd* vtot;    // [W] sum of all rows (kfull)
+  vd* dbuf;    // [W] distance row
+
+
+  static size_t scratch_bytes(const PpmProblem& pb) {
+    const size_t H = pb.H, W = pb.W, C = pb.C;
+    const size_t Lr = pb.ax_r.L > 1 ? pb.ax_r.L : 1;
+    size_t s = 0;
+    s += arena_bytes<int>(9 * H) + arena_bytes<int>(9 * W);
+    s += arena_bytes<v>((H + 1) * (W + 1) * C);
+    s += arena_bytes<vd>(H * W);
+    s += arena_bytes<double>(C * H * W);
+    s += arena_bytes<vd>(H * (W + 1));
+    s += arena_bytes<vd>(H * W);
+    s += 2 * arena_bytes<int>(H);
+    s += arena_bytes<vd>(W);
+    s += arena_bytes<vd>((2 * W + 1) * H) + 3 * arena_bytes<vd>(H);
+    s += arena_bytes<vd>(Lr * W);
+    s += 4 * arena_bytes<vd>(W);
+    return s;
+  }
+
+  Unit(const PpmProblem& p, int64_t unit, size_t extra_bytes)
+      : pb(p),
+        H(int(p.H)),
+        W(int(p.W)),
+        C(int(p.C)),
+        N(p.N),
+        HW(p.H * p.W),
+        b(unit / p.n_row_blocks),
+        arena(scratch_bytes(p) + extra_bytes) {
+    const int64_t blk = unit % p.n_row_blocks;
+    r0 = int(blk * p.rows_per_block);
+    r1 = int(r0 + p.rows_per_block < p.H ? r0 + p.rows_per_block : p.H);
+    if (r0 > H) r0 = H;
+    nq = (r1 - r0) * W;
+    G = int((N + V - 1) / V);
+    const double sg = p.sigma[b];
+    inv2s2 = 1.0 / (2.0 * sg * sg);
+    gw_min = p.opt.gw_min_len < 2 ? 2 : p.opt.gw_min_len;
+
+    rmap_buf = arena.take<int>(9 * H);
+    cmap_buf = arena.take<int>(9 * W);
+    fill_axis_map(rmap_buf, H, p.ax_r.wrap);
+    fill_axis_map(cmap_buf, W, p.ax_c.wrap);
+    rmap = AxisMap{4 * H, rmap_buf};
+    cmap = AxisMap{4 * W, cmap_buf};
+    ph = arena.take<v>(size_t(H + 1) * (W + 1) * C);
+    for (size_t i = 0; i < size_t(H + 1) * (W + 1) * C; ++i) ph[i] = v{};
+    lw = arena.take<vd>(size_t(H) * W);
+    zd = arena.take<double>(size_t(C) * HW);
+    const T* zb = static_cast<const T*>(p.z) + b * C * HW;
+    for (int64_t i = 0; i < C * HW; ++i) zd[i] = double(zb[i]);
+    erows = arena.take<vd>(size_t(H) * (W + 1));
+    for (size_t i = 0; i < size_t(H) * (W + 1); ++i) erows[i] = vd{};
+    hreal = arena.take<vd>(size_t(H) * W);
+    rowid = arena.take<int>(H);
+    rowlist = arena.take<int>(H);
+    for (int i = 0; i < H; ++i) rowid[i] = -1;
+    hzero = arena.take<vd>(W);
+    for (int i = 0; i < W; ++i) hzero[i] = vd{};
+    hsuf = arena.take<vd>(size_t(2 * W + 1) * H);
+    hpre = arena.take<vd>(H);
+    hacc = arena.take<vd>(H);
+    htot = arena.take<vd>(H);
+    vsuf = arena.take<vd>(size_t(p.ax_r.L > 1 ? p.ax_r.L : 1) * W);
+    vpre = arena.take<vd>(W);
+    vacc = arena.take<vd>(W);
+    vtot = arena.take<vd>(W);
+    dbuf = arena.take<vd>(W);
+  }
+
+  // Pack training images g*V .. g*V+V-1 (lanes past N: zeros, log prior -inf).
+  void pack_group(int g, bool with_lw) {
+    T* phs = reinterpret_cast<T*>(ph);
+    const T* data = static_cast<const T*>(pb.data);
+    const T* logw = static_cast<const T*>(pb.logw);
+    for (int lane = 0; lane < V; ++lane) {
+      const int64_t mu = int64_t(g) * V + lane;
+      const T* src = mu < N ? data + mu * C * HW : nullptr;
+      for (int ch = 0; ch < C; ++ch)
+        for (int r = 0; r < H; ++r)
+          for (int c = 0; c < W; ++c)
+            phs[((size_t(r) * (W + 1) + c) * C + ch) * V + lane] = src ? src[(size_t(ch) * H + r) * W + c] : T(0);
+    }
+    if (with_lw) {
+      double* lws = reinterpret_cast<double*>(lw);
+      for (int lane = 0; lane < V; ++lane) {
+        const int64_t mu = int64_t(g) * V + lane;
+        for (int64_t y = 0; y < HW; ++y)
+          lws[y * V + lane] = mu >= N ? -std::numeric_limits<double>::infinity()
+                                      : (logw ? double(logw[mu * HW + y]) : 0.0);
+      }
+    }
+  }
+
+  CF_AI const v* phi(int row, int col) const { return ph + (size_t(row) * (W + 1) + col) * C; }
+
+  // Horizontal pass of nr rows at once: rows i < nr hold real columns 0..W-1 of a
+  // source (src + i * (W + 1)), with column W = 0; out + i * W receives, for
+  // c in [clo, chi], kfull * sum_all + window sum at c (at offset c - clo).
+  CF_AI void hfilter_rows(const vd* src, int nr, int clo, int chi, vd* out) {
+    const AxisTables& ac = pb.ax_c;
+    const AxisMap cm = cmap;
+    const int pitch = W + 1;
+    auto get = [&](int u) -> const vd* { return src + cm(u); };
+    if (ac.kfull > 0) {
+      for (int i = 0; i < nr; ++i) {
+        const vd* row = src + size_t(i) * pitch;
+        vd tot = row[0];
+        for (int c = 1; c < W; ++c) tot = tot + row[c];
+        htot[i] = double(ac.kfull) * tot;
+      }
+      window_sums<vd>(clo, chi, ac.s, ac.L, nr, pitch, gw_min, get, hsuf, hpre, hacc, [&](int c, const vd* x) {
+        for (int i = 0; i < nr; ++i) out[size_t(i) * W + (c - clo)] = x[i] + htot[i];
+      });
+    } else {
+      window_sums<vd>(clo, chi, ac.s, ac.L, nr, pitch, gw_min, get, hsuf, hpre, hacc, [&](int c, const vd* x) {
+        for (int i = 0; i < nr; ++i) out[size_t(i) * W + (c - clo)] = x[i];
+      });
+    }
+  }
+
+  // The real rows read by the vertical windows of output rows [rlo, rhi] (all rows if
+  // the row filter has a whole-axis part); fills rowlist/rowid, returns the count.
+  CF_AI int needed_rows(int rlo, int rhi) {
+    const AxisTables& ar = pb.ax_r;
+    for (int i = 0; i < H; ++i) rowid[i] = -1;
+    const int A = rlo + ar.s, Z = rhi + ar.s + ar.L - 1;
+    if (ar.kfull > 0 || Z - A + 1 >= H) {
+      for (int i = 0; i < H; ++i) rowid[i] = 1;
+    } else {
+      for (int u = A; u <= Z; ++u) {
+        const int zr = rmap(u);
+        if (zr < H) rowid[zr] = 1;
+      }
+    }
+    int n = 0;
+    for (int i = 0; i < H; ++i)
+      if (rowid[i] >= 0) {
+        rowid[i] = n;
+        rowlist[n++] = i;
+      }
+    return n;
+  }
+
+  // Range of real columns whose values the horizontal windows of [clo, chi] read.
+  CF_AI void needed_cols(int clo, int chi, int* a, int* z) const {
+    const AxisTables& ac = pb.ax_c;
+    int lo = clo + ac.s, hi = chi + ac.s + ac.L - 1;
+    if (ac.kfull > 0 || (ac.wrap && (lo < 0 || hi > W - 1)) || hi - lo + 1 >= W) {
+      *a = 0;
+      *z = W - 1;
+    } else {
+      *a = imax(lo, 0);
+      *z = imin(hi, W - 1);
+    }
+  }
+
+  // Vertical pass over rows provided by hrow(u) (u unwrapped; ncols vectors each),
+  // output rows [olo, ohi]; emit(r, drow).
+  template <class HRow, class Emit>
+  CF_AI void vfilter(int olo, int ohi, int ncols, HRow&& hrow, Emit&& emit) {
+    const AxisTables& ar = pb.ax_r;
+    if (ar.kfull > 0) {
+      for (int c = 0; c < ncols; ++c) vtot[c] = vd{};
+      for (int u = 0; u < H; ++u) {
+        const vd* x = hrow(u);
+        for (int c = 0; c < ncols; ++c) vtot[c] = vtot[c] + x[c];
+      }
+      const double kf = double(ar.kfull);
+      window_sums<vd>(olo, ohi, ar.s, ar.L, ncols, 1, gw_min, hrow, vsuf, vpre, vacc, [&](int r, const vd* x) {
+        for (int c = 0; c < ncols; ++c) dbuf[c] = x[c] + kf * vtot[c];
+        emit(r, dbuf);
+      });
+    } else {
+      window_sums<vd>(olo, ohi, ar.s, ar.L, ncols, 1, gw_min, hrow, vsuf, vpre, vacc, emit);
+    }
+  }
+
+  // Distances d(x, x + delta) of the current group for query rows [rlo, rhi] and
+  // columns [clo, chi]; emit(r, drow) with drow[c - clo].
+  template <class Emit>
+  void distances_box(int dr, int dc, int rlo, int rhi, int clo, int chi, Emit&& emit) {
+    const int ncols = chi - clo + 1;
+    int ca, cz;
+    needed_cols(clo, chi, &ca, &cz);
+    const int nr = needed_rows(rlo, rhi);
+    const AxisMap rm = rmap, cm = cmap;
+    // product image rows e(p) = sum_ch (z(p) - phi(p + delta))^2, in double
+    for (int i = 0; i < nr; ++i) {
+      const int zr = rowlist[i];
+      const int kr = rm(zr + dr);  // H: zero row
+      const v* krow = ph + size_t(kr) * (W + 1) * C;
+      const double* zrow = zd + size_t(zr) * W;
+      vd* er = erows + size_t(i) * (W + 1);
+      if (C == 1) {
+        for (int c = ca; c <= cz; ++c) {
+          const vd diff = zrow[c] - __builtin_convertvector(krow[cm(c + dc)], vd);
+          er[c] = diff * diff;
+        }
+      } else {
+        for (int c = ca; c <= cz; ++c) {
+          const v* kp = krow + size_t(cm(c + dc)) * C;
+          vd acc = vd{};
+          for (int ch = 0; ch < C; ++ch) {
+            const vd diff = zrow[size_t(ch) * HW + c] - __builtin_convertvector(kp[ch], vd);
+            acc = acc + diff * diff;
+          }
+          er[c] = acc;
+        }
+      }
+    }
+    hfilter_rows(erows, nr, clo, chi, hreal);
+    auto hrow = [&](int u) -> const vd* {
+      const int zr = rm(u);
+      return zr >= H ? hzero : hreal + size_t(rowid[zr]) * W;
+    };
+    vfilter(rlo, rhi, ncols, hrow, emit);
+  }
+
+  // Direct method (explicit weighted patch distances), for measurement and dispatch.
+  // Same zero-extension convention as the box filter (see patch_posterior.cpp).
+  template <class Emit>
+  void distances_direct(int dr, int dc, int rlo, int rhi, int clo, int chi, const uint8_t* rvalid,
+                        Emit&& emit) {
+    const AxisTables& ar = pb.ax_r;
+    const AxisTables& ac = pb.ax_c;
+    const AxisMap rm = rmap, cm = cmap;
+    const int ncols = chi - clo + 1;
+    for (int r = rlo; r <= rhi; ++r) {
+      if (!rvalid[r]) continue;
+      for (int c = 0; c < ncols; ++c) dbuf[c] = vd{};
+      for (int i = 0; i < ar.count; ++i) {
+        const int zr = rm(r + ar.first + i);
+        if (zr >= H) continue;
+        const int kr = rm(r + dr + ar.first + i);
+        const double* zrow = zd + size_t(zr) * W;
+        const v* krow = ph + size_t(kr) * (W + 1) * C;
+        const double wr = ar.weight[i];
+        for (int c = clo; c <= chi; ++c) {
+          vd acc = vd{};
+          for (int j = 0; j < ac.count; ++j) {
+            const int zc = cm(c + ac.first + j);
+            if (zc >= W) continue;
+            const v* kp = krow + size_t(cm(c + dc + ac.first + j)) * C;
+            vd part = vd{};
+            for (int ch = 0; ch < C; ++ch) {
+              const vd diff = zrow[size_t(ch) * HW + zc] - __builtin_convertvector(kp[ch], vd);
+              part = part + diff * diff;
+            }
+            acc = acc + double(ac.weight[j]) * part;
+          }
+          dbuf[c - clo] = dbuf[c - clo] + wr * acc;
+        }
+      }
+      emit(r, dbuf);
+    }
+  }
+};
+
+// ---------------------------------------------------------------------------
+// Forward
+
+template <class T>
+struct FwdState {
+  typedef typename VecT<T>::v v;
+  typedef typename VecT<T>::vi vi;
+  typedef typename VecT<T>::vd vd;
+  vd* M;     // [nq] running max logit
+  v* Sin;    // [nq] inner sum of exp(l - M)
+  v* Win;    // [nq][C] inner weighted centres
+  vd* Sout;  // [nq] outer (double) sums
+  vd* Wout;  // [nq][C]
+  vi* BG;    // [nq] group of the best key (-1: none)
+  vi* BY;    // [nq] key pixel of the best key
+};
+
+template <class T, bool LOGW, bool ARGMAX>
+void forward_group(Unit<T>& u, FwdState<T>& st, int g) {
+  typedef typename VecT<T>::v v;
+  typedef typename VecT<T>::vi vi;
+  typedef typename VecT<T>::vd vd;
+  const PpmProblem& pb = u.pb;
+  const AxisTables& ar = pb.ax_r;
+  const AxisTables& ac = pb.ax_c;
+  const int W = u.W, C = u.C, r0 = u.r0, r1 = u.r1;
+  const bool prune = pb.opt.prune != 0;
+  const bool direct = pb.opt.algo == 2;
+  const double neg_inv2s2 = -u.inv2s2;
+  const vd pruneLo = splat<vd>(prune_below<T>());
+  const vi gvec = splat<vi>(g);
+
+  for (int ir = 0; ir < ar.nd; ++ir) {
+    const uint8_t* rvalid = ar.valid + size_t(ir) * ar.size;
+    const int* rkey = ar.keypos + size_t(ir) * ar.size;
+    int rlo = r1, rhi = r0 - 1;
+    for (int r = r0; r < r1; ++r)
+      if (rvalid[r]) {
+        rlo = imin(rlo, r);
+        rhi = r;
+      }
+    if (rlo > rhi) continue;
+    const int dr = ar.disp[ir];
+    for (int icol = 0; icol < ac.nd; ++icol) {
+      const int clo = ac.hull_lo[icol], chi = ac.hull_hi[icol];
+      if (clo > chi) continue;
+      const uint8_t* cvalid = ac.valid + size_t(icol) * ac.size;
+      const int* ckey = ac.keypos + size_t(icol) * ac.size;
+      const int dc = ac.disp[icol];
+      auto update_row = [&](int r, const vd* drow) {
+        if (!rvalid[r]) return;
+        const int kr = rkey[r];
+        const size_t qrow = size_t(r - r0) * W;
+        for (int c = clo; c <= chi; ++c) {
+          if (!cvalid[c]) continue;
+          const int kc = ckey[c];
+          const size_t q = qrow + c;
+          vd l = drow[c - clo] * neg_inv2s2;
+          if (LOGW) l = l + u.lw[size_t(kr) * W + kc];
+          vd m = st.M[q];
+          vd x = l - m;
+          if (prune && !any_ge(x, pruneLo)) continue;  // every lane's weight is exactly 0
+          const v* cen = u.phi(kr, kc);
+          if (ARGMAX ? any_ge(l, m) : any_gt(l, m)) {  // rare: a new max (or a tie)
+            const vd mn = l > m ? l : m;
+            const v sc = vexp(__builtin_convertvector(m - mn, v));
+            const vd scd = __builtin_convertvector(sc, vd);
+            st.Sin[q] = st.Sin[q] * sc;
+            st.Sout[q] = st.Sout[q] * scd;
+            for (int ch = 0; ch < C; ++ch) {
+              st.Win[q * C + ch] = st.Win[q * C + ch] * sc;
+              st.Wout[q * C + ch] = st.Wout[q * C + ch] * scd;
+            }
+            if (ARGMAX) {
+              const vi y = splat<vi>(kr * W + kc);
+              const vi gt = __builtin_convertvector(l > m, vi);
+              const vi eq = __builtin_convertvector(l == m, vi);
+              const vi upd = gt | (eq & (st.BG[q] == gvec) & (y < st.BY[q]));
+              st.BG[q] = upd ? gvec : st.BG[q];
+              st.BY[q] = upd ? y : st.BY[q];
+            }
+            st.M[q] = mn;
+            m = mn;
+            x = l - m;
+          }
+          const v p = vexp(__builtin_convertvector(x, v));
+          st.Sin[q] = st.Sin[q] + p;
+          for (int ch = 0; ch < C; ++ch) st.Win[q * C + ch] = st.Win[q * C + ch] + p * cen[ch];
+        }
+      };
+      if (direct)
+        u.distances_direct(dr, dc, rlo, rhi, clo, chi, rvalid, update_row);
+      else
+        u.distances_box(dr, dc, rlo, rhi, clo, chi, update_row);
+    }
+    // flush the inner accumulators of the rows this displacement row touched
+    for (int r = rlo; r <= rhi; ++r) {
+      if (!rvalid[r]) continue;
+      const size_t qrow = size_t(r - r0) * W;
+      for (int c = 0; c < W; ++c) {
+        const size_t q = qrow + c;
+        st.Sout[q] = st.Sout[q] + __builtin_convertvector(st.Sin[q], vd);
+        st.Sin[q] = v{};
+        for (int ch = 0; ch < C; ++ch) {
+          st.Wout[q * C + ch] = st.Wout[q * C + ch] + __builtin_convertvector(st.Win[q * C + ch], vd);
+          st.Win[q * C + ch] = v{};
+        }
+      }
+    }
+  }
+}
+
+template <class T, bool ARGMAX>
+void forward_patch(const PpmProblem& pb, int64_t unit) {
+  typedef typename VecT<T>::v v;
+  typedef typename VecT<T>::vi vi;
+  typedef typename VecT<T>::vd vd;
+  constexpr int V = VecT<T>::V;
+  const size_t nq_max = size_t(pb.rows_per_block) * pb.W;
+  const size_t extra = arena_bytes<vd>(nq_max) + arena_bytes<v>(nq_max) + arena_bytes<v>(nq_max * pb.C) +
+                       arena_bytes<vd>(nq_max) + arena_bytes<vd>(nq_max * pb.C) + 2 * arena_bytes<vi>(nq_max);
+  Unit<T> u(pb, unit, extra);
+  if (u.nq <= 0) return;
+  const int nq = u.nq, C = u.C, W = u.W;
+  FwdState<T> st;
+  st.M = u.arena.template take<vd>(nq);
+  st.Sin = u.arena.template take<v>(nq);
+  st.Win = u.arena.template take<v>(size_t(nq) * C);
+  st.Sout = u.arena.template take<vd>(nq);
+  st.Wout = u.arena.template take<vd>(size_t(nq) * C);
+  st.BG = u.arena.template take<vi>(nq);
+  st.BY = u.arena.template take<vi>(nq);
+  for (int q = 0; q < nq; ++q) {
+    st.M[q] = splat<vd>(std::numeric_limits<double>::lowest());
+    st.Sin[q] = v{};
+    st.Sout[q] = vd{};
+    st.BG[q] = splat<vi>(-1);
+    st.BY[q] = vi{};
+    for (int ch = 0; ch < C; ++ch) {
+      st.Win[size_t(q) * C + ch] = v{};
+      st.Wout[size_t(q) * C + ch] = vd{};
+    }
+  }
+  const bool logw = pb.has_logw;
+  for (int g = 0; g < u.G; ++g) {
+    const bool partial = int64_t(g + 1) * V > u.N;
+    const bool with_lw = logw || partial;
+    u.pack_group(g, with_lw);
+    if (with_lw)
+      forward_group<T, true, ARGMAX>(u, st, g);
+    else
+      forward_group<T, false, ARGMAX>(u, st, g);
+  }
+  // merge lanes (double, fixed order) and write this unit's query pixels
+  T* x0 = static_cast<T*>(pb.x0) + u.b * C * u.HW;
+  T* lse = static_cast<T*>(pb.lse) + u.b * u.HW;
+  int64_t* best = pb.best ? pb.best + u.b * u.HW : nullptr;
+  for (int q = 0; q < nq; ++q) {
+    const int64_t pix = int64_t(u.r0) * W + q;
+    double M = -std::numeric_limits<double>::infinity();
+    for (int l = 0; l < V; ++l) M = st.M[q][l] > M ? st.M[q][l] : M;
+    double S = 0;
+    double scale[VecT<T>::V];
+    for (int l = 0; l < V; ++l) {
+      scale[l] = std::exp(st.M[q][l] - M);
+      S += st.Sout[q][l] * scale[l];
+    }
+    for (int ch = 0; ch < C; ++ch) {
+      double acc = 0;
+      for (int l = 0; l < V; ++l) acc += st.Wout[size_t(q) * C + ch][l] * scale[l];
+      x0[size_t(ch) * u.HW + pix] = T(acc / S);
+    }
+    lse[pix] = T(M + std::log(S));
+    if (ARGMAX && best) {
+      int64_t bk = -1;
+      for (int l = 0; l < V; ++l) {
+        if (st.BG[q][l] < 0 || st.M[q][l] != M) continue;
+        const int64_t key = (int64_t(st.BG[q][l]) * V + l) * u.HW + int64_t(st.BY[q][l]);
+        if (bk < 0 || key < bk) bk = key;
+      }
+      best[pix] = bk;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Backward: grad z(p) = 1/sigma^2 sum_{delta, lanes} (phi(p + delta) - z(p)) * A(p),
+// A = (adjoint) box filter of a(x) = w_k (g(x) . (c_k - x0_hat(x))) over the queries.
+// The patch rules are symmetric, so the adjoint filter is the forward one.
+
+template <class T, bool LOGW>
+void backward_group(Unit<T>& u, int g, const double* gq, const double* gx0, const double* lseq,
+                    typename VecT<T>::vd* abuf, typename VecT<T>::vd* Gin) {
+  typedef typename VecT<T>::v v;
+  typedef typename VecT<T>::vd vd;
+  const PpmProblem& pb = u.pb;
+  const AxisTables& ar = pb.ax_r;
+  const AxisTables& ac = pb.ax_c;
+  const int H = u.H, W = u.W, C = u.C, r0 = u.r0, r1 = u.r1;
+  const int64_t HW = u.HW;
+  const bool prune = pb.opt.prune != 0;
+  const double neg_inv2s2 = -u.inv2s2;
+  const vd pruneLo = splat<vd>(prune_below<T>());
+  const AxisMap rm = u.rmap, cm = u.cmap;
+  (void)g;
+
+  for (int ir = 0; ir < ar.nd; ++ir) {
+    const uint8_t* rvalid = ar.valid + size_t(ir) * ar.size;
+    const int* rkey = ar.keypos + size_t(ir) * ar.size;
+    int rlo = r1, rhi = r0 - 1;
+    for (int r = r0; r < r1; ++r)
+      if (rvalid[r]) {
+        rlo = imin(rlo, r);
+        rhi = r;
+      }
+    if (rlo > rhi) continue;
+    const int dr = ar.disp[ir];
+    for (int icol = 0; icol < ac.nd; ++icol) {
+      const int clo = ac.hull_lo[icol], chi = ac.hull_hi[icol];
+      if (clo > chi) continue;
+      const uint8_t* cvalid = ac.valid + size_t(icol) * ac.size;
+      const int* ckey = ac.keypos + size_t(icol) * ac.size;
+      const int dc = ac.disp[icol];
+      const int ncols = chi - clo + 1;
+      bool any_a = false;
+      // 1. a(x) for the valid queries of this displacement (abuf rows r - r0, cols c - clo)
+      u.distances_box(dr, dc, rlo, rhi, clo, chi, [&](int r, const vd* drow) {
+        vd* arow = abuf + size_t(r - r0) * W;
+        if (!rvalid[r]) {
+          for (int c = 0; c < ncols; ++c) arow[c] = vd{};
+          return;
+        }
+        const int kr = rkey[r];
+        for (int c = clo; c <= chi; ++c) {
+          vd a = vd{};
+          const size_t q = size_t(r) * W + c;
+          if (cvalid[c] && lseq[q] > -std::numeric_limits<double>::infinity()) {
+            const int kc = ckey[c];
+            vd l = drow[c - clo] * neg_inv2s2;
+            if (LOGW) l = l + u.lw[size_t(kr) * W + kc];
+            const vd x = l - lseq[q];
+            if (!prune || any_ge(x, pruneLo)) {
+              const vd w = __builtin_convertvector(vexp(__builtin_convertvector(x, v)), vd);
+              const v* cen = u.phi(kr, kc);
+              vd s = splat<vd>(-gx0[q]);
+              for (int ch = 0; ch < C; ++ch) s = s + gq[size_t(ch) * HW + q] * __builtin_convertvector(cen[ch], vd);
+              a = w * s;
+              any_a = true;
+            }
+          }
+          arow[c - clo] = a;
+        }
+      });
+      if (!any_a) continue;
+      // 2. A = box filter of a (zero outside the valid queries), at every pixel p whose
+      //    window meets the queries; accumulate (phi(p + delta) - z(p)) * A(p).
+      int plo_r, phi_r, plo_c, phi_c;
+      auto out_range = [](const AxisTables& ax, int lo, int hi, int* a, int* z) {
+        int A = lo - ax.s - ax.L + 1, Z = hi - ax.s;
+        if (ax.kfull > 0 || Z - A + 1 >= ax.size) {
+          A = 0;
+          Z = ax.size - 1;
+        } else if (!ax.wrap) {
+          A = imax(A, 0);
+          Z = imin(Z, ax.size - 1);
+        }
+        *a = A;
+        *z = Z;
+      };
+      out_range(ar, rlo, rhi, &plo_r, &phi_r);
+      out_range(ac, clo, chi, &plo_c, &phi_c);
+      const int npc = phi_c - plo_c + 1;
+      // horizontal adjoint pass of the a rows (real rows rlo..rhi, zero outside the
+      // valid queries), then the vertical pass reads them back (zero rows elsewhere)
+      const int na = rhi - rlo + 1;
+      for (int i = 0; i < na; ++i) {
+        vd* er = u.erows + size_t(i) * (W + 1);
+        const int r = rlo + i;
+        for (int c = 0; c < W; ++c) er[c] = vd{};  // column W stays 0
+        if (!rvalid[r]) continue;
+        const vd* arow = abuf + size_t(r - r0) * W;
+        for (int c = clo; c <= chi; ++c) er[c] = arow[c - clo];
+      }
+      u.hfilter_rows(u.erows, na, plo_c, phi_c, u.hreal);
+      auto hrow = [&](int uu) -> const vd* {
+        const int ai = rm(uu);
+        if (ai >= H || ai < rlo || ai > rhi || !rvalid[ai]) return u.hzero;
+        return u.hreal + size_t(ai - rlo) * W;
+      };
+      u.vfilter(plo_r, phi_r, npc, hrow, [&](int pr_u, const vd* Arow) {
+        const int pr = rm(pr_u);
+        const int kr = rm(pr + dr);
+        const v* krow = u.ph + size_t(kr) * (W + 1) * C;
+        for (int pc_u = plo_c; pc_u <= phi_c; ++pc_u) {
+          const int pc = cm(pc_u);
+          const int kc = cm(pc + dc);
+          const vd A = Arow[pc_u - plo_c];
+          for (int ch = 0; ch < C; ++ch) {
+            const vd diff = __builtin_convertvector(krow[size_t(kc) * C + ch], vd) -
+                            u.zd[size_t(ch) * HW + size_t(pr) * W + pc];
+            vd& gacc = Gin[(size_t(ch) * H + pr) * W + pc];
+            gacc = gacc + diff * A;
+          }
+        }
+      });
+    }
+  }
+}
+
+template <class T>
+void backward_patch(const PpmProblem& pb, int64_t unit) {
+  typedef typename VecT<T>::vd vd;
+  constexpr int V = VecT<T>::V;
+  const size_t HW = size_t(pb.H) * pb.W;
+  const size_t C = pb.C;
+  const size_t extra = arena_bytes<vd>(size_t(pb.rows_per_block) * pb.W) + arena_bytes<vd>(C * HW) + arena_bytes<double>(C * HW) + 2 * arena_bytes<double>(HW);
+  Unit<T> u(pb, unit, extra);
+  double* Gp = pb.grad_partial + unit * int64_t(C * HW);
+  if (u.nq <= 0) return;
+  vd* abuf = u.arena.template take<vd>(size_t(pb.rows_per_block) * pb.W);
+  vd* Gin = u.arena.template take<vd>(C * HW);
+  double* gq = u.arena.template take<double>(C * HW);
+  double* gx0 = u.arena.template take<double>(HW);
+  double* lseq = u.arena.template take<double>(HW);
+  for (size_t i = 0; i < C * HW; ++i) Gin[i] = vd{};
+  const T* gsrc = static_cast<const T*>(pb.grad) + u.b * int64_t(C * HW);
+  const T* x0 = static_cast<const T*>(pb.x0_in) + u.b * int64_t(C * HW);
+  const T* lse = static_cast<const T*>(pb.lse_in) + u.b * int64_t(HW);
+  for (size_t i = 0; i < C * HW; ++i) gq[i] = double(gsrc[i]);
+  for (size_t q = 0; q < HW; ++q) {
+    double acc = 0;
+    for (size_t ch = 0; ch < C; ++ch) acc += gq[ch * HW + q] * double(x0[ch * HW + q]);
+    gx0[q] = acc;
+    lseq[q] = double(lse[q]);
+  }
+  const bool logw = pb.has_logw;
+  for (int g = 0; g < u.G; ++g) {
+    const bool partial = int64_t(g + 1) * V > u.N;
+    const bool with_lw = logw || partial;
+    u.pack_group(g, with_lw);
+    if (with_lw)
+      backward_group<T, true>(u, g, gq, gx0, lseq, abuf, Gin);
+    else
+      backward_group<T, false>(u, g, gq, gx0, lseq, abuf, Gin);
+  }
+  const double sg = pb.sigma[u.b];
+  const double inv_s2 = 1.0 / (sg * sg);
+  for (size_t i = 0; i < C * HW; ++i) {  // lanes summed in a fixed order
+    double acc = 0;
+    for (int l = 0; l < V; ++l) acc += Gin[i][l];
+    Gp[i] = acc * inv_s2;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Ideal machine (SPEC 3.1): one softmax over whole images per sample; unit = b.
+
+template <class T>
+void forward_ideal(const PpmProblem& pb, int64_t b) {
+  const int64_t C = pb.C, HW = pb.H * pb.W, D = C * HW, N = pb.N;
+  const T* zb = static_cast<const T*>(pb.z) + b * D;
+  const T* data = static_cast<const T*>(pb.data);
+  const T* logw = static_cast<const T*>(pb.logw);
+  const double sg = pb.sigma[b];
+  const double inv2s2 = 1.0 / (2.0 * sg * sg);
+  double* acc = static_cast<double*>(std::aligned_alloc(64, (D * sizeof(double) + 63) / 64 * 64));
+  for (int64_t i = 0; i < D; ++i) acc[i] = 0;
+  double m = -std::numeric_limits<double>::infinity(), S = 0;
+  int64_t best = -1;
+  for (int64_t mu = 0; mu < N; ++mu) {
+    const T* ph = data + mu * D;
+    double d = 0;
+    for (int64_t i = 0; i < D; ++i) {
+      const double diff = double(zb[i]) - double(ph[i]);
+      d += diff * diff;
+    }
+    double l = -d * inv2s2;
+    if (logw) l += double(logw[mu]);
+    if (l == -std::numeric_limits<double>::infinity()) continue;
+    if (l > m) {
+      const double sc = std::exp(m - l);
+      S *= sc;
+      for (int64_t i = 0; i < D; ++i) acc[i] *= sc;
+      m = l;
+      best = mu;
+    }
+    const double p = std::exp(l - m);
+    S += p;
+    for (int64_t i = 0; i < D; ++i) acc[i] += p * double(ph[i]);
+  }
+  T* x0 = static_cast<T*>(pb.x0) + b * D;
+  for (int64_t i = 0; i < D; ++i) x0[i] = T(acc[i] / S);
+  T* lse = static_cast<T*>(pb.lse) + b * HW;
+  const T lv = T(m + std::log(S));
+  for (int64_t i = 0; i < HW; ++i) lse[i] = lv;
+  if (pb.best)
+    for (int64_t i = 0; i < HW; ++i) pb.best[b * HW + i] = best < 0 ? -1 : best * HW + i;
+  std::free(acc);
+}
+
+template <class T>
+void backward_ideal(const PpmProblem& pb, int64_t b) {
+  const int64_t C = pb.C, HW = pb.H * pb.W, D = C * HW, N = pb.N;
+  const T* zb = static_cast<const T*>(pb.z) + b * D;
+  const T* gq = static_cast<const T*>(pb.grad) + b * D;
+  const T* x0 = static_cast<const T*>(pb.x0_in) + b * D;
+  const T* data = static_cast<const T*>(pb.data);
+  const T* logw = static_cast<const T*>(pb.logw);
+  const double lse = double(static_cast<const T*>(pb.lse_in)[b * HW]);
+  const double sg = pb.sigma[b];
+  const double inv2s2 = 1.0 / (2.0 * sg * sg);
+  double* Gp = pb.grad_partial + b * D;
+  if (!(lse > -std::numeric_limits<double>::infinity())) return;
+  double gx0 = 0;
+  for (int64_t i = 0; i < D; ++i) gx0 += double(gq[i]) * double(x0[i]);
+  for (int64_t mu = 0; mu < N; ++mu) {
+    const T* ph = data + mu * D;
+    double d = 0, gc = 0;
+    for (int64_t i = 0; i < D; ++i) {
+      const double diff = double(zb[i]) - double(ph[i]);
+      d += diff * diff;
+      gc += double(gq[i]) * double(ph[i]);
+    }
+    double l = -d * inv2s2;
+    if (logw) l += double(logw[mu]);
+    const double w = std::exp(l - lse);
+    if (w == 0) continue;
+    const double a = w * (gc - gx0);
+    for (int64_t i = 0; i < D; ++i) Gp[i] += a * (double(ph[i]) - double(zb[i]));
+  }
+  for (int64_t i = 0; i < D; ++i) Gp[i] /= sg * sg;
+}
+
+// ---------------------------------------------------------------------------
+// Entry points of this ISA build
+
+template <class T>
+void forward_entry(const PpmProblem& pb, int64_t unit) {
+  if (pb.mode == int(Mode::Ideal))
+    forward_ideal<T>(pb, unit);
+  else if (pb.want_argmax)
+    forward_patch<T, true>(pb, unit);
+  else
+    forward_patch<T, false>(pb, unit);
+}
+
+template <class T>
+void backward_entry(const PpmProblem& pb, int64_t unit) {
+  if (pb.mode == int(Mode::Ideal))
+    backward_ideal<T>(pb, unit);
+  else
+    backward_patch<T>(pb, unit);
+}

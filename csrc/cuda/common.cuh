@@ -1,0 +1,124 @@
+// Shared declarations of the CUDA kernels of creativity_fast (SPEC 4, 9).
+//
+// The kernels (patch_kernels.cu, ideal_kernels.cu) include only CUDA headers and
+// csrc/dictionary.h, and take raw pointers; the torch glue (ops_cuda.cu) checks the
+// inputs, builds the work plan, allocates and launches. See NOTES.md for the design.
+#pragma once
+
+#if !defined(CF_CUDA_EMULATION)
+#include <cuda_runtime.h>  // cudaError_t, cudaStream_t (the CPU emulator defines its own)
+#endif
+
+#include <cstdint>
+
+#include "dictionary.h"
+
+namespace creativity_fast {
+namespace cuda {
+
+constexpr int kThreads = 256;  // threads per block of every tiled kernel
+
+// Tile shape per scalar type: TQ query pixels x TK keys per tile, DK patch entries per
+// shared-memory chunk. double halves TK so that static shared memory stays < 48 KiB.
+template <typename T>
+struct Cfg;
+template <>
+struct Cfg<float> {
+  static constexpr int TQ = 64, TK = 64, DK = 16;
+};
+template <>
+struct Cfg<double> {
+  static constexpr int TQ = 64, TK = 32, DK = 8;
+};
+
+// Query pixels are split into groups with one shared key rectangle (dictionary.h:
+// the admissible centres of a position form a range that depends only on the
+// position's class). All fields int64 so the host packs groups into one buffer.
+struct GroupInfo {
+  int64_t r0, nr, c0, nc;      // query rows [r0, r0+nr), query cols [c0, c0+nc)
+  int64_t rlo, nrk, clo, nck;  // key centre rows [rlo, rlo+nrk), cols [clo, clo+nck)
+  int64_t nq;                  // queries  B * nr * nc   (q = (b*nr + r-r0)*nc + c-c0)
+  int64_t nk;                  // keys     N * nrk * nck (k = (mu*nrk + r'-rlo)*nck + c'-clo)
+  int64_t nsplit;              // key ranges; each gives one partial softmax state per query
+  int64_t part;                // partial entry of (split s, query q) = part + s*nq + q
+};
+static_assert(sizeof(GroupInfo) == 12 * sizeof(int64_t), "GroupInfo is packed as int64");
+
+// One block: queries [q0, q0+TQ) of a group against its keys [k0, k1).
+struct WorkItem {
+  int64_t group, q0, k0, k1, split, pad;
+};
+static_assert(sizeof(WorkItem) == 6 * sizeof(int64_t), "WorkItem is packed as int64");
+
+// Arguments of the patch kernels (modes local and els).
+template <typename T>
+struct PatchParams {
+  const T* z = nullptr;       // [B, C, H, W]
+  const T* data = nullptr;    // [N, C, H, W]
+  const T* inv2s2 = nullptr;  // [B] 1 / (2 sigma^2)
+  const T* logw = nullptr;    // [N, H, W] log prior per key, or nullptr
+  const int* dtab = nullptr;  // [D][4] patch entry d -> (channel, row offset i, col offset j, multiplicity)
+  const GroupInfo* groups = nullptr;
+  const WorkItem* work = nullptr;
+  const int* rowclass = nullptr;  // [H] row class of a query row
+  const int* colclass = nullptr;  // [W]
+  int ncolclass = 0;              // group of pixel (r, c) = rowclass[r] * ncolclass + colclass[c]
+  int B = 0, C = 0, H = 0, W = 0, N = 0, D = 0, P = 0;
+  Boundary boundary = Boundary::Zeros;
+  // forward partial states, entry e: m, s, acc[e*C + c], best logit, best key id
+  T* pm = nullptr;
+  T* ps = nullptr;
+  T* pacc = nullptr;
+  T* pbest = nullptr;
+  int64_t* pid = nullptr;
+  // backward: upstream gradient, g.x0_hat per pixel [B,H,W], lse [B,H,W];
+  // partial sums pA[e*D + d] = sum_k a_k K_k[d] and pS[e] = sum_k a_k
+  const T* grad = nullptr;
+  const T* gx0 = nullptr;
+  const T* lse = nullptr;
+  T* pA = nullptr;
+  T* pS = nullptr;
+};
+
+// Arguments of the ideal-machine kernels (whole images).
+template <typename T>
+struct IdealParams {
+  const T* z = nullptr;       // [B, CHW]
+  const T* data = nullptr;    // [N, CHW]
+  const T* inv2s2 = nullptr;  // [B]
+  const T* logw = nullptr;    // [N] or nullptr
+  const T* lse = nullptr;     // [B] (accumulation passes)
+  const T* grad = nullptr;    // [B, CHW] (backward)
+  const T* gx0 = nullptr;     // [B] <grad, x0_hat> (backward)
+  int B = 0, N = 0;
+  int64_t CHW = 0;
+  int nsplit = 0;        // images [s*per, (s+1)*per) per split
+  int64_t per = 0;
+  // partial slot = split * kIdealWarps + warp; arrays [slots, B] (and [slots, B, CHW])
+  T* pm = nullptr;
+  T* ps = nullptr;
+  T* pbest = nullptr;
+  int64_t* pid = nullptr;
+  T* pacc = nullptr;
+  T* pS = nullptr;
+};
+constexpr int kIdealWarps = kThreads / 32;
+
+// Launchers: return cudaGetLastError() of the launch. cmax is 1 or 4 (channels held in
+// registers; the glue checks C <= 4 for the patch modes).
+template <typename T>
+cudaError_t launch_patch_forward(const PatchParams<T>& p, int64_t nwork, bool tf32, int cmax, cudaStream_t stream);
+template <typename T>
+cudaError_t launch_patch_merge(const PatchParams<T>& p, T* x0, T* lse, int64_t* best, cudaStream_t stream);
+template <typename T>
+cudaError_t launch_patch_backward(const PatchParams<T>& p, int64_t nwork, int cmax, cudaStream_t stream);
+template <typename T>
+cudaError_t launch_patch_adjoint(const PatchParams<T>& p, T* grad_z, cudaStream_t stream);
+
+// phase 0: softmax statistics (max, sum, best); 1: x0 accumulation sum_mu w_mu phi_mu with
+// known lse; 2: backward accumulation sum_mu w_mu s_mu phi_mu and sum_mu w_mu s_mu.
+template <typename T>
+cudaError_t launch_ideal(const IdealParams<T>& p, int phase, cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace creativity_fast

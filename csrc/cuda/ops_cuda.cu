@@ -1,0 +1,91 @@
+// CUDA registrations of the creativity_fast operators (schemas in csrc/ops.cpp).
+//
+// The host flows live in ops_impl.cuh (checks, plan, buffers, precision policy); this file
+// binds them to the CUDA launchers (patch_kernels.cu, ideal_kernels.cu), the device guard
+// and the current stream, and registers them for the CUDA dispatch key.
+//
+// This translation unit is host code only; nvcc's device passes (__CUDA_ARCH__ defined) see
+// an empty file, which roughly halves its compile time (the torch headers are parsed once).
+#if !defined(__CUDA_ARCH__)
+
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <optional>
+#include <tuple>
+
+#include "common.cuh"
+#include "ops_impl.cuh"
+
+namespace creativity_fast {
+namespace cuda {
+namespace {
+
+// Launch backend of ops_impl.cuh: the kernels on the current CUDA stream; every launch is
+// checked (the launchers return cudaGetLastError() of the launch).
+struct CudaLaunch {
+  cudaStream_t stream;
+  template <typename T>
+  void patch_forward(const PatchParams<T>& p, int64_t nwork, bool tf32, int cmax) const {
+    C10_CUDA_CHECK(launch_patch_forward<T>(p, nwork, tf32, cmax, stream));
+  }
+  template <typename T>
+  void patch_merge(const PatchParams<T>& p, T* x0, T* lse, int64_t* best) const {
+    C10_CUDA_CHECK(launch_patch_merge<T>(p, x0, lse, best, stream));
+  }
+  template <typename T>
+  void patch_backward(const PatchParams<T>& p, int64_t nwork, int cmax) const {
+    C10_CUDA_CHECK(launch_patch_backward<T>(p, nwork, cmax, stream));
+  }
+  template <typename T>
+  void patch_adjoint(const PatchParams<T>& p, T* grad_z) const {
+    C10_CUDA_CHECK(launch_patch_adjoint<T>(p, grad_z, stream));
+  }
+  template <typename T>
+  void ideal(const IdealParams<T>& p, int phase) const {
+    C10_CUDA_CHECK(launch_ideal<T>(p, phase, stream));
+  }
+};
+
+impl::DeviceInfo device_info(int device) {
+  impl::DeviceInfo d{};
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.major, cudaDevAttrComputeCapabilityMajor, device));
+  return d;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> patch_posterior_mean_cuda(
+    const at::Tensor& z, const at::Tensor& data, const at::Tensor& sigma, int64_t P, c10::string_view mode,
+    c10::string_view boundary, c10::string_view keys, const std::optional<at::Tensor>& key_logw,
+    bool return_argmax) {
+  const impl::Options o = impl::parse_options(P, mode, boundary, keys);
+  TORCH_CHECK(z.is_cuda(), "patch_posterior_mean (CUDA): z must be a CUDA tensor");
+  const c10::cuda::CUDAGuard guard(z.device());
+  const CudaLaunch launch{c10::cuda::getCurrentCUDAStream()};
+  return impl::forward(launch, device_info(z.get_device()), z, data, sigma, o, key_logw, return_argmax);
+}
+
+at::Tensor patch_posterior_mean_backward_cuda(const at::Tensor& grad_x0, const at::Tensor& z, const at::Tensor& data,
+                                              const at::Tensor& sigma, int64_t P, c10::string_view mode,
+                                              c10::string_view boundary, c10::string_view keys,
+                                              const std::optional<at::Tensor>& key_logw, const at::Tensor& x0_hat,
+                                              const at::Tensor& lse) {
+  const impl::Options o = impl::parse_options(P, mode, boundary, keys);
+  TORCH_CHECK(z.is_cuda(), "patch_posterior_mean_backward (CUDA): z must be a CUDA tensor");
+  const c10::cuda::CUDAGuard guard(z.device());
+  const CudaLaunch launch{c10::cuda::getCurrentCUDAStream()};
+  return impl::backward(launch, device_info(z.get_device()), grad_x0, z, data, sigma, o, key_logw, x0_hat, lse);
+}
+
+}  // namespace
+}  // namespace cuda
+}  // namespace creativity_fast
+
+TORCH_LIBRARY_IMPL(creativity_fast, CUDA, m) {
+  m.impl("patch_posterior_mean", TORCH_FN(creativity_fast::cuda::patch_posterior_mean_cuda));
+  m.impl("patch_posterior_mean_backward", TORCH_FN(creativity_fast::cuda::patch_posterior_mean_backward_cuda));
+}
+
+#endif  // !defined(__CUDA_ARCH__)

@@ -1,0 +1,423 @@
+// Host flows of the CUDA operators: input checks, plan upload, buffers, launches, and the
+// small ATen reductions that finish the ideal machine. Written against a launch backend
+// `L` so the same code drives the CUDA kernels (ops_cuda.cu) and, in development, the CPU
+// emulator of the kernels (tests run it when no GPU is present). Host code only.
+//
+// Environment (read on every call):
+//   CREATIVITY_FAST_CUDA_MATH = auto (default) | fp32 | tf32
+//       auto: the cross term runs in tf32 on tensor cores when the estimated logit error
+//       (plan.cuh: tf32_logit_error) is at most CREATIVITY_FAST_TF32_TOL (default 1e-3),
+//       the input is float32 and the GPU is sm_80 or newer; fp32 otherwise. fp32 / tf32
+//       force a path (tf32 still needs float32 input and sm_80+). float64 is always exact.
+//   CREATIVITY_FAST_CUDA_VERBOSE = 1: print the plan and the precision choice to stderr.
+#pragma once
+
+#include <ATen/TensorOperators.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/arange.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/full_like.h>
+#include <ATen/ops/stack.h>
+#include <ATen/ops/where.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
+#include <c10/util/Exception.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <algorithm>
+#include <limits>
+#include <optional>
+#include <string>
+#include <tuple>
+#include <type_traits>
+
+#include "common.cuh"
+#include "plan.cuh"
+
+namespace creativity_fast {
+namespace cuda {
+namespace impl {
+
+struct Options {
+  Mode mode;
+  Boundary boundary;
+  Keys keys;
+  int P;
+};
+
+struct DeviceInfo {
+  int sms;    // multiprocessors
+  int major;  // compute capability major
+};
+
+inline Options parse_options(int64_t P, c10::string_view mode, c10::string_view boundary, c10::string_view keys) {
+  Options o{};
+  if (mode == "ideal") {
+    o.mode = Mode::Ideal;
+  } else if (mode == "local") {
+    o.mode = Mode::Local;
+  } else if (mode == "els") {
+    o.mode = Mode::Els;
+  } else {
+    TORCH_CHECK(false, "patch_posterior_mean (CUDA): mode must be 'ideal', 'local' or 'els'; got '", std::string(mode),
+                "'");
+  }
+  if (boundary == "zeros") {
+    o.boundary = Boundary::Zeros;
+  } else if (boundary == "circular") {
+    o.boundary = Boundary::Circular;
+  } else {
+    TORCH_CHECK(false, "patch_posterior_mean (CUDA): boundary must be 'zeros' or 'circular'; got '",
+                std::string(boundary), "'");
+  }
+  if (keys == "all") {
+    o.keys = Keys::All;
+  } else if (keys == "valid") {
+    o.keys = Keys::Valid;
+  } else {
+    TORCH_CHECK(false, "patch_posterior_mean (CUDA): keys must be 'all' or 'valid'; got '", std::string(keys), "'");
+  }
+  TORCH_CHECK(P > 0 && P % 2 == 1 && P < (int64_t(1) << 20),
+              "patch_posterior_mean (CUDA): P must be an odd positive int (patch size 2m+1); got ", P);
+  o.P = static_cast<int>(P);
+  return o;
+}
+
+inline void check_inputs(const at::Tensor& z, const at::Tensor& data, const at::Tensor& sigma,
+                         const std::optional<at::Tensor>& key_logw, const Options& o) {
+  TORCH_CHECK(z.dim() == 4, "patch_posterior_mean (CUDA): z must be [B, C, H, W]; got ", z.sizes());
+  TORCH_CHECK(z.scalar_type() == at::kFloat || z.scalar_type() == at::kDouble,
+              "patch_posterior_mean (CUDA): z must be float32 or float64; got ", z.scalar_type());
+  TORCH_CHECK(data.device() == z.device(), "patch_posterior_mean (CUDA): data is on ", data.device(), " but z is on ",
+              z.device());
+  TORCH_CHECK(data.dim() == 4, "patch_posterior_mean (CUDA): data must be [N, C, H, W]; got ", data.sizes());
+  TORCH_CHECK(data.scalar_type() == z.scalar_type(), "patch_posterior_mean (CUDA): data dtype ", data.scalar_type(),
+              " differs from z dtype ", z.scalar_type());
+  TORCH_CHECK(data.size(1) == z.size(1) && data.size(2) == z.size(2) && data.size(3) == z.size(3),
+              "patch_posterior_mean (CUDA): data images ", data.sizes(), " do not match z ", z.sizes(), " in C, H, W");
+  TORCH_CHECK(data.size(0) > 0, "patch_posterior_mean (CUDA): data is empty");
+  TORCH_CHECK(z.size(1) > 0 && z.size(2) > 0 && z.size(3) > 0, "patch_posterior_mean (CUDA): empty image axis");
+  TORCH_CHECK(z.size(1) * z.size(2) * z.size(3) < (int64_t(1) << 31) && data.size(0) < (int64_t(1) << 31) &&
+                  z.size(0) < (int64_t(1) << 31),
+              "patch_posterior_mean (CUDA): images, batch or data set too large for 32-bit indices");
+  TORCH_CHECK(sigma.device() == z.device() && sigma.dim() == 1 && sigma.size(0) == z.size(0) &&
+                  sigma.scalar_type() == z.scalar_type(),
+              "patch_posterior_mean (CUDA): sigma must be a [B] tensor of z's dtype on z's device; got ",
+              sigma.sizes(), " ", sigma.scalar_type(), " on ", sigma.device());
+  if (key_logw.has_value()) {
+    const at::Tensor& w = *key_logw;
+    TORCH_CHECK(w.device() == z.device() && w.scalar_type() == z.scalar_type(),
+                "patch_posterior_mean (CUDA): key_logw must have z's dtype and device");
+    if (o.mode == Mode::Ideal) {
+      TORCH_CHECK(w.dim() == 1 && w.size(0) == data.size(0),
+                  "patch_posterior_mean (CUDA): key_logw must be [N] for mode 'ideal'; got ", w.sizes());
+    } else {
+      TORCH_CHECK(w.dim() == 3 && w.size(0) == data.size(0) && w.size(1) == z.size(2) && w.size(2) == z.size(3),
+                  "patch_posterior_mean (CUDA): key_logw must be [N, H, W]; got ", w.sizes());
+    }
+  }
+  if (o.keys == Keys::Valid) {
+    TORCH_CHECK(o.mode == Mode::Els && o.boundary == Boundary::Circular,
+                "patch_posterior_mean (CUDA): keys='valid' applies only to mode 'els' with boundary 'circular'");
+    TORCH_CHECK(o.P <= z.size(2) && o.P <= z.size(3),
+                "patch_posterior_mean (CUDA): keys='valid' needs P <= H and P <= W; got P=", o.P);
+  }
+  if (o.mode == Mode::Ideal) {
+    TORCH_CHECK(z.size(0) <= 65535, "patch_posterior_mean (CUDA): mode 'ideal' supports B <= 65535 per call");
+  } else {
+    TORCH_CHECK(z.size(1) <= 4, "patch_posterior_mean (CUDA): modes 'local' and 'els' support C <= 4 channels; got C=",
+                z.size(1), " (use backend='reference')");
+  }
+}
+
+inline std::string env_string(const char* name, const char* fallback) {
+  const char* v = std::getenv(name);
+  return v != nullptr && *v != '\0' ? std::string(v) : std::string(fallback);
+}
+
+inline bool verbose() { return env_string("CREATIVITY_FAST_CUDA_VERBOSE", "0") == "1"; }
+
+// The precision policy (NOTES.md): tf32 tensor cores for the cross term when the estimated
+// logit error is within tolerance, exact fp32 otherwise.
+inline bool choose_tf32(const at::Tensor& z, const at::Tensor& data, const at::Tensor& sigma, double sumw,
+                        const DeviceInfo& dev) {
+  const std::string math = env_string("CREATIVITY_FAST_CUDA_MATH", "auto");
+  TORCH_CHECK(math == "auto" || math == "fp32" || math == "tf32",
+              "CREATIVITY_FAST_CUDA_MATH must be 'auto', 'fp32' or 'tf32'; got '", math, "'");
+  if (math == "fp32" || z.scalar_type() != at::kFloat || dev.major < 8) return false;
+  if (math == "tf32") return true;
+  const double tol = std::strtod(env_string("CREATIVITY_FAST_TF32_TOL", "1e-3").c_str(), nullptr);
+  const at::Tensor stats = at::stack({sigma.min(), z.abs().max(), data.abs().max()}).to(at::kDouble).cpu();
+  const double* s = stats.data_ptr<double>();
+  const double est = tf32_logit_error(sumw, s[1], s[2], s[0]);
+  const bool use = est <= tol;
+  if (verbose())
+    std::fprintf(stderr,
+                 "[creativity_fast cuda] sigma_min=%g qmax=%g kmax=%g sumw=%g: tf32 logit error ~%.3g (tol %.3g) -> %s\n",
+                 s[0], s[1], s[2], sumw, est, tol, use ? "tf32" : "fp32");
+  return use;
+}
+
+// A plan with its tables on the device: int64 [groups | work items], int32 [dtab | rowclass | colclass].
+struct DevicePlan {
+  HostPlan host;
+  at::Tensor buf64, buf32;
+};
+
+inline DevicePlan upload_plan(HostPlan&& pl, const at::Device& device) {
+  DevicePlan dp;
+  const int64_t n64 = int64_t(pl.groups.size()) * 12 + int64_t(pl.work.size()) * 6;
+  at::Tensor h64 = at::empty({n64}, at::TensorOptions().dtype(at::kLong));
+  std::memcpy(h64.data_ptr<int64_t>(), pl.groups.data(), pl.groups.size() * sizeof(GroupInfo));
+  std::memcpy(h64.data_ptr<int64_t>() + pl.groups.size() * 12, pl.work.data(), pl.work.size() * sizeof(WorkItem));
+  const int64_t n32 = int64_t(pl.dtab.size() + pl.rowclass.size() + pl.colclass.size());
+  at::Tensor h32 = at::empty({n32}, at::TensorOptions().dtype(at::kInt));
+  int* p32 = h32.data_ptr<int>();
+  std::memcpy(p32, pl.dtab.data(), pl.dtab.size() * sizeof(int));
+  std::memcpy(p32 + pl.dtab.size(), pl.rowclass.data(), pl.rowclass.size() * sizeof(int));
+  std::memcpy(p32 + pl.dtab.size() + pl.rowclass.size(), pl.colclass.data(), pl.colclass.size() * sizeof(int));
+  dp.buf64 = h64.to(device);
+  dp.buf32 = h32.to(device);
+  if (verbose())
+    std::fprintf(stderr,
+                 "[creativity_fast cuda] plan: %zu groups, %zu blocks, %lld key tiles per block, %lld partial entries, "
+                 "D=%d\n",
+                 pl.groups.size(), pl.work.size(), static_cast<long long>(pl.tiles_per_block),
+                 static_cast<long long>(pl.entries), pl.D);
+  dp.host = std::move(pl);
+  return dp;
+}
+
+inline int64_t target_blocks(const DeviceInfo& dev) { return int64_t(dev.sms) * 8; }
+
+// CREATIVITY_FAST_CUDA_TILES_PER_BLOCK = n > 0 fixes the key tiles per block (tests use 1 to
+// force many key splits on small inputs); unset: chosen from the work and the GPU size.
+inline int64_t fixed_tiles_per_block() {
+  return std::max<int64_t>(0, std::strtoll(env_string("CREATIVITY_FAST_CUDA_TILES_PER_BLOCK", "0").c_str(), nullptr, 10));
+}
+
+template <typename T>
+PatchParams<T> patch_params(const DevicePlan& dp, const at::Tensor& z, const at::Tensor& data, const at::Tensor& inv2s2,
+                            const std::optional<at::Tensor>& key_logw, const Options& o) {
+  const HostPlan& pl = dp.host;
+  PatchParams<T> p;
+  p.z = z.data_ptr<T>();
+  p.data = data.data_ptr<T>();
+  p.inv2s2 = inv2s2.data_ptr<T>();
+  p.logw = key_logw.has_value() ? key_logw->data_ptr<T>() : nullptr;
+  const int* b32 = dp.buf32.data_ptr<int>();
+  p.dtab = b32;
+  p.rowclass = b32 + pl.dtab.size();
+  p.colclass = b32 + pl.dtab.size() + pl.rowclass.size();
+  p.ncolclass = pl.ncc;
+  const int64_t* b64 = dp.buf64.data_ptr<int64_t>();
+  p.groups = reinterpret_cast<const GroupInfo*>(b64);
+  p.work = reinterpret_cast<const WorkItem*>(b64 + pl.groups.size() * 12);
+  p.B = static_cast<int>(z.size(0));
+  p.C = static_cast<int>(z.size(1));
+  p.H = static_cast<int>(z.size(2));
+  p.W = static_cast<int>(z.size(3));
+  p.N = static_cast<int>(data.size(0));
+  p.D = pl.D;
+  p.P = o.P;
+  p.boundary = o.boundary;
+  return p;
+}
+
+// 1 / (2 sigma^2) per batch element.
+inline at::Tensor inv_two_sigma_sq(const at::Tensor& sigma) { return (sigma * sigma * 2).reciprocal().contiguous(); }
+
+// ------------------------------------------------------------------------------------
+// Forward.
+
+template <typename T, typename L>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> patch_forward(const L& launch, const at::Tensor& z,
+                                                             const at::Tensor& data, const at::Tensor& sigma,
+                                                             const std::optional<at::Tensor>& key_logw,
+                                                             const Options& o, bool return_argmax,
+                                                             const DeviceInfo& dev) {
+  const int B = z.size(0), C = z.size(1), H = z.size(2), W = z.size(3), N = data.size(0);
+  const DevicePlan dp =
+      upload_plan(build_plan(B, C, H, W, N, o.P, o.mode, o.boundary, o.keys, Cfg<T>::TQ, Cfg<T>::TK,
+                             target_blocks(dev), int64_t(sizeof(T)) * (4 + C) + 8, 0, kPartialBudgetBytes,
+                             fixed_tiles_per_block()),
+                  z.device());
+  const int64_t E = dp.host.entries;
+  const bool tf32 = std::is_same<T, float>::value && choose_tf32(z, data, sigma, dp.host.sumw, dev);
+  const at::Tensor inv2s2 = inv_two_sigma_sq(sigma);
+  const auto opts = z.options();
+  at::Tensor pm = at::empty({E}, opts), ps = at::empty({E}, opts), pbest = at::empty({E}, opts);
+  at::Tensor pacc = at::empty({E * C}, opts), pid = at::empty({E}, opts.dtype(at::kLong));
+  PatchParams<T> p = patch_params<T>(dp, z, data, inv2s2, key_logw, o);
+  p.pm = pm.data_ptr<T>();
+  p.ps = ps.data_ptr<T>();
+  p.pbest = pbest.data_ptr<T>();
+  p.pacc = pacc.data_ptr<T>();
+  p.pid = pid.data_ptr<int64_t>();
+  launch.patch_forward(p, static_cast<int64_t>(dp.host.work.size()), tf32, C == 1 ? 1 : 4);
+  at::Tensor x0 = at::empty({B, C, H, W}, opts), lse = at::empty({B, H, W}, opts);
+  at::Tensor best = at::empty({return_argmax ? int64_t(B) * H * W : 0}, opts.dtype(at::kLong));
+  launch.patch_merge(p, x0.data_ptr<T>(), lse.data_ptr<T>(), return_argmax ? best.data_ptr<int64_t>() : nullptr);
+  if (return_argmax) best = best.view({B, H, W});
+  return {x0, lse, best};
+}
+
+template <typename T>
+IdealParams<T> ideal_params(const at::Tensor& z, const at::Tensor& data, const at::Tensor& inv2s2,
+                            const std::optional<at::Tensor>& key_logw, int64_t nsplit) {
+  IdealParams<T> p;
+  p.z = z.data_ptr<T>();
+  p.data = data.data_ptr<T>();
+  p.inv2s2 = inv2s2.data_ptr<T>();
+  p.logw = key_logw.has_value() ? key_logw->data_ptr<T>() : nullptr;
+  p.B = static_cast<int>(z.size(0));
+  p.N = static_cast<int>(data.size(0));
+  p.CHW = z.size(1) * z.size(2) * z.size(3);
+  p.per = (p.N + nsplit - 1) / nsplit;
+  p.nsplit = static_cast<int>((p.N + p.per - 1) / p.per);
+  return p;
+}
+
+template <typename T, typename L>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ideal_forward(const L& launch, const at::Tensor& z,
+                                                             const at::Tensor& data, const at::Tensor& sigma,
+                                                             const std::optional<at::Tensor>& key_logw,
+                                                             bool return_argmax, const DeviceInfo& dev) {
+  const int B = z.size(0), C = z.size(1), H = z.size(2), W = z.size(3), N = data.size(0);
+  const int64_t HW = int64_t(H) * W, CHW = C * HW;
+  const at::Tensor inv2s2 = inv_two_sigma_sq(sigma);
+  IdealParams<T> p = ideal_params<T>(z, data, inv2s2, key_logw, ideal_splits(B, N, CHW, sizeof(T), dev.sms));
+  const int64_t slots = int64_t(p.nsplit) * kIdealWarps;
+  const auto opts = z.options();
+  // Pass 0: per-warp softmax statistics, merged here (max, rescaled sum, best with lowest id).
+  at::Tensor pm = at::empty({slots, B}, opts), ps = at::empty({slots, B}, opts), pbest = at::empty({slots, B}, opts);
+  at::Tensor pid = at::empty({slots, B}, opts.dtype(at::kLong));
+  p.pm = pm.data_ptr<T>();
+  p.ps = ps.data_ptr<T>();
+  p.pbest = pbest.data_ptr<T>();
+  p.pid = pid.data_ptr<int64_t>();
+  launch.ideal(p, 0);
+  const at::Tensor M = pm.amax(0);
+  const at::Tensor Mf = at::where(M.isfinite(), M, at::zeros_like(M));
+  const at::Tensor lse_b = (Mf + (ps * (pm - Mf).exp()).sum(0).log()).contiguous();  // [B]
+  const at::Tensor bestv = pbest.amax(0);
+  const at::Tensor best_mu =
+      at::where(pbest == bestv, pid, at::full_like(pid, std::numeric_limits<int64_t>::max())).amin(0);  // [B]
+  // Pass 1: x0_hat = sum_mu exp(l_mu - lse) phi_mu.
+  at::Tensor pacc = at::zeros({slots, B, CHW}, opts);
+  p.lse = lse_b.data_ptr<T>();
+  p.pacc = pacc.data_ptr<T>();
+  launch.ideal(p, 1);
+  at::Tensor x0 = pacc.sum(0).view({B, C, H, W});
+  at::Tensor lse = lse_b.view({B, 1, 1}).expand({B, H, W}).contiguous();
+  at::Tensor best = at::empty({0}, opts.dtype(at::kLong));
+  if (return_argmax)
+    best = (best_mu.view({B, 1}) * HW + at::arange(HW, opts.dtype(at::kLong)).view({1, HW})).view({B, H, W});
+  return {x0, lse, best};
+}
+
+// ------------------------------------------------------------------------------------
+// Backward.
+
+template <typename T, typename L>
+at::Tensor patch_backward(const L& launch, const at::Tensor& grad, const at::Tensor& z, const at::Tensor& data,
+                          const at::Tensor& sigma, const std::optional<at::Tensor>& key_logw, const at::Tensor& x0,
+                          const at::Tensor& lse, const Options& o, const DeviceInfo& dev) {
+  const int B = z.size(0), C = z.size(1), H = z.size(2), W = z.size(3), N = data.size(0);
+  const DevicePlan dp = upload_plan(build_plan(B, C, H, W, N, o.P, o.mode, o.boundary, o.keys, Cfg<T>::TQ, Cfg<T>::TK,
+                                               target_blocks(dev), int64_t(sizeof(T)), int64_t(sizeof(T)),
+                                               kPartialBudgetBytes, fixed_tiles_per_block()),
+                                    z.device());
+  const int64_t E = dp.host.entries;
+  const at::Tensor inv2s2 = inv_two_sigma_sq(sigma);
+  const at::Tensor gx0 = (grad * x0).sum(1).contiguous();  // [B, H, W]
+  const auto opts = z.options();
+  at::Tensor pA = at::zeros({E * dp.host.D}, opts), pS = at::empty({E}, opts);
+  PatchParams<T> p = patch_params<T>(dp, z, data, inv2s2, key_logw, o);
+  p.grad = grad.data_ptr<T>();
+  p.gx0 = gx0.data_ptr<T>();
+  p.lse = lse.data_ptr<T>();
+  p.pA = pA.data_ptr<T>();
+  p.pS = pS.data_ptr<T>();
+  launch.patch_backward(p, static_cast<int64_t>(dp.host.work.size()), C == 1 ? 1 : 4);
+  at::Tensor grad_z = at::empty_like(z);
+  launch.patch_adjoint(p, grad_z.data_ptr<T>());
+  return grad_z;
+}
+
+template <typename T, typename L>
+at::Tensor ideal_backward(const L& launch, const at::Tensor& grad, const at::Tensor& z, const at::Tensor& data,
+                          const at::Tensor& sigma, const std::optional<at::Tensor>& key_logw, const at::Tensor& x0,
+                          const at::Tensor& lse, const DeviceInfo& dev) {
+  const int B = z.size(0), N = data.size(0);
+  const int64_t CHW = z.numel() / B;
+  const at::Tensor inv2s2 = inv_two_sigma_sq(sigma);
+  IdealParams<T> p = ideal_params<T>(z, data, inv2s2, key_logw, ideal_splits(B, N, CHW, sizeof(T), dev.sms));
+  const int64_t slots = int64_t(p.nsplit) * kIdealWarps;
+  const auto opts = z.options();
+  const at::Tensor lse_b = lse.reshape({B, -1}).select(1, 0).contiguous();  // the same at every pixel
+  const at::Tensor gx0 = (grad * x0).reshape({B, -1}).sum(1).contiguous();
+  at::Tensor pacc = at::zeros({slots, B, CHW}, opts), pS = at::empty({slots, B}, opts);
+  p.lse = lse_b.data_ptr<T>();
+  p.grad = grad.data_ptr<T>();
+  p.gx0 = gx0.data_ptr<T>();
+  p.pacc = pacc.data_ptr<T>();
+  p.pS = pS.data_ptr<T>();
+  launch.ideal(p, 2);
+  const at::Tensor A = pacc.sum(0);             // [B, CHW]
+  const at::Tensor S = pS.sum(0).view({B, 1});  // [B, 1]
+  const at::Tensor g = (A - z.reshape({B, CHW}) * S) * (inv2s2 * 2).view({B, 1});
+  return g.view(z.sizes()).contiguous();
+}
+
+// ------------------------------------------------------------------------------------
+// Operator bodies (devices already checked by the caller).
+
+template <typename L>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const L& launch, const DeviceInfo& dev, const at::Tensor& z_in,
+                                                       const at::Tensor& data_in, const at::Tensor& sigma_in,
+                                                       const Options& o, const std::optional<at::Tensor>& key_logw_in,
+                                                       bool return_argmax) {
+  check_inputs(z_in, data_in, sigma_in, key_logw_in, o);
+  const at::Tensor z = z_in.contiguous(), data = data_in.contiguous(), sigma = sigma_in.contiguous();
+  std::optional<at::Tensor> key_logw;
+  if (key_logw_in.has_value()) key_logw = key_logw_in->contiguous();
+  if (z.scalar_type() == at::kFloat) {
+    return o.mode == Mode::Ideal ? ideal_forward<float>(launch, z, data, sigma, key_logw, return_argmax, dev)
+                                 : patch_forward<float>(launch, z, data, sigma, key_logw, o, return_argmax, dev);
+  }
+  return o.mode == Mode::Ideal ? ideal_forward<double>(launch, z, data, sigma, key_logw, return_argmax, dev)
+                               : patch_forward<double>(launch, z, data, sigma, key_logw, o, return_argmax, dev);
+}
+
+template <typename L>
+at::Tensor backward(const L& launch, const DeviceInfo& dev, const at::Tensor& grad_in, const at::Tensor& z_in,
+                    const at::Tensor& data_in, const at::Tensor& sigma_in, const Options& o,
+                    const std::optional<at::Tensor>& key_logw_in, const at::Tensor& x0_in, const at::Tensor& lse_in) {
+  check_inputs(z_in, data_in, sigma_in, key_logw_in, o);
+  const auto B = z_in.size(0), H = z_in.size(2), W = z_in.size(3);
+  TORCH_CHECK(grad_in.sizes() == z_in.sizes() && x0_in.sizes() == z_in.sizes(),
+              "patch_posterior_mean_backward (CUDA): grad_x0 and x0_hat must have z's shape ", z_in.sizes());
+  TORCH_CHECK(lse_in.dim() == 3 && lse_in.size(0) == B && lse_in.size(1) == H && lse_in.size(2) == W,
+              "patch_posterior_mean_backward (CUDA): lse must be [B, H, W]; got ", lse_in.sizes());
+  for (const at::Tensor* t : {&grad_in, &x0_in, &lse_in})
+    TORCH_CHECK(t->device() == z_in.device() && t->scalar_type() == z_in.scalar_type(),
+                "patch_posterior_mean_backward (CUDA): grad_x0, x0_hat and lse must have z's dtype and device");
+  const at::Tensor z = z_in.contiguous(), data = data_in.contiguous(), sigma = sigma_in.contiguous();
+  const at::Tensor grad = grad_in.contiguous(), x0 = x0_in.contiguous(), lse = lse_in.contiguous();
+  std::optional<at::Tensor> key_logw;
+  if (key_logw_in.has_value()) key_logw = key_logw_in->contiguous();
+  if (z.scalar_type() == at::kFloat) {
+    return o.mode == Mode::Ideal ? ideal_backward<float>(launch, grad, z, data, sigma, key_logw, x0, lse, dev)
+                                 : patch_backward<float>(launch, grad, z, data, sigma, key_logw, x0, lse, o, dev);
+  }
+  return o.mode == Mode::Ideal ? ideal_backward<double>(launch, grad, z, data, sigma, key_logw, x0, lse, dev)
+                               : patch_backward<double>(launch, grad, z, data, sigma, key_logw, x0, lse, o, dev);
+}
+
+}  // namespace impl
+}  // namespace cuda
+}  // namespace creativity_fast

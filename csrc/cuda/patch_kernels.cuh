@@ -1,0 +1,539 @@
+// Kernels of the patch posterior mean on CUDA, modes local and els (SPEC 3.2, 3.3, 4).
+//
+// One block = TQ query pixels of a group x the keys [k0, k1) of its work item, streamed
+// in tiles of TK keys. Per tile:
+//   1. key metadata (image, centre, log prior, centre pixel) into shared memory;
+//   2. the [TQ x TK] distance tile, patch entries in chunks of DK gathered on the fly
+//      from z and the training images (no im2col in global memory):
+//        fp32/fp64 path: sum_d (q_d - k_d)^2 on CUDA cores (direct differences);
+//        tf32 path:      |q|^2 + |k|^2 - 2 <q, k> with the cross term on tensor cores
+//                        (wmma m16n16k8 tf32, fp32 accumulate), norms in fp32;
+//   3. an online softmax per (query, thread): each query row is shared by PARTS threads
+//      that own disjoint key columns and keep independent running (max, sum, weighted
+//      centres, best); they are merged once, at the end of the block.
+// Every block writes one partial state per query; merge_kernel combines the splits of
+// a query in key order (exactly; the best key keeps the lowest id on ties).
+//
+// The backward pass re-runs the distance tiles, forms a_k = exp(l_k - lse) * g.(c_k - x0)
+// and accumulates A = sum_k a_k K_k (a second small GEMM) and S = sum_k a_k per query;
+// adjoint_kernel scatters (mult_d / sigma^2) (A_d - q_d S) back to z by gathering over
+// the patch offsets (deterministic; no atomics).
+#pragma once
+
+#if defined(__CUDACC__)
+#include <cuda_runtime.h>
+#include <mma.h>
+#endif
+
+#include <cmath>
+#include <cstdint>
+#include <type_traits>
+
+#include "common.cuh"
+#include "device_utils.cuh"
+
+// Tensor-core code is compiled for sm_80+ (and by the CPU emulator used in development).
+#if (defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800) || defined(CF_CUDA_EMULATION)
+#define CF_HAS_TF32_MMA 1
+#else
+#define CF_HAS_TF32_MMA 0
+#endif
+
+namespace creativity_fast {
+namespace cuda {
+namespace detail {
+
+// Running softmax state of one query over a set of keys.
+template <typename T, int CMAX>
+struct State {
+  T m, s, acc[CMAX], best;
+  int64_t id;
+  __device__ __forceinline__ void init() {
+    m = neg_inf<T>();
+    s = T(0);
+#pragma unroll
+    for (int c = 0; c < CMAX; ++c) acc[c] = T(0);
+    best = neg_inf<T>();
+    id = -1;
+  }
+  // Exact merge with another state over a disjoint key set (order-independent; the best
+  // key is the largest logit, the lowest id on ties).
+  __device__ __forceinline__ void merge(T m2, T s2, const T* acc2, T best2, int64_t id2) {
+    const T nm = m > m2 ? m : m2;
+    if (nm > neg_inf<T>()) {
+      const T a = fast_exp(m - nm), b = fast_exp(m2 - nm);
+      s = s * a + s2 * b;
+#pragma unroll
+      for (int c = 0; c < CMAX; ++c) acc[c] = acc[c] * a + acc2[c] * b;
+      m = nm;
+    }
+    if (best2 > best || (best2 == best && id2 < id)) {
+      best = best2;
+      id = id2;
+    }
+  }
+};
+
+// Gather one patch entry: image `img` ([C,H,W] base), entry d of the patch centred at (r, c).
+template <typename T>
+__device__ __forceinline__ T gather(const T* img, const int4 t, int r, int c, const AxisPatch& ar,
+                                    const AxisPatch& ac, int H, int W, bool scale) {
+  const int sr = ar.source(r, t.y), sc = ac.source(c, t.z);
+  if (sr < 0 || sc < 0) return T(0);  // zero extension
+  T v = img[(static_cast<int64_t>(t.x) * H + sr) * W + sc];
+  if (scale && t.w != 1) v *= sqrt(static_cast<T>(t.w));  // sqrt(multiplicity): weighted distance
+  return v;
+}
+
+// Shared state of a block: query metadata (fixed) and key metadata (per tile).
+template <typename T, int CMAX, int TQ, int TK>
+struct Meta {
+  int q_b[TQ], q_r[TQ], q_c[TQ];  // q_b = -1: padding row
+  T q_scale[TQ];                  // 1 / (2 sigma_b^2)
+  int k_mu[TK], k_r[TK], k_c[TK];  // k_mu = -1: padding key
+  T k_logw[TK];                   // log prior (0 without key_logw; -inf for padding)
+  T k_centre[CMAX][TK];           // centre pixel of the key patch, per channel
+};
+
+template <typename T, int CMAX, int TQ, int TK>
+__device__ void load_queries(Meta<T, CMAX, TQ, TK>& mt, const PatchParams<T>& p, const GroupInfo& g, int64_t q0) {
+  for (int i = threadIdx.x; i < TQ; i += blockDim.x) {
+    const int64_t q = q0 + i;
+    if (q < g.nq) {
+      const int64_t per = g.nr * g.nc;
+      const int64_t b = q / per, rem = q - b * per;
+      mt.q_b[i] = static_cast<int>(b);
+      mt.q_r[i] = static_cast<int>(g.r0 + rem / g.nc);
+      mt.q_c[i] = static_cast<int>(g.c0 + rem % g.nc);
+      mt.q_scale[i] = p.inv2s2[b];
+    } else {
+      mt.q_b[i] = -1;
+      mt.q_r[i] = 0;
+      mt.q_c[i] = 0;
+      mt.q_scale[i] = T(0);
+    }
+  }
+}
+
+template <typename T, int CMAX, int TQ, int TK>
+__device__ void load_keys(Meta<T, CMAX, TQ, TK>& mt, const PatchParams<T>& p, const GroupInfo& g, int64_t kstart,
+                          int64_t kend) {
+  const int64_t HW = static_cast<int64_t>(p.H) * p.W;
+  for (int i = threadIdx.x; i < TK; i += blockDim.x) {
+    const int64_t k = kstart + i;
+    if (k < kend) {
+      const int64_t per = g.nrk * g.nck;
+      const int64_t mu = k / per, rem = k - mu * per;
+      const int r = static_cast<int>(g.rlo + rem / g.nck), c = static_cast<int>(g.clo + rem % g.nck);
+      mt.k_mu[i] = static_cast<int>(mu);
+      mt.k_r[i] = r;
+      mt.k_c[i] = c;
+      const int64_t pix = static_cast<int64_t>(r) * p.W + c;
+      mt.k_logw[i] = p.logw != nullptr ? p.logw[mu * HW + pix] : T(0);
+#pragma unroll
+      for (int ch = 0; ch < CMAX; ++ch)
+        mt.k_centre[ch][i] = ch < p.C ? p.data[(mu * p.C + ch) * HW + pix] : T(0);
+    } else {
+      mt.k_mu[i] = -1;
+      mt.k_r[i] = 0;
+      mt.k_c[i] = 0;
+      mt.k_logw[i] = neg_inf<T>();
+#pragma unroll
+      for (int ch = 0; ch < CMAX; ++ch) mt.k_centre[ch][i] = T(0);
+    }
+  }
+}
+
+// Chunk [d0, d0+DK) of the query patches into Qs and of the key patches into Ks.
+// Layout "dm" (CUDA-core path): X[dd * ld + row]; layout "md" (tensor-core path): X[row * ld + dd].
+template <typename T, int CMAX, int TQ, int TK, int DK, bool ROW_MAJOR>
+__device__ void load_chunk(T* Qs, T* Ks, int ldq, int ldk, const Meta<T, CMAX, TQ, TK>& mt, const PatchParams<T>& p,
+                           const AxisPatch& ar, const AxisPatch& ac, int d0, bool load_q, bool scale_k) {
+  const int64_t CHW = static_cast<int64_t>(p.C) * p.H * p.W;
+  const int4* dtab = reinterpret_cast<const int4*>(p.dtab);
+  if (load_q) {
+    for (int e = threadIdx.x; e < DK * TQ; e += blockDim.x) {
+      const int row = ROW_MAJOR ? e / DK : e % TQ, dd = ROW_MAJOR ? e % DK : e / TQ;
+      const int d = d0 + dd, b = mt.q_b[row];
+      T v = T(0);
+      if (d < p.D && b >= 0) v = gather(p.z + b * CHW, __ldg(dtab + d), mt.q_r[row], mt.q_c[row], ar, ac, p.H, p.W, true);
+      Qs[ROW_MAJOR ? row * ldq + dd : dd * ldq + row] = v;
+    }
+  }
+  for (int e = threadIdx.x; e < DK * TK; e += blockDim.x) {
+    const int k = ROW_MAJOR ? e / DK : e % TK, dd = ROW_MAJOR ? e % DK : e / TK;
+    const int d = d0 + dd, mu = mt.k_mu[k];
+    T v = T(0);
+    if (d < p.D && mu >= 0)
+      v = gather(p.data + mu * CHW, __ldg(dtab + d), mt.k_r[k], mt.k_c[k], ar, ac, p.H, p.W, scale_k);
+    Ks[ROW_MAJOR ? k * ldk + dd : dd * ldk + k] = v;
+  }
+}
+
+// Distance tile on CUDA cores: St[k * LDS + q] = sum_d (q_d - k_d)^2 (weights folded in).
+template <typename T, int CMAX, int TQ, int TK, int DK, int LDS>
+__device__ void distance_tile_simt(T* St, T* Qs, T* Ks, const Meta<T, CMAX, TQ, TK>& mt, const PatchParams<T>& p,
+                                   const AxisPatch& ar, const AxisPatch& ac) {
+  constexpr int RM = TQ / 16, RN = TK / 16;
+  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+  T acc[RM][RN];
+#pragma unroll
+  for (int i = 0; i < RM; ++i)
+#pragma unroll
+    for (int j = 0; j < RN; ++j) acc[i][j] = T(0);
+  for (int d0 = 0; d0 < p.D; d0 += DK) {
+    load_chunk<T, CMAX, TQ, TK, DK, false>(Qs, Ks, TQ, TK, mt, p, ar, ac, d0, true, true);
+    __syncthreads();
+#pragma unroll
+    for (int dd = 0; dd < DK; ++dd) {
+      T qv[RM], kv[RN];
+#pragma unroll
+      for (int i = 0; i < RM; ++i) qv[i] = Qs[dd * TQ + ty * RM + i];
+#pragma unroll
+      for (int j = 0; j < RN; ++j) kv[j] = Ks[dd * TK + tx * RN + j];
+#pragma unroll
+      for (int i = 0; i < RM; ++i)
+#pragma unroll
+        for (int j = 0; j < RN; ++j) {
+          const T t = qv[i] - kv[j];
+          acc[i][j] = fma(t, t, acc[i][j]);
+        }
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < RM; ++i)
+#pragma unroll
+    for (int j = 0; j < RN; ++j) St[(tx * RN + j) * LDS + ty * RM + i] = acc[i][j];
+  __syncthreads();
+}
+
+// Cross-term tile on tensor cores (float only, sm_80+): St[k * LDS + q] = <q, k> in tf32 with
+// fp32 accumulation; qn[q] = |q|^2 and kn[k] = |k|^2 in fp32 from the unrounded values.
+template <int CMAX, int LDS>
+__device__ void cross_tile_tf32(float* St, float* Qs, float* Ks, float* qn, float* kn,
+                                const Meta<float, CMAX, 64, 64>& mt, const PatchParams<float>& p, const AxisPatch& ar,
+                                const AxisPatch& ac) {
+#if CF_HAS_TF32_MMA
+  using namespace nvcuda;
+  constexpr int TQ = 64, TK = 64, DK = Cfg<float>::DK, LDK = DK + 4;
+  const int warp = threadIdx.x / 32;
+  const int wr = warp % 4;          // 16-row block of queries
+  const int wc = (warp / 4) * 2;    // first of two 16-column blocks of keys
+  wmma::fragment<wmma::accumulator, 16, 16, 8, float> c0, c1;
+  wmma::fill_fragment(c0, 0.0f);
+  wmma::fill_fragment(c1, 0.0f);
+  float norm = 0.0f;
+  for (int d0 = 0; d0 < p.D; d0 += DK) {
+    load_chunk<float, CMAX, TQ, TK, DK, true>(Qs, Ks, LDK, LDK, mt, p, ar, ac, d0, true, true);
+    __syncthreads();
+    if (threadIdx.x < TQ) {
+      for (int dd = 0; dd < DK; ++dd) norm = fmaf(Qs[threadIdx.x * LDK + dd], Qs[threadIdx.x * LDK + dd], norm);
+    } else if (threadIdx.x < TQ + TK) {
+      const int k = threadIdx.x - TQ;
+      for (int dd = 0; dd < DK; ++dd) norm = fmaf(Ks[k * LDK + dd], Ks[k * LDK + dd], norm);
+    }
+#pragma unroll
+    for (int kk = 0; kk < DK; kk += 8) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major> a;
+      wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::col_major> b0, b1;
+      wmma::load_matrix_sync(a, Qs + wr * 16 * LDK + kk, LDK);
+      wmma::load_matrix_sync(b0, Ks + wc * 16 * LDK + kk, LDK);
+      wmma::load_matrix_sync(b1, Ks + (wc + 1) * 16 * LDK + kk, LDK);
+#pragma unroll
+      for (int i = 0; i < a.num_elements; ++i) a.x[i] = wmma::__float_to_tf32(a.x[i]);
+#pragma unroll
+      for (int i = 0; i < b0.num_elements; ++i) {
+        b0.x[i] = wmma::__float_to_tf32(b0.x[i]);
+        b1.x[i] = wmma::__float_to_tf32(b1.x[i]);
+      }
+      wmma::mma_sync(c0, a, b0, c0);
+      wmma::mma_sync(c1, a, b1, c1);
+    }
+    __syncthreads();
+  }
+  // Column-major store: element (query i, key j) of a 16x16 block lands at St[(key) * LDS + query].
+  wmma::store_matrix_sync(St + wc * 16 * LDS + wr * 16, c0, LDS, wmma::mem_col_major);
+  wmma::store_matrix_sync(St + (wc + 1) * 16 * LDS + wr * 16, c1, LDS, wmma::mem_col_major);
+  if (threadIdx.x < TQ)
+    qn[threadIdx.x] = norm;
+  else if (threadIdx.x < TQ + TK)
+    kn[threadIdx.x - TQ] = norm;
+  __syncthreads();
+#else
+  __trap();  // the host selects this path only on sm_80 and newer
+#endif
+}
+
+// ---------------------------------------------------------------------------------------
+// Forward kernel.
+
+template <typename T, int CMAX, bool TF32>
+__global__ void __launch_bounds__(kThreads) forward_kernel(const PatchParams<T> p) {
+  constexpr int TQ = Cfg<T>::TQ, TK = Cfg<T>::TK, DK = Cfg<T>::DK;
+  constexpr int PARTS = kThreads / TQ, KPT = TK / PARTS;
+  constexpr int LDS = TF32 ? TQ + 4 : TQ + 1;  // tf32: wmma needs a multiple of 4
+  constexpr int QS = TF32 ? TQ * (DK + 4) : TQ * DK, KS = TF32 ? TK * (DK + 4) : TK * DK;
+  static_assert(!TF32 || (TQ == 64 && TK == 64), "the tf32 tiling is 64 x 64");
+  static_assert(PARTS * TQ == kThreads && KPT * PARTS == TK, "epilogue mapping");
+  static_assert((3 + CMAX) * kThreads <= TK * LDS, "partial-state reduction reuses the distance tile");
+
+  __shared__ __align__(128) T St[TK * LDS];
+  __shared__ __align__(128) T Qs[QS];
+  __shared__ __align__(128) T Ks[KS];
+  __shared__ T qn[TF32 ? TQ : 1], kn[TF32 ? TK : 1];
+  __shared__ Meta<T, CMAX, TQ, TK> mt;
+  __shared__ int64_t red_id[kThreads];
+
+  const WorkItem wi = p.work[blockIdx.x];
+  const GroupInfo g = p.groups[wi.group];
+  const AxisPatch ar(p.P, p.H, p.boundary), ac(p.P, p.W, p.boundary);
+  const int row = threadIdx.x % TQ, part = threadIdx.x / TQ;
+  const int64_t HW = static_cast<int64_t>(p.H) * p.W;
+
+  load_queries(mt, p, g, wi.q0);
+  State<T, CMAX> st;
+  st.init();
+  __syncthreads();
+  const T scale = mt.q_scale[row];
+
+  for (int64_t kstart = wi.k0; kstart < wi.k1; kstart += TK) {
+    load_keys(mt, p, g, kstart, wi.k1);
+    __syncthreads();
+    if constexpr (TF32) {
+      cross_tile_tf32<CMAX, LDS>(St, Qs, Ks, qn, kn, mt, p, ar, ac);  // only instantiated for float
+    } else {
+      distance_tile_simt<T, CMAX, TQ, TK, DK, LDS>(St, Qs, Ks, mt, p, ar, ac);
+    }
+
+    // Online softmax over this thread's KPT keys of the tile.
+    T lv[KPT];
+    T lmax = neg_inf<T>();
+    int kbest = -1;
+#pragma unroll
+    for (int j = 0; j < KPT; ++j) {
+      const int k = part * KPT + j;
+      T dist = St[k * LDS + row];
+      if constexpr (TF32) {
+        dist = qn[row] + kn[k] - T(2) * dist;
+        dist = dist > T(0) ? dist : T(0);
+      }
+      const T l = mt.k_mu[k] >= 0 ? -dist * scale + mt.k_logw[k] : neg_inf<T>();
+      lv[j] = l;
+      if (l > lmax) {  // strict: the lowest key id wins ties (keys ascend within a thread)
+        lmax = l;
+        kbest = k;
+      }
+    }
+    if (lmax > st.best) {
+      st.best = lmax;
+      st.id = static_cast<int64_t>(mt.k_mu[kbest]) * HW + static_cast<int64_t>(mt.k_r[kbest]) * p.W + mt.k_c[kbest];
+    }
+    if (lmax > st.m) {
+      const T r = fast_exp(st.m - lmax);  // exp(-inf) = 0 on the first finite logit
+      st.s *= r;
+#pragma unroll
+      for (int c = 0; c < CMAX; ++c) st.acc[c] *= r;
+      st.m = lmax;
+    }
+    if (st.m > neg_inf<T>()) {
+#pragma unroll
+      for (int j = 0; j < KPT; ++j) {
+        const T w = fast_exp(lv[j] - st.m);
+        st.s += w;
+#pragma unroll
+        for (int c = 0; c < CMAX; ++c) st.acc[c] = fma(w, mt.k_centre[c][part * KPT + j], st.acc[c]);
+      }
+    }
+    __syncthreads();  // St, Qs, Ks and the key metadata are rewritten by the next tile
+  }
+
+  // Merge the PARTS states of each query row (in part order), write one partial entry.
+  T* red = St;  // [3 + CMAX][kThreads]
+  red[0 * kThreads + threadIdx.x] = st.m;
+  red[1 * kThreads + threadIdx.x] = st.s;
+  red[2 * kThreads + threadIdx.x] = st.best;
+#pragma unroll
+  for (int c = 0; c < CMAX; ++c) red[(3 + c) * kThreads + threadIdx.x] = st.acc[c];
+  red_id[threadIdx.x] = st.id;
+  __syncthreads();
+  if (part == 0 && mt.q_b[row] >= 0) {
+    for (int o = 1; o < PARTS; ++o) {
+      const int t = o * TQ + row;
+      T acc2[CMAX];
+#pragma unroll
+      for (int c = 0; c < CMAX; ++c) acc2[c] = red[(3 + c) * kThreads + t];
+      st.merge(red[t], red[kThreads + t], acc2, red[2 * kThreads + t], red_id[t]);
+    }
+    const int64_t e = g.part + wi.split * g.nq + wi.q0 + row;
+    p.pm[e] = st.m;
+    p.ps[e] = st.s;
+    p.pbest[e] = st.best;
+    p.pid[e] = st.id;
+#pragma unroll
+    for (int c = 0; c < CMAX; ++c)
+      if (c < p.C) p.pacc[e * p.C + c] = st.acc[c];
+  }
+}
+
+// One thread per output pixel: merge the splits of its query in order, finalise.
+template <typename T>
+__global__ void merge_kernel(const PatchParams<T> p, T* x0, T* lse, int64_t* best) {
+  constexpr int CMAX = 4;
+  const int64_t HW = static_cast<int64_t>(p.H) * p.W;
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= p.B * HW) return;
+  const int b = static_cast<int>(idx / HW), pix = static_cast<int>(idx % HW);
+  const int r = pix / p.W, c = pix % p.W;
+  const GroupInfo g = p.groups[p.rowclass[r] * p.ncolclass + p.colclass[c]];
+  const int64_t q = (b * g.nr + (r - g.r0)) * g.nc + (c - g.c0);
+  State<T, CMAX> st;
+  st.init();
+  for (int64_t s = 0; s < g.nsplit; ++s) {
+    const int64_t e = g.part + s * g.nq + q;
+    T acc2[CMAX];
+#pragma unroll
+    for (int ch = 0; ch < CMAX; ++ch) acc2[ch] = ch < p.C ? p.pacc[e * p.C + ch] : T(0);
+    st.merge(p.pm[e], p.ps[e], acc2, p.pbest[e], p.pid[e]);
+  }
+#pragma unroll
+  for (int ch = 0; ch < CMAX; ++ch)
+    if (ch < p.C) x0[(static_cast<int64_t>(b) * p.C + ch) * HW + pix] = st.acc[ch] / st.s;
+  lse[idx] = st.m + log(st.s);
+  if (best != nullptr) best[idx] = st.id;
+}
+
+// ---------------------------------------------------------------------------------------
+// Backward kernel: per query, A = sum_k a_k K_k and S = sum_k a_k with
+// a_k = exp(l_k - lse) * (g . c_k - g . x0_hat).
+
+template <typename T, int CMAX>
+__global__ void __launch_bounds__(kThreads) backward_kernel(const PatchParams<T> p) {
+  constexpr int TQ = Cfg<T>::TQ, TK = Cfg<T>::TK, DK = Cfg<T>::DK;
+  constexpr int PARTS = kThreads / TQ, KPT = TK / PARTS, LDS = TQ + 1;
+  static_assert(DK % PARTS == 0, "A-pass mapping");
+
+  __shared__ __align__(128) T St[TK * LDS];
+  __shared__ __align__(128) T Qs[TQ * DK];
+  __shared__ __align__(128) T Ks[TK * DK];
+  __shared__ Meta<T, CMAX, TQ, TK> mt;
+  __shared__ T q_g[CMAX][TQ], q_gx0[TQ], q_lse[TQ];
+
+  const WorkItem wi = p.work[blockIdx.x];
+  const GroupInfo g = p.groups[wi.group];
+  const AxisPatch ar(p.P, p.H, p.boundary), ac(p.P, p.W, p.boundary);
+  const int row = threadIdx.x % TQ, part = threadIdx.x / TQ;
+  const int64_t HW = static_cast<int64_t>(p.H) * p.W;
+
+  load_queries(mt, p, g, wi.q0);
+  __syncthreads();
+  for (int i = threadIdx.x; i < TQ; i += blockDim.x) {
+    const int b = mt.q_b[i];
+    const int64_t pix = static_cast<int64_t>(mt.q_r[i]) * p.W + mt.q_c[i];
+    const bool ok = b >= 0;
+#pragma unroll
+    for (int ch = 0; ch < CMAX; ++ch)
+      q_g[ch][i] = ok && ch < p.C ? p.grad[(static_cast<int64_t>(b) * p.C + ch) * HW + pix] : T(0);
+    q_gx0[i] = ok ? p.gx0[b * HW + pix] : T(0);
+    q_lse[i] = ok ? p.lse[b * HW + pix] : neg_inf<T>();
+  }
+  __syncthreads();
+  const T scale = mt.q_scale[row], lse_q = q_lse[row], gx0_q = q_gx0[row];
+  const bool live = mt.q_b[row] >= 0 && lse_q > neg_inf<T>();
+  T gq[CMAX];
+#pragma unroll
+  for (int ch = 0; ch < CMAX; ++ch) gq[ch] = q_g[ch][row];
+  const int64_t e = g.part + wi.split * g.nq + wi.q0 + row;
+  T ssum = T(0);
+
+  for (int64_t kstart = wi.k0; kstart < wi.k1; kstart += TK) {
+    load_keys(mt, p, g, kstart, wi.k1);
+    __syncthreads();
+    distance_tile_simt<T, CMAX, TQ, TK, DK, LDS>(St, Qs, Ks, mt, p, ar, ac);
+    // Coefficients a_k, in place of the distances.
+#pragma unroll
+    for (int j = 0; j < KPT; ++j) {
+      const int k = part * KPT + j;
+      T a = T(0);
+      if (live && mt.k_mu[k] >= 0) {
+        const T l = -St[k * LDS + row] * scale + mt.k_logw[k];
+        T sdot = -gx0_q;
+#pragma unroll
+        for (int ch = 0; ch < CMAX; ++ch) sdot = fma(gq[ch], mt.k_centre[ch][k], sdot);
+        a = fast_exp(l - lse_q) * sdot;
+      }
+      St[k * LDS + row] = a;
+      ssum += a;
+    }
+    __syncthreads();
+    // A[q, d] += sum_k a[q, k] K[k, d] (unweighted key entries), chunk by chunk.
+    for (int d0 = 0; d0 < p.D; d0 += DK) {
+      load_chunk<T, CMAX, TQ, TK, DK, false>(Qs, Ks, TQ, TK, mt, p, ar, ac, d0, false, false);
+      __syncthreads();
+#pragma unroll
+      for (int s = 0; s < DK / PARTS; ++s) {
+        const int dd = part + PARTS * s;
+        T o = T(0);
+#pragma unroll 8
+        for (int k = 0; k < TK; ++k) o = fma(St[k * LDS + row], Ks[dd * TK + k], o);
+        if (mt.q_b[row] >= 0 && d0 + dd < p.D) p.pA[e * p.D + d0 + dd] += o;
+      }
+      __syncthreads();
+    }
+  }
+  // S: sum the PARTS partial sums of each row in part order.
+  St[threadIdx.x] = ssum;
+  __syncthreads();
+  if (part == 0 && mt.q_b[row] >= 0) {
+    T total = St[row];
+    for (int o = 1; o < PARTS; ++o) total += St[o * TQ + row];
+    p.pS[e] = total;
+  }
+}
+
+// One thread per z pixel: grad_z(p) = sum over (query x, entry d) with source(x, d) = p of
+// (mult_d / sigma^2) (A_x[d] - z(p) S_x), summed over the key splits of each query.
+template <typename T>
+__global__ void adjoint_kernel(const PatchParams<T> p, T* grad_z) {
+  const int64_t HW = static_cast<int64_t>(p.H) * p.W;
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= p.B * p.C * HW) return;
+  const int b = static_cast<int>(idx / (p.C * HW));
+  const int ch = static_cast<int>((idx / HW) % p.C);
+  const int pix = static_cast<int>(idx % HW), pr = pix / p.W, pc = pix % p.W;
+  const AxisPatch ar(p.P, p.H, p.boundary), ac(p.P, p.W, p.boundary);
+  const bool circ = p.boundary == Boundary::Circular;
+  const T zval = p.z[idx];
+  T total = T(0);
+  for (int i = 0; i < ar.count; ++i) {
+    int xr = pr - ar.offset(i);
+    if (circ) {
+      xr = ((xr % p.H) + p.H) % p.H;
+    } else if (xr < 0 || xr >= p.H) {
+      continue;
+    }
+    for (int j = 0; j < ac.count; ++j) {
+      int xc = pc - ac.offset(j);
+      if (circ) {
+        xc = ((xc % p.W) + p.W) % p.W;
+      } else if (xc < 0 || xc >= p.W) {
+        continue;
+      }
+      const GroupInfo g = p.groups[p.rowclass[xr] * p.ncolclass + p.colclass[xc]];
+      const int64_t q = (b * g.nr + (xr - g.r0)) * g.nc + (xc - g.c0);
+      const int64_t d = (static_cast<int64_t>(ch) * ar.count + i) * ac.count + j;
+      T a = T(0), s = T(0);
+      for (int64_t sp = 0; sp < g.nsplit; ++sp) {
+        const int64_t e = g.part + sp * g.nq + q;
+        a += p.pA[e * p.D + d];
+        s += p.pS[e];
+      }
+      total += static_cast<T>(ar.weight(i) * ac.weight(j)) * (a - zval * s);
+    }
+  }
+  grad_z[idx] = total * (T(2) * p.inv2s2[b]);
+}
+
+}  // namespace detail
+}  // namespace cuda
+}  // namespace creativity_fast
