@@ -109,7 +109,8 @@ def compare(argv: list[str], repeats: int, nproc: int) -> None:
         wall = statistics.median(max(x["wall_s"] for x in run) for run in runs)
         cpu = statistics.median(sum(x["cpu_s"] for x in run) for run in runs)
         rss = [max(run[i]["peak_rss_mib"] for run in runs) for i in range(len(runs[0]))]
-        diff = max(float(abs(np.load(Path(o) / "samples.npz")["samples"] - base).max()) for n, o in outputs if n == name)
+        diff = max(float(abs(np.load(Path(o) / "samples.npz")["samples"] - base).max())
+                   for n, o in outputs if n == name)
         print(f"| {name} | {wall:.1f} | {cpu:.1f} | {', '.join(f'{v:.0f}' for v in sorted(rss))} | {diff:.1e} |")
     for _, out in outputs:
         shutil.rmtree(out, ignore_errors=True)

@@ -33,9 +33,15 @@ def check_patch_size(P, name: str = "P") -> int:
     return P
 
 
-def check_finite(name: str, x: torch.Tensor) -> torch.Tensor:
-    if x.numel() and x.device.type != "meta" and not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name} contains NaN or infinite values")
+def check_finite(name: str, x: torch.Tensor, chunk_elements: int = 1 << 22) -> torch.Tensor:
+    """Raise if ``x`` holds NaN or inf; scans in chunks so a large data set costs no copy."""
+    if x.numel() == 0 or x.device.type == "meta":
+        return x
+    rows = max(1, chunk_elements // max(1, x[0].numel())) if x.dim() else 1
+    for start in range(0, x.shape[0] if x.dim() else 1, rows):
+        part = x[start:start + rows] if x.dim() else x
+        if not bool(torch.isfinite(part).all()):
+            raise ValueError(f"{name} contains NaN or infinite values")
     return x
 
 
