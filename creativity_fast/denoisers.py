@@ -218,7 +218,13 @@ def machine_names() -> tuple[str, ...]:
 def make_denoiser(machine: str, data, **kwargs):
     """Build a registered denoiser by name (``ideal | local | els | gaussian`` and any added ones)."""
     check_choice("machine", machine, machine_names())
-    return _FACTORIES[machine](data, **kwargs)
+    try:
+        return _FACTORIES[machine](data, **kwargs)
+    except TypeError as exc:
+        if "unexpected keyword argument" not in str(exc):
+            raise
+        bad = str(exc).split("unexpected keyword argument")[-1].strip()
+        raise ValueError(f"machine {machine!r} does not take the option {bad}") from None
 
 
 for _mode in MODES:

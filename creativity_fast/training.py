@@ -223,7 +223,7 @@ def train(data: torch.Tensor, out_dir: Union[str, os.PathLike], config: Optional
 
     start = time.perf_counter()
 
-    def save(final: bool = False) -> None:
+    def save() -> None:
         m = dict(meta, step=step, train_seconds=total_before + time.perf_counter() - start,
                  train_config=asdict(cfg), torch=str(torch.__version__))
         _save_training_checkpoint(last_path, net=net, ema=ema, opt=opt, gen=gen, step=step, cfg=cfg, meta=m)
@@ -278,6 +278,6 @@ def train(data: torch.Tensor, out_dir: Union[str, os.PathLike], config: Optional
         save()
         raise
     bar.close()
-    save(final=True)
+    save()
     secs = time.perf_counter() - start
     return TrainResult(out, step, resumed_from, secs, total_before + secs, last_loss, losses)

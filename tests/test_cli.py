@@ -95,3 +95,13 @@ def test_parse_seeds():
         parse_seeds("3-1")
     with pytest.raises(ValueError):
         parse_seeds("1,1")
+
+
+def test_machine_options_reach_the_machine(tmp_path):
+    out = tmp_path / "aels"
+    assert main(["sample", "--machine", "aels", "--opt", "lam=1", "--opt", "gamma=0", "--limit", "20", "--steps", "2",
+                 "--seeds", "0", "--patch-schedule", "3", "--out", str(out), "--no-progress"]) == 0
+    settings = json.loads(str(np.load(out / "samples.npz")["settings"]))
+    assert settings["machine_opts"] == ["lam=1", "gamma=0"]
+    proc = run_cli("sample", "--machine", "els", "--opt", "lam=1", "--limit", "5", "--out", str(tmp_path / "x"))
+    assert proc.returncode == 2 and "does not take the option 'lam'" in proc.stderr

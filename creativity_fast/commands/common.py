@@ -63,6 +63,27 @@ def add_machine_options(p: argparse.ArgumentParser, *, default_machine: str = "e
                    help="P per step: an odd int, a comma list (one per step, sampling order) or a published "
                         f"schedule ({', '.join(PUBLISHED_PATCH_SCHEDULES)}); default: %(default)s")
     g.add_argument("--backend", default="auto", choices=("auto", "kernel", "reference"), help="default: %(default)s")
+    g.add_argument("--opt", dest="machine_opts", action="append", default=[], metavar="KEY=VALUE",
+                   help="machine-specific option, repeatable: aels lam=1 gamma=0 tau=... attention_P=...; "
+                        "smoothed s=0.5 J=8 seed=0; pca_locality theta=0.005 tau=1; e.g. --opt lam=1 --opt gamma=0")
+
+
+def parse_machine_opts(items: Sequence[str]) -> dict:
+    """``["lam=1", "channels=shared"]`` -> ``{"lam": 1, "channels": "shared"}`` (ints, floats, else str)."""
+    opts: dict = {}
+    for item in items or ():
+        key, sep, value = str(item).partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise ValueError(f"--opt must look like KEY=VALUE (e.g. lam=1); got {item!r}")
+        for convert in (int, float):
+            try:
+                opts[key.strip()] = convert(value)
+                break
+            except ValueError:
+                continue
+        else:
+            opts[key.strip()] = value
+    return opts
 
 
 def add_sampling_options(p: argparse.ArgumentParser, *, default_seeds: str = "0-15") -> None:
@@ -125,6 +146,7 @@ def build_machine(args, data: Dataset, sigmas: torch.Tensor, *, shard=None, **ex
     ``shard`` (a ``distributed.ShardInfo``): ``data`` is this rank's shard; build the sharded machine.
     """
     schedule = PatchSchedule(sigmas, args.patch_schedule)
+    extra = {**parse_machine_opts(getattr(args, "machine_opts", [])), **extra}
     if shard is not None:
         from .. import distributed
         return distributed.make_sharded_denoiser(
@@ -191,7 +213,7 @@ def stack_results(results: dict, seeds: Sequence[int]):
 
 
 def settings_json(args, **extra) -> str:
-    keys = ("machine", "boundary", "keys", "patch_schedule", "backend", "steps", "sampler", "eta",
+    keys = ("machine", "machine_opts", "boundary", "keys", "patch_schedule", "backend", "steps", "sampler", "eta",
             "noise_schedule", "data", "class_label", "limit")
     settings = {k: getattr(args, k) for k in keys if hasattr(args, k)}
     settings.update(extra)
