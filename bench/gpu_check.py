@@ -113,12 +113,37 @@ def max_err(actual, expected):
     return (a[m] - expected[m]).abs().max().item() if m.any() else 0.0
 
 
-def check_forward(name, z, data, sigma, P, machine, dtype, key_logw=None, tol_x=5e-5, tol_l=1e-4):
+def f32_x0_tol(lse_ref, sumw):
+    """float32 tolerance of x0_hat: 5e-5 plus what float32 rounding of steep logits allows.
+
+    A float32 distance over sumw weighted entries errs by ~2^-24 sqrt(sumw) relative, so a
+    logit l errs by ~2^-24 sqrt(sumw) |l|, and x0_hat (centres within [-1, 1]) by at most
+    twice that; |lse| bounds the size of the logits that carry weight.
+    """
+    import torch
+
+    finite = lse_ref[torch.isfinite(lse_ref)]
+    scale = finite.abs().max().item() if finite.numel() else 0.0
+    return 5e-5 + 4 * 2.0 ** -24 * math.sqrt(sumw) * scale
+
+
+def weighted_dim(C, H, W, P, mode, boundary):
+    """sum of the multiplicities of a patch (creativity_fast.dictionary.patch_offsets)."""
+    if mode == "ideal":
+        return C * H * W
+    if boundary == "circular":
+        return C * P * P
+    return C * min(P, 2 * H - 1) * min(P, 2 * W - 1)
+
+
+def check_forward(name, z, data, sigma, P, machine, dtype, key_logw=None, tol_x=None, tol_l=1e-4):
     import torch
     from creativity_fast.reference import patch_posterior_mean_reference
 
     mode, boundary, keys = machine
     x_ref, l_ref, b_ref = patch_posterior_mean_reference(z, data, sigma, P, mode, boundary, keys, key_logw)
+    if tol_x is None:
+        tol_x = f32_x0_tol(l_ref, weighted_dim(*z.shape[1:], P, mode, boundary))
     dev = lambda t: None if t is None else t.to("cuda", dtype)  # noqa: E731
     x0, lse, best = torch.ops.creativity_fast.patch_posterior_mean(dev(z), dev(data), dev(sigma), P, mode, boundary,
                                                                    keys, dev(key_logw), True)
