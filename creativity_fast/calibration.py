@@ -433,12 +433,18 @@ def agreement_figure(result: CompareResult, path: Union[str, os.PathLike], *, co
     n = len(result.seeds)
     columns = max(1, min(columns, n))
     blocks = math.ceil(n / columns)
-    rows = blocks * len(names)
-    fig, axes = plt.subplots(rows, columns, figsize=(0.75 * columns + 1.6, 0.8 * rows + 0.4), squeeze=False)
+    per = len(names) + 1                     # a thin spacer row between blocks of seeds
+    rows = blocks * per - 1
+    ratios = [1.0 if (r + 1) % per else 0.45 for r in range(rows)]
+    fig, axes = plt.subplots(rows, columns, figsize=(0.75 * columns + 1.6, 0.8 * sum(ratios) + 0.4), squeeze=False,
+                             gridspec_kw={"height_ratios": ratios})
+    for r in range(per - 1, rows, per):
+        for ax in axes[r]:
+            ax.axis("off")
     mr, mr2 = result.median_r, result.median_r2
     for blk in range(blocks):
         for k, name in enumerate(names):
-            row = blk * len(names) + k
+            row = blk * per + k
             imgs = result.samples[name]
             for c in range(columns):
                 ax = axes[row, c]
@@ -467,13 +473,17 @@ def agreement_figure(result: CompareResult, path: Union[str, os.PathLike], *, co
 
 
 def calibration_figure(result: CalibrationResult, path: Union[str, os.PathLike]) -> Path:
-    """Heat map of the median metric per (step, P) with the chosen P per step marked."""
+    """Heat map of the median metric per (step, P), rescaled per step to [0, 1] (1 = best P of
+    that step; the raw values are in the JSON), with the chosen P per step marked."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    scores = result.scores if result.metric == "cosine" else -result.scores
+    lo, hi = scores.min(1, keepdims=True), scores.max(1, keepdims=True)
+    rel = np.where(hi > lo, (scores - lo) / np.where(hi > lo, hi - lo, 1.0), 1.0)
     fig, ax = plt.subplots(figsize=(0.45 * len(result.candidates) + 2.5, 0.3 * len(result.patch_sizes) + 1.5))
-    im = ax.imshow(result.scores, aspect="auto", cmap="viridis" if result.metric == "cosine" else "viridis_r")
+    im = ax.imshow(rel, aspect="auto", cmap="viridis", vmin=0, vmax=1)
     ax.set_xticks(range(len(result.candidates)), [str(p) for p in result.candidates], fontsize=7)
     ax.set_yticks(range(len(result.patch_sizes)),
                   [f"{i}: σ={s:.3g}" for i, s in enumerate(result.sigmas[:-1])], fontsize=6)
@@ -481,7 +491,7 @@ def calibration_figure(result: CalibrationResult, path: Union[str, os.PathLike])
     ax.set_ylabel("step (highest noise first)")
     cols = [result.candidates.index(p) for p in result.patch_sizes]
     ax.plot(cols, range(len(cols)), "r.-", lw=1, ms=5)
-    fig.colorbar(im, ax=ax, label=f"median {result.metric} over {len(result.seeds)} seeds")
+    fig.colorbar(im, ax=ax, label=f"median {result.metric} over {len(result.seeds)} seeds, rescaled per step")
     out = _save_figure(fig, path)
     plt.close(fig)
     return out
