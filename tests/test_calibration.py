@@ -157,3 +157,20 @@ def test_calibrate_and_compare_cli(tmp_path, tiny_net, capsys):
     assert main(["compare", *common, "--machine", "els,nope", "--out", str(tmp_path / "n")]) == 2
     assert "nope" in capsys.readouterr().err
     assert main(["calibrate", *common, "--candidates", "4", "--out", str(cal)]) == 2
+
+
+def test_shipped_network_and_schedule():
+    from creativity_fast.calibration import default_schedule_path
+    from creativity_fast.commands.compare import default_patch_schedule
+    from creativity_fast.nets import NetworkDenoiser, default_network_path, load_network
+    path = default_network_path()
+    assert path.is_file() and path.stat().st_size < 2 * 1024 * 1024
+    net, info = load_network()  # the default is the shipped checkpoint
+    assert info["config"]["arch"] == "resnet" and info["config"]["padding"] == "zeros"
+    assert 2 * info["config"]["depth"] + 1 == 17 and info["n_train"] == 3000
+    x0 = NetworkDenoiser(net)(torch.randn(2, 1, 28, 28), 1.0)
+    assert x0.shape == (2, 1, 28, 28) and float(x0.abs().max()) <= 1.0
+    sizes = load_patch_schedule(default_schedule_path())
+    assert len(sizes) == 20 and all(p % 2 == 1 for p in sizes)
+    assert default_patch_schedule() == "calibrated" and resolve_patch_schedule("calibrated", 20) == sizes
+    assert (path.parent / "training_log.jsonl").is_file()

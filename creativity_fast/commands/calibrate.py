@@ -71,10 +71,13 @@ def run(args) -> int:
     net, info, data = load_net_and_data(args)
     sigmas = common.noise_sigmas(args)
 
-    def factory(images, P):
-        return make_denoiser(args.machine, images, P=P, boundary=args.boundary, keys=args.keys, backend=args.backend)
+    opts = common.parse_machine_opts(getattr(args, "machine_opts", []))
 
-    settings = json.dumps(dict(net=info["path"], net_clip=not args.no_clip, machine=args.machine,
+    def factory(images, P):
+        return make_denoiser(args.machine, images, P=P, boundary=args.boundary, keys=args.keys, backend=args.backend,
+                             **opts)
+
+    settings = json.dumps(dict(net=info["path"], net_clip=not args.no_clip, machine=args.machine, machine_opts=opts,
                                boundary=args.boundary, keys=args.keys,
                                steps=args.steps, noise_schedule=args.noise_schedule, sampler=args.sampler,
                                eta=args.eta, seeds=seeds, candidates=candidates, metric=args.metric,
@@ -101,7 +104,7 @@ def run(args) -> int:
                        progress=not args.no_progress, done=done, checkpoint=checkpoint)
     seconds = time.perf_counter() - start
     js = save_calibration(out / "calibration.json", result, net=info["path"], net_config=info["config"],
-                          net_clip=not args.no_clip, machine=args.machine, boundary=args.boundary,
+                          net_clip=not args.no_clip, machine=args.machine, machine_opts=opts, boundary=args.boundary,
                           keys=args.keys,
                           noise_schedule=args.noise_schedule, sampler=args.sampler, data=data.name,
                           n_train=len(data), seconds=round(seconds, 1))
