@@ -130,6 +130,10 @@ def _register() -> None:
     def _(grad_x0, z, data, sigma, P, mode, boundary, keys, key_logw, x0_hat, lse):
         return torch.empty_like(z)
 
+    @torch.library.register_fake("creativity_fast::patch_posterior_mean_backward_lse")
+    def _(grad_x0, grad_lse, z, data, sigma, P, mode, boundary, keys, key_logw, x0_hat, lse):
+        return torch.empty_like(z)
+
     def setup_context(ctx, inputs, output):
         z, data, sigma, P, mode, boundary, keys, key_logw, _ = inputs
         x0_hat, lse, _ = output
@@ -139,14 +143,24 @@ def _register() -> None:
     def backward(ctx, grad_x0, grad_lse, grad_best):
         # SPEC 4: d x0_hat(x) / d Pi_x z = Cov_w(centre, key patch) / sigma^2, by a
         # second streaming pass reusing lse. Gradients flow to z only (data, sigma and
-        # key_logw are constants of the machine); lse is a by-product, not differentiated.
+        # key_logw are constants of the machine); lse is differentiable where the backend
+        # implements patch_posterior_mean_backward_lse (CPU), else only x0_hat is.
         z, data, sigma, key_logw, x0_hat, lse = ctx.saved_tensors
-        if grad_lse is not None and bool((grad_lse != 0).any()):
-            raise NotImplementedError("patch_posterior_mean: gradients through lse are not supported")
         grad_z = None
-        if ctx.needs_input_grad[0] and grad_x0 is not None:
-            grad_z = torch.ops.creativity_fast.patch_posterior_mean_backward(
-                grad_x0.contiguous(), z, data, sigma, *ctx.options, key_logw, x0_hat, lse)
+        if ctx.needs_input_grad[0] and has_kernel(z.device, "patch_posterior_mean_backward_lse"):
+            # One pass for both outputs: lse is differentiable too (no data-dependent branch,
+            # so the formula also traces under torch.compile / AOTAutograd).
+            grad_x0 = torch.zeros_like(x0_hat) if grad_x0 is None else grad_x0
+            grad_lse = torch.zeros_like(lse) if grad_lse is None else grad_lse
+            grad_z = torch.ops.creativity_fast.patch_posterior_mean_backward_lse(
+                grad_x0.contiguous(), grad_lse.contiguous(), z, data, sigma, *ctx.options, key_logw, x0_hat, lse)
+        elif ctx.needs_input_grad[0]:
+            if grad_lse is not None and bool((grad_lse != 0).any()):
+                raise NotImplementedError("patch_posterior_mean: gradients through lse are not supported "
+                                          f"on {z.device.type}")
+            if grad_x0 is not None:
+                grad_z = torch.ops.creativity_fast.patch_posterior_mean_backward(
+                    grad_x0.contiguous(), z, data, sigma, *ctx.options, key_logw, x0_hat, lse)
         return grad_z, None, None, None, None, None, None, None, None
 
     torch.library.register_autograd("creativity_fast::patch_posterior_mean", backward, setup_context=setup_context)

@@ -24,4 +24,11 @@ TORCH_LIBRARY(creativity_fast, m) {
   m.def(
       "patch_posterior_mean_backward(Tensor grad_x0, Tensor z, Tensor data, Tensor sigma, int P, "
       "str mode, str boundary, str keys, Tensor? key_logw, Tensor x0_hat, Tensor lse) -> Tensor");
+  // Gradient with respect to z of <grad_x0, x0_hat> + <grad_lse, lse> (the same pass; the
+  // log-normaliser term adds grad_lse to every key's score). Used by the autograd formula
+  // where a backend implements it, so that lse is differentiable too.
+  m.def(
+      "patch_posterior_mean_backward_lse(Tensor grad_x0, Tensor grad_lse, Tensor z, Tensor data, "
+      "Tensor sigma, int P, str mode, str boundary, str keys, Tensor? key_logw, Tensor x0_hat, "
+      "Tensor lse) -> Tensor");
 }

@@ -12,10 +12,10 @@
 // result bit, see ppm_api.h):
 //   CREATIVITY_FAST_CPU_ISA        auto | avx512 | avx2 | generic
 //   CREATIVITY_FAST_CPU_TILE_ROWS  query rows per work unit (default: auto)
-//   CREATIVITY_FAST_CPU_ALGO       auto | box | direct
+//   CREATIVITY_FAST_CPU_ALGO       auto | box | gw | direct  (see PpmOptions::algo)
 //   CREATIVITY_FAST_CPU_PRUNE      1 | 0   (skip keys whose weight underflows to 0)
-//   CREATIVITY_FAST_CPU_GW_MIN     window length from which box passes use
-//                                  Gil-Werman prefix/suffix sums (default 5)
+//   CREATIVITY_FAST_CPU_SLIDE_MIN  window length from which box passes use O(1)
+//                                  sliding / Gil-Werman sums (default 4)
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -193,10 +193,12 @@ PpmOptions read_options() {
     o.algo = 1;
   else if (algo == "direct")
     o.algo = 2;
+  else if (algo == "gw")
+    o.algo = 3;
   else
-    TORCH_CHECK(false, "CREATIVITY_FAST_CPU_ALGO must be auto, box or direct; got '", algo, "'");
+    TORCH_CHECK(false, "CREATIVITY_FAST_CPU_ALGO must be auto, box, gw or direct; got '", algo, "'");
   o.prune = env_int("CREATIVITY_FAST_CPU_PRUNE", 1);
-  o.gw_min_len = env_int("CREATIVITY_FAST_CPU_GW_MIN", 5);
+  o.gw_min_len = env_int("CREATIVITY_FAST_CPU_SLIDE_MIN", 4);
   return o;
 }
 
@@ -312,11 +314,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> patch_posterior_mean_cpu(
   return {x0, lse, best};
 }
 
-at::Tensor patch_posterior_mean_backward_cpu(const at::Tensor& grad_in, const at::Tensor& z_in,
-                                             const at::Tensor& data_in, const at::Tensor& sigma, int64_t P,
-                                             c10::string_view mode, c10::string_view boundary,
-                                             c10::string_view keys, const std::optional<at::Tensor>& key_logw_in,
-                                             const at::Tensor& x0_in, const at::Tensor& lse_in) {
+at::Tensor backward_impl(const at::Tensor& grad_in, const at::Tensor* grad_lse_in, const at::Tensor& z_in,
+                         const at::Tensor& data_in, const at::Tensor& sigma, int64_t P, c10::string_view mode,
+                         c10::string_view boundary, c10::string_view keys,
+                         const std::optional<at::Tensor>& key_logw_in, const at::Tensor& x0_in,
+                         const at::Tensor& lse_in) {
   const at::Tensor z = z_in.contiguous();
   const at::Tensor data = data_in.contiguous();
   const at::Tensor grad = grad_in.to(z.scalar_type()).contiguous();
@@ -328,6 +330,11 @@ at::Tensor patch_posterior_mean_backward_cpu(const at::Tensor& grad_in, const at
   TORCH_CHECK(x0.sizes() == z.sizes(), "x0_hat must have z's shape");
   TORCH_CHECK(lse.dim() == 3 && lse.size(0) == z.size(0) && lse.size(1) == z.size(2) && lse.size(2) == z.size(3),
               "lse must be [B, H, W]");
+  at::Tensor grad_lse;
+  if (grad_lse_in) {
+    grad_lse = grad_lse_in->to(z.scalar_type()).contiguous();
+    TORCH_CHECK(grad_lse.sizes() == lse.sizes(), "grad_lse must be [B, H, W]");
+  }
   Setup S;
   setup(S, z, data, sigma, P, mode, boundary, keys, key_logw);
   PpmProblem& pb = S.pb;
@@ -338,6 +345,7 @@ at::Tensor patch_posterior_mean_backward_cpu(const at::Tensor& grad_in, const at
   pb.grad = grad.data_ptr();
   pb.x0_in = x0.data_ptr();
   pb.lse_in = lse.data_ptr();
+  pb.grad_lse = grad_lse_in ? grad_lse.data_ptr() : nullptr;
   // One double partial gradient per unit, summed in unit order: deterministic
   // whatever the thread count. Memory O(units * C*H*W), independent of N.
   at::Tensor partial = at::zeros({S.units, pb.C, pb.H, pb.W}, z.options().dtype(at::kDouble));
@@ -350,10 +358,23 @@ at::Tensor patch_posterior_mean_backward_cpu(const at::Tensor& grad_in, const at
   return out.to(z.scalar_type());
 }
 
-}  // namespace
+at::Tensor patch_posterior_mean_backward_cpu(const at::Tensor& grad, const at::Tensor& z, const at::Tensor& data,
+                                             const at::Tensor& sigma, int64_t P, c10::string_view mode,
+                                             c10::string_view boundary, c10::string_view keys,
+                                             const std::optional<at::Tensor>& key_logw, const at::Tensor& x0,
+                                             const at::Tensor& lse) {
+  return backward_impl(grad, nullptr, z, data, sigma, P, mode, boundary, keys, key_logw, x0, lse);
+}
 
-// Which instruction-set build auto selection picks here (for benchmarks and reports).
-const char* selected_isa_name() { return select_isa().name; }
+at::Tensor patch_posterior_mean_backward_lse_cpu(const at::Tensor& grad, const at::Tensor& grad_lse,
+                                                 const at::Tensor& z, const at::Tensor& data, const at::Tensor& sigma,
+                                                 int64_t P, c10::string_view mode, c10::string_view boundary,
+                                                 c10::string_view keys, const std::optional<at::Tensor>& key_logw,
+                                                 const at::Tensor& x0, const at::Tensor& lse) {
+  return backward_impl(grad, &grad_lse, z, data, sigma, P, mode, boundary, keys, key_logw, x0, lse);
+}
+
+}  // namespace
 
 }  // namespace cpu
 }  // namespace creativity_fast
@@ -361,4 +382,5 @@ const char* selected_isa_name() { return select_isa().name; }
 TORCH_LIBRARY_IMPL(creativity_fast, CPU, m) {
   m.impl("patch_posterior_mean", &creativity_fast::cpu::patch_posterior_mean_cpu);
   m.impl("patch_posterior_mean_backward", &creativity_fast::cpu::patch_posterior_mean_backward_cpu);
+  m.impl("patch_posterior_mean_backward_lse", &creativity_fast::cpu::patch_posterior_mean_backward_lse_cpu);
 }

@@ -18,11 +18,13 @@ namespace cpu {
 // positions, whatever the tiling or the thread count.
 struct PpmOptions {
   int tile_rows = 0;    // query rows per work unit (0: auto)
-  int algo = 0;         // 0 auto (box), 1 box filter, 2 direct patch distances
+  int algo = 0;         // 0 auto: streaming box filter (sliding double sums);
+                        // 1 the same; 2 direct patch distances (O(P^2) per pair);
+                        // 3 materialised box filter with Gil-Werman block
+                        //   prefix/suffix sums (also used for circular P > size)
   int prune = 1;        // skip keys whose weight provably underflows (exact)
-  int gw_min_len = 5;   // window length from which a box pass uses Gil-Werman
-                        // block prefix/suffix sums (O(1) per output) instead of
-                        // summing the window directly
+  int gw_min_len = 4;   // window length from which box passes use O(1) sums
+                        // (sliding or Gil-Werman) instead of direct window sums
 };
 
 // Everything the kernels need to know about one axis, computed once per call from
@@ -71,6 +73,7 @@ struct PpmProblem {
   const void* grad;
   const void* x0_in;
   const void* lse_in;
+  const void* grad_lse;  // [B,H,W] or null: upstream gradient of lse
   // backward output: one [C,H,W] double partial gradient per work unit (summed by
   // the caller in unit order)
   double* grad_partial;

@@ -12,6 +12,7 @@
 #include "dictionary.h"
 
 #pragma GCC diagnostic ignored "-Wpsabi"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12 false positive in avx512fintrin.h
 #pragma GCC push_options
 
 #define CF_ISA_LEVEL 0

@@ -3,10 +3,11 @@
 // CF_ISA_LEVEL (0 baseline, 1 AVX2+FMA, 2 AVX-512) and includes this file inside
 // its own namespace. No torch header may be included here (see ppm_api.h).
 //
-// Layout: lanes are training images. A "group" packs V = 64 / sizeof(T) training
-// images side by side ([row][col][channel][lane]), so every pixel of the group is
-// one SIMD vector and all the work below is vertical SIMD with scalar addressing:
-// any image size, any boundary, no gathers.
+// Layout: lanes are training images. A "group" packs V training images side by side
+// ([row][col][channel][lane]; V = doubles per native vector: 8 AVX-512, 4 AVX2, 2
+// baseline), so every pixel of the group is one SIMD vector and all the work below
+// is vertical SIMD with scalar addressing: any image size, boundary or key set, no
+// gathers.
 //
 // Forward, for one work unit (sample b, a block of query rows) and one group:
 //   for every displacement delta = (dr, dc) with an admissible query in the block
@@ -15,15 +16,20 @@
 //     l     = -d / (2 sigma^2) + key_logw
 //     online softmax per (query, lane): running max, sum, weighted centre
 // so a (query, key) pair costs O(C) plus a few adds whatever P (SPEC 9), and the
-// [queries x keys] matrix never exists. Window sums never subtract (they are
-// direct sums for short windows and Gil-Werman block prefix+suffix sums for long
-// ones), so a small distance next to large ones keeps its relative accuracy.
-// Blocks of the prefix/suffix sums are anchored to absolute positions, so every
-// distance is bitwise independent of the tiling and of the thread count.
+// [queries x keys] matrix never exists. Distances, logits and running maxima are in
+// double, so the float32 kernel is as accurate as the float64 reference: the default
+// path (distances_stream) slides its windows (add the new row, subtract the old;
+// in double that loses ~1e-16 of the sums passed through) and restarts them with a
+// direct sum every kAnchor rows counted from the displacement's first admissible
+// row, so every distance is bitwise independent of the tiling and the thread count.
+// Circular patches larger than the image (multiplicity weights: a whole-axis part)
+// use distances_box: materialised rows with Gil-Werman block prefix/suffix sums
+// anchored to absolute positions. distances_direct (explicit O(P^2) patch distances)
+// is kept for measurement.
 //
 // Exact pruning: exp() below flushes to exactly 0 for arguments under kExpLo, so a
-// key whose logit is more than |kExpLo| under the running max contributes exactly
-// 0; such keys are skipped without changing a bit of the result.
+// key whose logit is more than |kExpLo| (plus a rounding margin) under the running
+// max contributes exactly 0; such keys are skipped without changing a bit.
 //
 // Accumulation: per (query, lane) the sum and weighted centre are accumulated in T
 // over one row of displacements, then flushed into double accumulators; lanes are
@@ -83,43 +89,43 @@ CF_AI VV splat(S s) {
 // exp for arguments <= 0 (all call sites: logit minus a running max or lse).
 // Returns exactly 0 below kExpLo (that is the pruning contract) and exactly 1 at 0.
 
-CF_AI VecT<float>::v vexp(VecT<float>::v x) {
-  typedef VecT<float>::v v;
-  typedef VecT<float>::vi vi;
-  const v lo = splat<v>(VecT<float>::kExpLo);
-  const v xc = x < lo ? lo : x;
-  const v magic = splat<v>(12582912.0f);  // 1.5 * 2^23: round to nearest integer
-  const v t = xc * 1.44269504088896341f + magic;
-  const v n = t - magic;
-  const vi ni = (vi)t - (vi)magic;  // the integer n, read from the mantissa bits
-  v r = xc - n * 0.693359375f;      // Cody-Waite split of ln 2 (Cephes expf)
+template <class VF>
+CF_AI VF vexp_f(VF x) {
+  typedef int32_t VI __attribute__((vector_size(sizeof(VF))));
+  const VF lo = splat<VF>(VecT<float>::kExpLo);
+  const VF xc = x < lo ? lo : x;
+  const VF magic = splat<VF>(12582912.0f);  // 1.5 * 2^23: round to nearest integer
+  const VF t = xc * 1.44269504088896341f + magic;
+  const VF n = t - magic;
+  const VI ni = (VI)t - (VI)magic;  // the integer n, read from the mantissa bits
+  VF r = xc - n * 0.693359375f;     // Cody-Waite split of ln 2 (Cephes expf)
   r = r - n * -2.12194440e-4f;
-  const v z = r * r;
-  v y = splat<v>(1.9875691500E-4f);
+  const VF z = r * r;
+  VF y = splat<VF>(1.9875691500E-4f);
   y = y * r + 1.3981999507E-3f;
   y = y * r + 8.3334519073E-3f;
   y = y * r + 4.1665795894E-2f;
   y = y * r + 1.6666665459E-1f;
   y = y * r + 5.0000001201E-1f;
   y = y * z + r + 1.0f;
-  const vi bits = (ni + 127) << 23;
-  const v res = y * (v)bits;
-  return x < lo ? v{} : res;
+  const VI bits = (ni + 127) << 23;
+  const VF res = y * (VF)bits;
+  return x < lo ? VF{} : res;
 }
 
-CF_AI VecT<double>::v vexp(VecT<double>::v x) {
-  typedef VecT<double>::v v;
-  typedef VecT<double>::vi vi;
-  const v lo = splat<v>(VecT<double>::kExpLo);
-  const v xc = x < lo ? lo : x;
-  const v magic = splat<v>(6755399441055744.0);  // 1.5 * 2^52
-  const v t = xc * 1.4426950408889634074 + magic;
-  const v n = t - magic;
-  const vi ni = (vi)t - (vi)magic;
-  v r = xc - n * 6.93145751953125E-1;
+template <class VD>
+CF_AI VD vexp_d(VD x) {
+  typedef int64_t VI __attribute__((vector_size(sizeof(VD))));
+  const VD lo = splat<VD>(VecT<double>::kExpLo);
+  const VD xc = x < lo ? lo : x;
+  const VD magic = splat<VD>(6755399441055744.0);  // 1.5 * 2^52
+  const VD t = xc * 1.4426950408889634074 + magic;
+  const VD n = t - magic;
+  const VI ni = (VI)t - (VI)magic;
+  VD r = xc - n * 6.93145751953125E-1;
   r = r - n * 1.42860682030941723212E-6;
   // Taylor series to degree 13 on |r| <= ln2/2: truncation < 1e-17.
-  v y = splat<v>(1.0 / 6227020800.0);
+  VD y = splat<VD>(1.0 / 6227020800.0);
   y = y * r + 1.0 / 479001600.0;
   y = y * r + 1.0 / 39916800.0;
   y = y * r + 1.0 / 3628800.0;
@@ -133,9 +139,53 @@ CF_AI VecT<double>::v vexp(VecT<double>::v x) {
   y = y * r + 0.5;
   y = y * r + 1.0;
   y = y * r + 1.0;
-  const vi bits = (ni + 1023) << 52;
-  const v res = y * (v)bits;
-  return x < lo ? v{} : res;
+  const VI bits = (ni + 1023) << 52;
+  const VD res = y * (VD)bits;
+  return x < lo ? VD{} : res;
+}
+
+template <class W>
+CF_AI W vexp_tag(W x, float) {
+  return vexp_f(x);
+}
+template <class W>
+CF_AI W vexp_tag(W x, double) {
+  return vexp_d(x);
+}
+CF_AI VecT<float>::v vexp(VecT<float>::v x) { return vexp_f(x); }
+CF_AI VecT<double>::v vexp(VecT<double>::v x) { return vexp_d(x); }
+
+// Lane-wise conversions between v (T lanes) and vd (double lanes). GCC splits the
+// 8 x float -> 8 x double convertvector into four instructions; AVX-512 has one.
+template <class T>
+CF_AI typename VecT<T>::vd to_vd(typename VecT<T>::v x) {
+#if CF_ISA_LEVEL >= 2
+  if constexpr (sizeof(T) == 4) return (typename VecT<T>::vd)_mm512_cvtps_pd((__m256)x);
+#endif
+  return __builtin_convertvector(x, typename VecT<T>::vd);
+}
+template <class T>
+CF_AI typename VecT<T>::v to_v(typename VecT<T>::vd x) {
+#if CF_ISA_LEVEL >= 2
+  if constexpr (sizeof(T) == 4) return (typename VecT<T>::v)_mm512_cvtpd_ps((__m512d)x);
+#endif
+  return __builtin_convertvector(x, typename VecT<T>::v);
+}
+
+// In-place exp of n * V values of T (n vectors of V lanes), CF_VBYTES at a time.
+template <class T>
+CF_AI void vexp_array(T* x, int nvec) {
+  typedef T w __attribute__((vector_size(CF_VBYTES)));
+  constexpr int per = int(CF_VBYTES / sizeof(T)) / VecT<T>::V;  // vectors per wide vector
+  int i = 0;
+  for (; i + per <= nvec; i += per) {
+    w* p = reinterpret_cast<w*>(x + size_t(i) * VecT<T>::V);
+    *p = vexp_tag(*p, T(0));
+  }
+  for (; i < nvec; ++i) {
+    typename VecT<T>::v* p = reinterpret_cast<typename VecT<T>::v*>(x + size_t(i) * VecT<T>::V);
+    *p = vexp(*p);
+  }
 }
 
 // ---------------------------------------------------------------------------
@@ -346,6 +396,12 @@ struct Unit {
   vd* vacc;    // [W]
   vd* vtot;    // [W] sum of all rows (kfull)
   vd* dbuf;    // [W] distance row
+  vd* ring;    // [(Lr+1)][W] streaming path: last Lr + 1 filtered rows
+  const vd** ring_ptr;  // [Lr+1]
+  vd* erow;    // [W+1] streaming path: one product-image row, erow[W] = 0
+  vd* run;     // [W] streaming path: running vertical sums
+  v* xbuf;     // [W] exponents of one output row's surviving keys
+  int* cbuf;   // [W] their columns
 
 
   static size_t scratch_bytes(const PpmProblem& pb) {
@@ -363,6 +419,9 @@ struct Unit {
     s += arena_bytes<vd>((2 * W + 1) * H) + 3 * arena_bytes<vd>(H);
     s += arena_bytes<vd>(Lr * W);
     s += 4 * arena_bytes<vd>(W);
+    s += arena_bytes<vd>((Lr + 1) * W) + arena_bytes<const vd*>(Lr + 1) + arena_bytes<vd>(W + 1) +
+         arena_bytes<vd>(W);
+    s += arena_bytes<v>(W) + arena_bytes<int>(W);
     return s;
   }
 
@@ -414,6 +473,14 @@ struct Unit {
     vacc = arena.take<vd>(W);
     vtot = arena.take<vd>(W);
     dbuf = arena.take<vd>(W);
+    const int Lr1 = (p.ax_r.L > 1 ? p.ax_r.L : 1) + 1;
+    ring = arena.take<vd>(size_t(Lr1) * W);
+    ring_ptr = arena.take<const vd*>(Lr1);
+    erow = arena.take<vd>(W + 1);
+    for (int i = 0; i <= W; ++i) erow[i] = vd{};
+    run = arena.take<vd>(W);
+    xbuf = arena.take<v>(W);
+    cbuf = arena.take<int>(W);
   }
 
   // Pack training images g*V .. g*V+V-1 (lanes past N: zeros, log prior -inf).
@@ -542,7 +609,7 @@ struct Unit {
       vd* er = erows + size_t(i) * (W + 1);
       if (C == 1) {
         for (int c = ca; c <= cz; ++c) {
-          const vd diff = zrow[c] - __builtin_convertvector(krow[cm(c + dc)], vd);
+          const vd diff = zrow[c] - to_vd<T>(krow[cm(c + dc)]);
           er[c] = diff * diff;
         }
       } else {
@@ -550,7 +617,7 @@ struct Unit {
           const v* kp = krow + size_t(cm(c + dc)) * C;
           vd acc = vd{};
           for (int ch = 0; ch < C; ++ch) {
-            const vd diff = zrow[size_t(ch) * HW + c] - __builtin_convertvector(kp[ch], vd);
+            const vd diff = zrow[size_t(ch) * HW + c] - to_vd<T>(kp[ch]);
             acc = acc + diff * diff;
           }
           er[c] = acc;
@@ -563,6 +630,113 @@ struct Unit {
       return zr >= H ? hzero : hreal + size_t(rowid[zr]) * W;
     };
     vfilter(rlo, rhi, ncols, hrow, emit);
+  }
+
+  // Streaming box filter (patches without a whole-axis part, i.e. all but circular
+  // P > size): output rows in order, one new product-image row per output row, a
+  // ring of the last Lr + 1 horizontally filtered rows, and running vertical sums.
+  // Sums are in double, so sliding (add the new row, subtract the old) keeps every
+  // distance accurate to ~1e-16 of the window sums it passed through. The running
+  // sums restart with a direct sum every kAnchor rows counted from the displacement's
+  // first admissible row `ghl`, so a distance does not depend on where a work unit
+  // starts (tiling and thread count change no bit).
+  static constexpr int kAnchor = 8;
+  template <class Emit>
+  void distances_stream(int dr, int dc, int ghl, int rlo, int rhi, int clo, int chi, Emit&& emit) {
+    const AxisTables& ar = pb.ax_r;
+    const AxisTables& ac = pb.ax_c;
+    const int Lr = ar.L, sr = ar.s, Lc = ac.L, sc = ac.s;
+    const int ncols = chi - clo + 1;
+    const int slide = gw_min;  // window length from which sums slide
+    int ca, cz;
+    needed_cols(clo, chi, &ca, &cz);
+    const AxisMap rm = rmap, cm = cmap;
+    const int R = Lr + 1;
+    auto make_row = [&](int u) {
+      const int k = ((u % R) + R) % R;
+      const int zr = rm(u);
+      if (zr >= H) {
+        ring_ptr[k] = hzero;
+        return;
+      }
+      const int kr = rm(zr + dr);  // H: zero row
+      const v* krow = ph + size_t(kr) * (W + 1) * C;
+      const double* zrow = zd + size_t(zr) * W;
+      if (C == 1) {
+        for (int c = ca; c <= cz; ++c) {
+          const vd diff = zrow[c] - to_vd<T>(krow[cm(c + dc)]);
+          erow[c] = diff * diff;
+        }
+      } else {
+        for (int c = ca; c <= cz; ++c) {
+          const v* kp = krow + size_t(cm(c + dc)) * C;
+          vd acc = vd{};
+          for (int ch = 0; ch < C; ++ch) {
+            const vd diff = zrow[size_t(ch) * HW + c] - to_vd<T>(kp[ch]);
+            acc = acc + diff * diff;
+          }
+          erow[c] = acc;
+        }
+      }
+      vd* out = ring + size_t(k) * W;
+      if (Lc < slide) {
+        for (int c = clo; c <= chi; ++c) {
+          vd acc = erow[cm(c + sc)];
+          for (int j = 1; j < Lc; ++j) acc = acc + erow[cm(c + sc + j)];
+          out[c - clo] = acc;
+        }
+      } else {
+        vd acc = erow[cm(clo + sc)];
+        for (int j = 1; j < Lc; ++j) acc = acc + erow[cm(clo + sc + j)];
+        out[0] = acc;
+        for (int c = clo + 1; c <= chi; ++c) {
+          acc = acc + (erow[cm(c + sc + Lc - 1)] - erow[cm(c + sc - 1)]);
+          out[c - clo] = acc;
+        }
+      }
+      ring_ptr[k] = out;
+    };
+    auto row = [&](int u) -> const vd* { return ring_ptr[((u % R) + R) % R]; };
+    const int a = ghl + floordiv(rlo - ghl, kAnchor) * kAnchor;
+    for (int u = a + sr; u < a + sr + Lr - 1; ++u) make_row(u);
+    for (int i = a; i <= rhi; ++i) {
+      make_row(i + sr + Lr - 1);
+      if (Lr < slide || i == a || (i - ghl) % kAnchor == 0) {
+        const vd* x0 = row(i + sr);
+        for (int c = 0; c < ncols; ++c) run[c] = x0[c];
+        for (int j = 1; j < Lr; ++j) {
+          const vd* x = row(i + sr + j);
+          for (int c = 0; c < ncols; ++c) run[c] = run[c] + x[c];
+        }
+      } else {
+        const vd* nw = row(i + sr + Lr - 1);
+        const vd* od = row(i + sr - 1);
+        for (int c = 0; c < ncols; ++c) run[c] = run[c] + (nw[c] - od[c]);
+      }
+      if (i >= rlo) emit(i, run);
+    }
+  }
+
+  // Backward: every row of [rlo, rhi] must be emitted (invalid ones too).
+  template <class Emit>
+  CF_AI void distances_box_or_stream(int dr, int dc, int ghl, int rlo, int rhi, int clo, int chi, Emit&& emit) {
+    if (pb.opt.algo == 3 || pb.ax_r.kfull > 0 || pb.ax_c.kfull > 0 || pb.ax_r.L == 0 || pb.ax_c.L == 0)
+      distances_box(dr, dc, rlo, rhi, clo, chi, emit);
+    else
+      distances_stream(dr, dc, ghl, rlo, rhi, clo, chi, emit);
+  }
+
+  // Distances by the algorithm the options select (see PpmOptions::algo).
+  template <class Emit>
+  CF_AI void distances(int dr, int dc, int ghl, int rlo, int rhi, int clo, int chi, const uint8_t* rvalid,
+                       Emit&& emit) {
+    const int algo = pb.opt.algo;
+    if (algo == 2)
+      distances_direct(dr, dc, rlo, rhi, clo, chi, rvalid, emit);
+    else if (algo == 3 || pb.ax_r.kfull > 0 || pb.ax_c.kfull > 0 || pb.ax_r.L == 0 || pb.ax_c.L == 0)
+      distances_box(dr, dc, rlo, rhi, clo, chi, emit);
+    else
+      distances_stream(dr, dc, ghl, rlo, rhi, clo, chi, emit);
   }
 
   // Direct method (explicit weighted patch distances), for measurement and dispatch.
@@ -592,7 +766,7 @@ struct Unit {
             const v* kp = krow + size_t(cm(c + dc + ac.first + j)) * C;
             vd part = vd{};
             for (int ch = 0; ch < C; ++ch) {
-              const vd diff = zrow[size_t(ch) * HW + zc] - __builtin_convertvector(kp[ch], vd);
+              const vd diff = zrow[size_t(ch) * HW + zc] - to_vd<T>(kp[ch]);
               part = part + diff * diff;
             }
             acc = acc + double(ac.weight[j]) * part;
@@ -632,7 +806,6 @@ void forward_group(Unit<T>& u, FwdState<T>& st, int g) {
   const AxisTables& ac = pb.ax_c;
   const int W = u.W, C = u.C, r0 = u.r0, r1 = u.r1;
   const bool prune = pb.opt.prune != 0;
-  const bool direct = pb.opt.algo == 2;
   const double neg_inv2s2 = -u.inv2s2;
   const vd pruneLo = splat<vd>(prune_below<T>());
   const vi gvec = splat<vi>(g);
@@ -654,24 +827,27 @@ void forward_group(Unit<T>& u, FwdState<T>& st, int g) {
       const uint8_t* cvalid = ac.valid + size_t(icol) * ac.size;
       const int* ckey = ac.keypos + size_t(icol) * ac.size;
       const int dc = ac.disp[icol];
+      // Update of one output row, in three passes so that the exps (the bulk of the
+      // work) run as one branch-free loop: 1. logits, pruning and the rare new
+      // maxima; 2. exps of the surviving keys; 3. accumulation. Each query sees its
+      // keys in the same order whatever the pass structure.
       auto update_row = [&](int r, const vd* drow) {
         if (!rvalid[r]) return;
         const int kr = rkey[r];
         const size_t qrow = size_t(r - r0) * W;
+        int n = 0;
         for (int c = clo; c <= chi; ++c) {
           if (!cvalid[c]) continue;
-          const int kc = ckey[c];
           const size_t q = qrow + c;
           vd l = drow[c - clo] * neg_inv2s2;
-          if (LOGW) l = l + u.lw[size_t(kr) * W + kc];
+          if (LOGW) l = l + u.lw[size_t(kr) * W + ckey[c]];
           vd m = st.M[q];
           vd x = l - m;
           if (prune && !any_ge(x, pruneLo)) continue;  // every lane's weight is exactly 0
-          const v* cen = u.phi(kr, kc);
           if (ARGMAX ? any_ge(l, m) : any_gt(l, m)) {  // rare: a new max (or a tie)
             const vd mn = l > m ? l : m;
-            const v sc = vexp(__builtin_convertvector(m - mn, v));
-            const vd scd = __builtin_convertvector(sc, vd);
+            const v sc = vexp(to_v<T>(m - mn));
+            const vd scd = to_vd<T>(sc);
             st.Sin[q] = st.Sin[q] * sc;
             st.Sout[q] = st.Sout[q] * scd;
             for (int ch = 0; ch < C; ++ch) {
@@ -679,7 +855,7 @@ void forward_group(Unit<T>& u, FwdState<T>& st, int g) {
               st.Wout[q * C + ch] = st.Wout[q * C + ch] * scd;
             }
             if (ARGMAX) {
-              const vi y = splat<vi>(kr * W + kc);
+              const vi y = splat<vi>(kr * W + ckey[c]);
               const vi gt = __builtin_convertvector(l > m, vi);
               const vi eq = __builtin_convertvector(l == m, vi);
               const vi upd = gt | (eq & (st.BG[q] == gvec) & (y < st.BY[q]));
@@ -687,18 +863,35 @@ void forward_group(Unit<T>& u, FwdState<T>& st, int g) {
               st.BY[q] = upd ? y : st.BY[q];
             }
             st.M[q] = mn;
-            m = mn;
-            x = l - m;
+            x = l - mn;
           }
-          const v p = vexp(__builtin_convertvector(x, v));
-          st.Sin[q] = st.Sin[q] + p;
-          for (int ch = 0; ch < C; ++ch) st.Win[q * C + ch] = st.Win[q * C + ch] + p * cen[ch];
+          u.xbuf[n] = to_v<T>(x);
+          u.cbuf[n] = c;
+          ++n;
+        }
+        if (n == 0) return;
+        vexp_array<T>(reinterpret_cast<T*>(u.xbuf), n);
+        const v* krow = u.ph + size_t(kr) * (W + 1) * C;
+        if (C == 1) {
+          for (int j = 0; j < n; ++j) {
+            const int c = u.cbuf[j];
+            const size_t q = qrow + c;
+            const v p = u.xbuf[j];
+            st.Sin[q] = st.Sin[q] + p;
+            st.Win[q] = st.Win[q] + p * krow[ckey[c]];
+          }
+        } else {
+          for (int j = 0; j < n; ++j) {
+            const int c = u.cbuf[j];
+            const size_t q = qrow + c;
+            const v p = u.xbuf[j];
+            const v* cen = krow + size_t(ckey[c]) * C;
+            st.Sin[q] = st.Sin[q] + p;
+            for (int ch = 0; ch < C; ++ch) st.Win[q * C + ch] = st.Win[q * C + ch] + p * cen[ch];
+          }
         }
       };
-      if (direct)
-        u.distances_direct(dr, dc, rlo, rhi, clo, chi, rvalid, update_row);
-      else
-        u.distances_box(dr, dc, rlo, rhi, clo, chi, update_row);
+      u.distances(dr, dc, ar.hull_lo[ir], rlo, rhi, clo, chi, rvalid, update_row);
     }
     // flush the inner accumulators of the rows this displacement row touched
     for (int r = rlo; r <= rhi; ++r) {
@@ -706,10 +899,10 @@ void forward_group(Unit<T>& u, FwdState<T>& st, int g) {
       const size_t qrow = size_t(r - r0) * W;
       for (int c = 0; c < W; ++c) {
         const size_t q = qrow + c;
-        st.Sout[q] = st.Sout[q] + __builtin_convertvector(st.Sin[q], vd);
+        st.Sout[q] = st.Sout[q] + to_vd<T>(st.Sin[q]);
         st.Sin[q] = v{};
         for (int ch = 0; ch < C; ++ch) {
-          st.Wout[q * C + ch] = st.Wout[q * C + ch] + __builtin_convertvector(st.Win[q * C + ch], vd);
+          st.Wout[q * C + ch] = st.Wout[q * C + ch] + to_vd<T>(st.Win[q * C + ch]);
           st.Win[q * C + ch] = v{};
         }
       }
@@ -792,8 +985,10 @@ void forward_patch(const PpmProblem& pb, int64_t unit) {
 
 // ---------------------------------------------------------------------------
 // Backward: grad z(p) = 1/sigma^2 sum_{delta, lanes} (phi(p + delta) - z(p)) * A(p),
-// A = (adjoint) box filter of a(x) = w_k (g(x) . (c_k - x0_hat(x))) over the queries.
-// The patch rules are symmetric, so the adjoint filter is the forward one.
+// A = (adjoint) box filter of a(x) = w_k s_k over the queries, with the score
+// s_k = g(x) . (c_k - x0_hat(x)) + g_lse(x) (upstream gradients of x0_hat and lse).
+// The patch rules are symmetric, so the adjoint filter is the forward one. The
+// (phi - z) form keeps the z term that cancels when g_lse = 0 (sum_k w_k s_k = 0).
 
 template <class T, bool LOGW>
 void backward_group(Unit<T>& u, int g, const double* gq, const double* gx0, const double* lseq,
@@ -831,7 +1026,7 @@ void backward_group(Unit<T>& u, int g, const double* gq, const double* gx0, cons
       const int ncols = chi - clo + 1;
       bool any_a = false;
       // 1. a(x) for the valid queries of this displacement (abuf rows r - r0, cols c - clo)
-      u.distances_box(dr, dc, rlo, rhi, clo, chi, [&](int r, const vd* drow) {
+      u.distances_box_or_stream(dr, dc, ar.hull_lo[ir], rlo, rhi, clo, chi, [&](int r, const vd* drow) {
         vd* arow = abuf + size_t(r - r0) * W;
         if (!rvalid[r]) {
           for (int c = 0; c < ncols; ++c) arow[c] = vd{};
@@ -847,10 +1042,10 @@ void backward_group(Unit<T>& u, int g, const double* gq, const double* gx0, cons
             if (LOGW) l = l + u.lw[size_t(kr) * W + kc];
             const vd x = l - lseq[q];
             if (!prune || any_ge(x, pruneLo)) {
-              const vd w = __builtin_convertvector(vexp(__builtin_convertvector(x, v)), vd);
+              const vd w = to_vd<T>(vexp(to_v<T>(x)));
               const v* cen = u.phi(kr, kc);
               vd s = splat<vd>(-gx0[q]);
-              for (int ch = 0; ch < C; ++ch) s = s + gq[size_t(ch) * HW + q] * __builtin_convertvector(cen[ch], vd);
+              for (int ch = 0; ch < C; ++ch) s = s + gq[size_t(ch) * HW + q] * to_vd<T>(cen[ch]);
               a = w * s;
               any_a = true;
             }
@@ -903,7 +1098,7 @@ void backward_group(Unit<T>& u, int g, const double* gq, const double* gx0, cons
           const int kc = cm(pc + dc);
           const vd A = Arow[pc_u - plo_c];
           for (int ch = 0; ch < C; ++ch) {
-            const vd diff = __builtin_convertvector(krow[size_t(kc) * C + ch], vd) -
+            const vd diff = to_vd<T>(krow[size_t(kc) * C + ch]) -
                             u.zd[size_t(ch) * HW + size_t(pr) * W + pc];
             vd& gacc = Gin[(size_t(ch) * H + pr) * W + pc];
             gacc = gacc + diff * A;
@@ -934,9 +1129,12 @@ void backward_patch(const PpmProblem& pb, int64_t unit) {
   const T* x0 = static_cast<const T*>(pb.x0_in) + u.b * int64_t(C * HW);
   const T* lse = static_cast<const T*>(pb.lse_in) + u.b * int64_t(HW);
   for (size_t i = 0; i < C * HW; ++i) gq[i] = double(gsrc[i]);
+  const T* glse = static_cast<const T*>(pb.grad_lse);
   for (size_t q = 0; q < HW; ++q) {
+    // score of key k at query q: s_k = g . c_k - (g . x0_hat - g_lse), see backward_group
     double acc = 0;
     for (size_t ch = 0; ch < C; ++ch) acc += gq[ch * HW + q] * double(x0[ch * HW + q]);
+    if (glse) acc -= double(glse[u.b * int64_t(HW) + int64_t(q)]);
     gx0[q] = acc;
     lseq[q] = double(lse[q]);
   }
@@ -1020,6 +1218,8 @@ void backward_ideal(const PpmProblem& pb, int64_t b) {
   if (!(lse > -std::numeric_limits<double>::infinity())) return;
   double gx0 = 0;
   for (int64_t i = 0; i < D; ++i) gx0 += double(gq[i]) * double(x0[i]);
+  if (pb.grad_lse)  // every pixel's lse is the sample's log-normaliser
+    for (int64_t i = 0; i < HW; ++i) gx0 -= double(static_cast<const T*>(pb.grad_lse)[b * HW + i]);
   for (int64_t mu = 0; mu < N; ++mu) {
     const T* ph = data + mu * D;
     double d = 0, gc = 0;
