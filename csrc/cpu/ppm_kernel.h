@@ -241,6 +241,15 @@ CF_AI bool any_ge(VV a, VV b) {
 }
 #endif
 
+// Any lane of an integer (comparison-mask) vector non-zero.
+template <class VI>
+CF_AI bool any_nonzero(VI m) {
+  VI acc = m;
+  bool r = false;
+  for (size_t i = 0; i < sizeof(VI) / sizeof(acc[0]); ++i) r = r || acc[i] != 0;
+  return r;
+}
+
 CF_AI int imin(int a, int b) { return a < b ? a : b; }
 CF_AI int imax(int a, int b) { return a > b ? a : b; }
 CF_AI int floordiv(int a, int b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
@@ -641,6 +650,7 @@ struct Unit {
   // first admissible row `ghl`, so a distance does not depend on where a work unit
   // starts (tiling and thread count change no bit).
   static constexpr int kAnchor = 8;
+  static constexpr int kMaxDirect = 64;
   template <class Emit>
   void distances_stream(int dr, int dc, int ghl, int rlo, int rhi, int clo, int chi, Emit&& emit) {
     const AxisTables& ar = pb.ax_r;
@@ -663,7 +673,17 @@ struct Unit {
       const v* krow = ph + size_t(kr) * (W + 1) * C;
       const double* zrow = zd + size_t(zr) * W;
       if (C == 1) {
+        // key columns c + dc inside the image need no index map (the common case)
+        const int ia = imax(ca, -dc), iz = imin(cz, W - 1 - dc);
         for (int c = ca; c <= cz; ++c) {
+          if (c == ia && ia <= iz) {
+            const v* kp = krow + dc;
+            for (; c <= iz; ++c) {
+              const vd diff = zrow[c] - to_vd<T>(kp[c]);
+              erow[c] = diff * diff;
+            }
+            if (c > cz) break;
+          }
           const vd diff = zrow[c] - to_vd<T>(krow[cm(c + dc)]);
           erow[c] = diff * diff;
         }
@@ -680,7 +700,18 @@ struct Unit {
       }
       vd* out = ring + size_t(k) * W;
       if (Lc < slide) {
+        // windows inside the image read erow directly (same sums, same order)
+        const int ia = imax(clo, -sc), iz = imin(chi, W - sc - Lc);
         for (int c = clo; c <= chi; ++c) {
+          if (c == ia && ia <= iz) {
+            for (; c <= iz; ++c) {
+              const vd* e = erow + c + sc;
+              vd acc = e[0];
+              for (int j = 1; j < Lc; ++j) acc = acc + e[j];
+              out[c - clo] = acc;
+            }
+            if (c > chi) break;
+          }
           vd acc = erow[cm(c + sc)];
           for (int j = 1; j < Lc; ++j) acc = acc + erow[cm(c + sc + j)];
           out[c - clo] = acc;
@@ -702,11 +733,23 @@ struct Unit {
     for (int i = a; i <= rhi; ++i) {
       make_row(i + sr + Lr - 1);
       if (Lr < slide || i == a || (i - ghl) % kAnchor == 0) {
-        const vd* x0 = row(i + sr);
-        for (int c = 0; c < ncols; ++c) run[c] = x0[c];
-        for (int j = 1; j < Lr; ++j) {
-          const vd* x = row(i + sr + j);
-          for (int c = 0; c < ncols; ++c) run[c] = run[c] + x[c];
+        // direct sum, column-outer: one store per output (the row-outer form stored
+        // every partial sum and was bound on stores); same addition order
+        const vd* xs[kMaxDirect];
+        if (Lr <= kMaxDirect) {
+          for (int j = 0; j < Lr; ++j) xs[j] = row(i + sr + j);
+          for (int c = 0; c < ncols; ++c) {
+            vd acc = xs[0][c];
+            for (int j = 1; j < Lr; ++j) acc = acc + xs[j][c];
+            run[c] = acc;
+          }
+        } else {
+          const vd* x0 = row(i + sr);
+          for (int c = 0; c < ncols; ++c) run[c] = x0[c];
+          for (int j = 1; j < Lr; ++j) {
+            const vd* x = row(i + sr + j);
+            for (int c = 0; c < ncols; ++c) run[c] = run[c] + x[c];
+          }
         }
       } else {
         const vd* nw = row(i + sr + Lr - 1);
@@ -801,6 +844,7 @@ void forward_group(Unit<T>& u, FwdState<T>& st, int g) {
   typedef typename VecT<T>::v v;
   typedef typename VecT<T>::vi vi;
   typedef typename VecT<T>::vd vd;
+  typedef typename VecT<T>::vdi vdi;
   const PpmProblem& pb = u.pb;
   const AxisTables& ar = pb.ax_r;
   const AxisTables& ac = pb.ax_c;
@@ -827,6 +871,8 @@ void forward_group(Unit<T>& u, FwdState<T>& st, int g) {
       const uint8_t* cvalid = ac.valid + size_t(icol) * ac.size;
       const int* ckey = ac.keypos + size_t(icol) * ac.size;
       const int dc = ac.disp[icol];
+      bool hull_full = true;  // every column of the hull admissible: no per-column test
+      for (int c = clo; c <= chi; ++c) hull_full = hull_full && cvalid[c];
       // Update of one output row, in three passes so that the exps (the bulk of the
       // work) run as one branch-free loop: 1. logits, pruning and the rare new
       // maxima; 2. exps of the surviving keys; 3. accumulation. Each query sees its
@@ -835,6 +881,49 @@ void forward_group(Unit<T>& u, FwdState<T>& st, int g) {
         if (!rvalid[r]) return;
         const int kr = rkey[r];
         const size_t qrow = size_t(r - r0) * W;
+        if (hull_full) {
+          // Fast path, branch-free: once the running maxima have settled (all but the
+          // first few displacements) no key raises one, so logits go straight to the
+          // exp. Keys that pruning would skip get exp() == +0 exactly (the pruning
+          // contract), and adding +0 or +-0 * centre leaves every sum bit for bit as
+          // the pruned path would; so this path is not a different result, only a
+          // different instruction stream. A row where any key raises (or, with
+          // ARGMAX, ties) a maximum falls through to the general path below, which
+          // starts from the same untouched state.
+          const int n = chi - clo + 1;
+          vdi raise = vdi{};
+          const vd* lwrow = LOGW ? u.lw + size_t(kr) * W : nullptr;
+          for (int j = 0; j < n; ++j) {
+            const int c = clo + j;
+            vd l = drow[j] * neg_inv2s2;
+            if (LOGW) l = l + lwrow[ckey[c]];
+            const vd m = st.M[qrow + c];
+            raise = raise | (vdi)(ARGMAX ? (l >= m) : (l > m));
+            u.xbuf[j] = to_v<T>(l - m);
+          }
+          if (!any_nonzero(raise)) {
+            vexp_array<T>(reinterpret_cast<T*>(u.xbuf), n);
+            const v* krow = u.ph + size_t(kr) * (W + 1) * C;
+            if (C == 1) {
+              for (int j = 0; j < n; ++j) {
+                const int c = clo + j;
+                const v p = u.xbuf[j];
+                st.Sin[qrow + c] = st.Sin[qrow + c] + p;
+                st.Win[qrow + c] = st.Win[qrow + c] + p * krow[ckey[c]];
+              }
+            } else {
+              for (int j = 0; j < n; ++j) {
+                const int c = clo + j;
+                const size_t q = qrow + c;
+                const v p = u.xbuf[j];
+                const v* cen = krow + size_t(ckey[c]) * C;
+                st.Sin[q] = st.Sin[q] + p;
+                for (int ch = 0; ch < C; ++ch) st.Win[q * C + ch] = st.Win[q * C + ch] + p * cen[ch];
+              }
+            }
+            return;
+          }
+        }
         int n = 0;
         for (int c = clo; c <= chi; ++c) {
           if (!cvalid[c]) continue;
