@@ -12,13 +12,16 @@ Run once on a machine with an NVIDIA GPU, from anywhere:
 2. Correctness: every op (forward: all modes, boundaries, key sets, key_logw, provenance;
    backward) on fresh random inputs against the pure-PyTorch reference on the CPU, at
    float32 tolerances (float64 for the backward and a forward subset); the tf32 precision
-   policy; one PASS/FAIL line each.
+   policy; patch_argmax_attention (hard and soft, float32 and float64, shared-memory and
+   global scratch, split displacements) against the CPU kernel (y* bitwise) and, on exact
+   inputs with ties, the reference; one PASS/FAIL line each.
 3. Timing: one full Fashion-MNIST ELS step (60,000 training images; the real set when its
    IDX files are installed, else the embedded subset tiled to 60,000, else random images of
    that shape) for P in {3, 7, 15}, at a low sigma (exact fp32 path) and a high sigma (where
    the automatic policy picks tf32 tensor cores); prints G pairs/s, useful TFLOP/s
    (2*D flops per pair, SPEC 9) and the fraction of the GPU's measured fp32 and tf32 matmul
-   peaks.
+   peaks. Then patch_argmax_attention over the 60,000 training images (the in-degree of
+   AELS, once per P) and over a batch of samples: ms, G pairs/s, against the CPU kernel.
 
 Exit status 0 when every check passed.
 """
@@ -251,6 +254,75 @@ def correctness() -> None:
         auto = torch.ops.creativity_fast.patch_posterior_mean(*args)
         record("precision policy sigma=0.2 P=7: auto = fp32", all(torch.equal(a, b) for a, b in zip(auto, exact)))
 
+    check_attention(seed + 1)
+
+
+def check_attention(seed: int) -> None:
+    """patch_argmax_attention on CUDA against the CPU kernel (bitwise y*: the CUDA kernel reproduces its
+    float64 scores) and, on exact (dyadic) inputs with ties, against the pure-PyTorch reference."""
+    import torch
+    from creativity_fast import ops
+    from creativity_fast.attention import mean_patch, patch_argmax_attention_reference
+
+    cpu_kernel = ops.has_kernel("cpu", "patch_argmax_attention")
+
+    def run(name, images, center, P, exclude, tau, exact=False):
+        t = -1.0 if tau is None else tau
+        y, deg = torch.ops.creativity_fast.patch_argmax_attention(images.cuda(), center.cuda(), P, exclude, t)
+        torch.cuda.synchronize()
+        y, deg = y.cpu(), deg.cpu()
+        if cpu_kernel:
+            y_ref, deg_ref = torch.ops.creativity_fast.patch_argmax_attention(images, center, P, exclude, t)
+            what = "CPU kernel"
+        else:
+            ref = patch_argmax_attention_reference(images, P, exclude=exclude, center=center, tau=tau,
+                                                   return_in_degree=True)
+            y_ref, deg_ref, what = ref.y_star, ref.in_degree, "reference"
+        ok = torch.equal(y, y_ref) and deg.dtype == images.dtype
+        detail = f"y* differs at {(y != y_ref).sum().item()} of {y.numel()} pixels vs {what}"
+        if tau is None:
+            ok = ok and torch.equal(deg, deg_ref)
+        else:
+            err = (deg.double() - deg_ref.double()).abs().max().item()
+            ok = ok and err <= (1e-9 if images.dtype == torch.float64 else 1e-4)
+            detail += f", soft in-degree err {err:.1e}"
+        if exact:  # dyadic inputs: exact scores, so the reference's ties are the kernel's
+            ref = patch_argmax_attention_reference(images, P, exclude=exclude, center=center, return_in_degree=True)
+            ok = ok and torch.equal(y, ref.y_star)
+            detail += f"; vs reference {(y != ref.y_star).sum().item()}"
+        record(name, ok, detail)
+
+    g = torch.Generator().manual_seed(seed)
+    for shape in ((5, 1, 28, 28), (3, 3, 32, 32), (2, 1, 13, 17), (1, 3, 7, 5)):
+        images = torch.randn(shape, generator=g, dtype=torch.float64)
+        for P in (3, 7, 15):
+            center = mean_patch(images, P)
+            for exclude in (P, 0):
+                for dtype in (torch.float32, torch.float64):
+                    for tau in (None, 0.5):
+                        run(f"attention {'x'.join(map(str, shape))} P={P} exclude={exclude} tau={tau} "
+                            f"{str(dtype)[6:]}", images.to(dtype), center.to(dtype), P, exclude, tau)
+    # exact ties: an integer image made of a repeated 2 x 3 tile, dyadic centre
+    tile = torch.randint(-2, 3, (4, 3, 2, 3), generator=g).double()
+    images = tile.repeat(1, 1, 10, 7)[:, :, :19, :20].contiguous()
+    for P in (1, 3, 5):
+        center = torch.randint(-4, 5, (3, P, P), generator=g).double() / 8
+        for exclude in sorted({0, 1, P}):
+            run(f"attention ties 4x3x19x20 P={P} exclude={exclude}", images.float(), center.float(), P, exclude, None,
+                exact=True)
+    # forced paths: many displacement splits, the global-memory scratch, a large image (global scratch)
+    images = torch.randn(64, 1, 28, 28, generator=g)
+    center = mean_patch(images, 5)
+    for splits, scratch in (("7", "shared"), ("3", "global"), ("1", "global")):
+        os.environ["CREATIVITY_FAST_CUDA_ATTENTION_SPLITS"] = splits
+        os.environ["CREATIVITY_FAST_CUDA_ATTENTION_SCRATCH"] = scratch
+        for tau in (None, 1.0):
+            run(f"attention 64x1x28x28 P=5 splits={splits} scratch={scratch} tau={tau}", images, center, 5, 5, tau)
+    os.environ.pop("CREATIVITY_FAST_CUDA_ATTENTION_SPLITS")
+    os.environ.pop("CREATIVITY_FAST_CUDA_ATTENTION_SCRATCH")
+    images = torch.randn(1, 3, 80, 80, generator=g)
+    run("attention 1x3x80x80 P=7 (scratch > shared memory: global)", images, mean_patch(images, 7), 7, 7, None)
+
 
 # ---------------------------------------------------------------------------------------
 # 3. Timing
@@ -355,6 +427,48 @@ def timing(batch: int, reps: int) -> None:
     sec = time.time() - t0
     pairs = count_pairs(b2, N, H, W, P, "els", "zeros", "all")
     log(f"backward P={P} B={b2}: {sec * 1e3:.1f} ms, {pairs / sec / 1e9:.1f} G pairs/s")
+    time_attention(images, batch, reps)
+
+
+def _attention_pairs(H: int, W: int, exclude: int) -> int:
+    """Admissible ordered pairs (x, y) of one H x W image: max(|dr|, |dc|) >= exclude."""
+    return sum((H - abs(dr)) * (W - abs(dc)) for dr in range(-(H - 1), H) for dc in range(-(W - 1), W)
+               if max(abs(dr), abs(dc)) >= exclude)
+
+
+def time_attention(images, batch: int, reps: int) -> None:
+    """patch_argmax_attention: the AELS training in-degree (all 60,000 images) and a batch of samples."""
+    import torch
+    from creativity_fast import ops
+    from creativity_fast.attention import mean_patch
+
+    log("\n== timing: patch_argmax_attention (float32 images, float64 scores) ==")
+    log(f"{'images':>8} {'P':>3} {'tau':>5} {'ms':>9} {'G pairs':>9} {'G pairs/s':>10} {'CPU kernel G pairs/s':>21}")
+    data = images.float().cuda()
+    N, C, H, W = data.shape
+    cpu_kernel = ops.has_kernel("cpu", "patch_argmax_attention")
+    for M, P, tau in ((N, 3, None), (N, 7, None), (N, 3, 1.0), (batch, 3, None), (batch, 7, None)):
+        x = data[:M]
+        center = mean_patch(x, P)
+        t = -1.0 if tau is None else tau
+        torch.ops.creativity_fast.patch_argmax_attention(x, center, P, P, t)
+        torch.cuda.synchronize()
+        n = max(1, reps if M <= batch else 1)
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(n):
+            torch.ops.creativity_fast.patch_argmax_attention(x, center, P, P, t)
+        stop.record()
+        torch.cuda.synchronize()
+        sec = start.elapsed_time(stop) / 1e3 / n
+        pairs = M * _attention_pairs(H, W, P)
+        cpu = ""
+        if cpu_kernel:  # the CPU kernel on at most 2,000 of the images, all cores
+            xc, cc = images[:min(M, 2000)].float(), center.cpu()
+            t0 = time.time()
+            torch.ops.creativity_fast.patch_argmax_attention(xc, cc, P, P, t)
+            cpu = f"{xc.shape[0] * _attention_pairs(H, W, P) / (time.time() - t0) / 1e9:.2f}"
+        log(f"{M:>8} {P:>3} {str(tau):>5} {sec * 1e3:>9.1f} {pairs / 1e9:>9.2f} {pairs / sec / 1e9:>10.1f} {cpu:>21}")
 
 
 def _chosen_path(z, data, s, P) -> str:

@@ -1,8 +1,8 @@
 // Shared declarations of the CUDA kernels of creativity_fast (SPEC 4, 9).
 //
-// The kernels (patch_kernels.cu, ideal_kernels.cu) include only CUDA headers and
-// csrc/dictionary.h, and take raw pointers; the torch glue (ops_cuda.cu) checks the
-// inputs, builds the work plan, allocates and launches. See NOTES.md for the design.
+// The kernels (patch_kernels.cu, ideal_kernels.cu, patch_argmax_attention.cu) include only
+// CUDA headers and csrc/dictionary.h, and take raw pointers; the torch glue (ops_cuda.cu)
+// checks the inputs, builds the work plan, allocates and launches. See NOTES.md for the design.
 #pragma once
 
 #if !defined(CF_CUDA_EMULATION)
@@ -104,6 +104,41 @@ struct IdealParams {
 };
 constexpr int kIdealWarps = kThreads / 32;
 
+// Arguments of the argmax attention kernel (patch_argmax_attention.cuh; SPEC 3.4). Scores,
+// partial states and the centre are float64 whatever the image dtype (as in the CPU kernel).
+constexpr int kAttnThreads = 256;  // threads per block of the attention kernel
+constexpr int kAttnMaxK = 8;       // displacement tables built and consumed per block barrier round
+
+template <typename T>
+struct AttentionParams {
+  const T* images = nullptr;       // [M, C, H, W]
+  const double* center = nullptr;  // [C, P, P]
+  const int* disp = nullptr;       // [ndisp][2] displacements (dr, dc) of one half plane, admissible, CPU order
+  int M = 0, C = 0, H = 0, W = 0, P = 0;
+  int ndisp = 0;
+  int nsplit = 1;  // work item (image i, split s): the displacements [s*per, (s+1)*per); split 0 also d = 0
+  int per = 0;
+  int K = 1;             // tables per round (<= kAttnMaxK)
+  bool self = false;     // exclude <= 0: the pair (x, x) is admissible
+  double tau = -1.0;     // > 0: soft attention
+  double* scratch = nullptr;   // per-block scratch in global memory (nullptr: dynamic shared memory)
+  int64_t scratch_stride = 0;  // doubles per block of `scratch`
+  // partial states per (split, image, pixel): index (s * M + i) * HW + x
+  double* pbest = nullptr;     // best score (phases 0, 1)
+  int64_t* parg = nullptr;     // its key y, -1 if none (phases 0, 1)
+  double* pmax = nullptr;      // running max of s / tau (phase 1)
+  double* psum = nullptr;      // sum of exp(s / tau - max) (phase 1)
+  const double* lse = nullptr; // [M, HW] row log-normaliser (phase 2)
+  double* pcol = nullptr;      // column sums of the row softmax (phase 2)
+};
+
+// Scratch of one attention block, in doubles (followed by HW int32): the image, a(u), the
+// per-pixel states (1 hard, 3 soft) and K prefix-sum tables of (H+1) x (W+1).
+inline int64_t attention_scratch_doubles(int C, int H, int W, bool soft, int K) {
+  const int64_t HW = int64_t(H) * W;
+  return int64_t(C) * HW + HW * (soft ? 4 : 2) + int64_t(K) * (H + 1) * (W + 1) + (HW + 1) / 2;
+}
+
 // Launchers: return cudaGetLastError() of the launch. cmax is 1 or 4 (channels held in
 // registers; the glue checks C <= 4 for the patch modes).
 template <typename T>
@@ -119,6 +154,13 @@ cudaError_t launch_patch_adjoint(const PatchParams<T>& p, T* grad_z, cudaStream_
 // known lse; 2: backward accumulation sum_mu w_mu s_mu phi_mu and sum_mu w_mu s_mu.
 template <typename T>
 cudaError_t launch_ideal(const IdealParams<T>& p, int phase, cudaStream_t stream);
+
+// phase 0: hard argmax; 1: argmax and the row max / sum of exp(s / tau); 2: column sums of
+// the row softmax (p.lse set). nblocks blocks loop over the M * nsplit work items; smem_bytes
+// of dynamic shared memory (0 when p.scratch is used).
+template <typename T>
+cudaError_t launch_attention(const AttentionParams<T>& p, int phase, int64_t nblocks, int64_t smem_bytes,
+                             cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace creativity_fast

@@ -62,6 +62,7 @@ inline T __ldg(const T* p) {
   return *p;
 }
 inline float __expf(float x) { return std::exp(x); }
+inline double __dmul_rn(double a, double b) { return a * b; }
 [[noreturn]] inline void __trap() {
   std::fprintf(stderr, "cpu_emulation: __trap()\n");
   std::abort();
@@ -93,8 +94,13 @@ struct State {
   // thread writes first. Set with CF_EMU_SCHEDULE=forward|reverse|random.
   int schedule = -1;
   uint64_t rng = 0x9E3779B97F4A7C15ull;
+  // dynamic shared memory of the current launch, refilled with 0xFF bytes (NaN doubles,
+  // int -1) before every block so that a read before a write shows up
+  std::vector<double> dynamic_smem;
 };
 inline State g;
+
+inline void* dynamic_shared() { return g.dynamic_smem.data(); }
 
 inline void trampoline() {
   g.body();
@@ -188,19 +194,25 @@ inline void run_block(int nthreads) {
   g.current = -1;
 }
 
-// Run body() as the kernel of a launch <<<grid, block>>> (1-D blocks).
-inline void launch(emu_dim3 grid, emu_dim3 block, std::function<void()> body) {
+// Run body() as the kernel of a launch <<<grid, block, smem_bytes>>> (1-D blocks).
+inline void launch(emu_dim3 grid, emu_dim3 block, size_t smem_bytes, std::function<void()> body) {
   gridDim = grid;
   blockDim = block;
   g.body = std::move(body);
+  g.dynamic_smem.assign((smem_bytes + sizeof(double) - 1) / sizeof(double), 0.0);
   for (unsigned z = 0; z < grid.z; ++z)
     for (unsigned y = 0; y < grid.y; ++y)
       for (unsigned x = 0; x < grid.x; ++x) {
         blockIdx.x = x;
         blockIdx.y = y;
         blockIdx.z = z;
+        if (!g.dynamic_smem.empty())
+          std::memset(g.dynamic_smem.data(), 0xFF, g.dynamic_smem.size() * sizeof(double));
         run_block(static_cast<int>(block.x * block.y * block.z));
       }
+}
+inline void launch(emu_dim3 grid, emu_dim3 block, std::function<void()> body) {
+  launch(grid, block, 0, std::move(body));
 }
 
 }  // namespace cf_emu

@@ -5,6 +5,15 @@
 
 #include "common.cuh"
 
+// Dynamic shared memory of a kernel as `T* name` (the CPU emulator hands out a per-block buffer).
+#if defined(CF_CUDA_EMULATION)
+#define CF_DYNAMIC_SHARED(T, name) T* name = static_cast<T*>(cf_emu::dynamic_shared())
+#else
+#define CF_DYNAMIC_SHARED(T, name)                                \
+  extern __shared__ __align__(16) unsigned char cf_dynamic_smem[]; \
+  T* name = reinterpret_cast<T*>(cf_dynamic_smem)
+#endif
+
 namespace creativity_fast {
 namespace cuda {
 namespace detail {
@@ -18,6 +27,11 @@ __device__ __forceinline__ T neg_inf() {
 // hardware ex2 path for float (about 2 + 1.2|x| ulp, exact 0 for -inf), libm for double.
 __device__ __forceinline__ float fast_exp(float x) { return __expf(x); }
 __device__ __forceinline__ double fast_exp(double x) { return exp(x); }
+
+// Correctly rounded float64 product that the compiler may not fuse with a following add
+// (nvcc contracts a * b + c into an fma by default, even in float64): the attention kernel
+// reproduces the CPU kernel's float64 rounding step by step.
+__device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
 
 template <typename T>
 __device__ __forceinline__ T warp_sum(T v) {

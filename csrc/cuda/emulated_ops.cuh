@@ -14,6 +14,7 @@
 #include "cpu_emulation.cuh"
 #include "ideal_kernels.cuh"
 #include "ops_impl.cuh"
+#include "patch_argmax_attention.cuh"
 #include "patch_kernels.cuh"
 
 namespace cf_emu {
@@ -68,6 +69,17 @@ struct EmuLaunch {
     else
       cf_emu::launch(grid, block, [&] { cfc::detail::ideal_kernel<T, 2>(p); });
   }
+  template <typename T>
+  void attention(const cfc::AttentionParams<T>& p, int phase, int64_t nblocks, int64_t smem_bytes) const {
+    const emu_dim3 grid{static_cast<unsigned>(nblocks), 1, 1}, block{cfc::kAttnThreads, 1, 1};
+    const size_t smem = static_cast<size_t>(smem_bytes);
+    if (phase == 0)
+      cf_emu::launch(grid, block, smem, [&] { cfc::detail::attention_kernel<T, 0>(p); });
+    else if (phase == 1)
+      cf_emu::launch(grid, block, smem, [&] { cfc::detail::attention_kernel<T, 1>(p); });
+    else
+      cf_emu::launch(grid, block, smem, [&] { cfc::detail::attention_kernel<T, 2>(p); });
+  }
 };
 
 // patch_posterior_mean / patch_posterior_mean_backward on the emulator; sms and major stand
@@ -89,6 +101,15 @@ inline at::Tensor backward(const at::Tensor& grad, const at::Tensor& z, const at
   const auto o = cfc::impl::parse_options(P, mode, boundary, keys);
   const cfc::impl::DeviceInfo dev{static_cast<int>(sms), static_cast<int>(major)};
   return cfc::impl::backward(EmuLaunch{}, dev, grad, z, data, sigma, o, key_logw, x0, lse);
+}
+
+// patch_argmax_attention on the emulator; smem_optin stands for the GPU's shared memory per
+// block (0 forces the global-memory scratch).
+inline std::vector<at::Tensor> attention(const at::Tensor& images, const at::Tensor& center, int64_t P, int64_t exclude,
+                                         double tau, int64_t sms, int64_t major, int64_t smem_optin) {
+  const cfc::impl::DeviceInfo dev{static_cast<int>(sms), static_cast<int>(major), static_cast<int>(smem_optin)};
+  auto r = cfc::impl::attention(EmuLaunch{}, dev, images, center, P, exclude, tau);
+  return {std::get<0>(r), std::get<1>(r)};
 }
 
 }  // namespace cf_emu

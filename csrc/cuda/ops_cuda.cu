@@ -1,8 +1,9 @@
 // CUDA registrations of the creativity_fast operators (schemas in csrc/ops.cpp).
 //
 // The host flows live in ops_impl.cuh (checks, plan, buffers, precision policy); this file
-// binds them to the CUDA launchers (patch_kernels.cu, ideal_kernels.cu), the device guard
-// and the current stream, and registers them for the CUDA dispatch key.
+// binds them to the CUDA launchers (patch_kernels.cu, ideal_kernels.cu,
+// patch_argmax_attention.cu), the device guard and the current stream, and registers them
+// for the CUDA dispatch key (patch_argmax_attention's schema: csrc/attention_schema.cpp).
 //
 // This translation unit is host code only; nvcc's device passes (__CUDA_ARCH__ defined) see
 // an empty file, which roughly halves its compile time (the torch headers are parsed once).
@@ -47,12 +48,17 @@ struct CudaLaunch {
   void ideal(const IdealParams<T>& p, int phase) const {
     C10_CUDA_CHECK(launch_ideal<T>(p, phase, stream));
   }
+  template <typename T>
+  void attention(const AttentionParams<T>& p, int phase, int64_t nblocks, int64_t smem_bytes) const {
+    C10_CUDA_CHECK(launch_attention<T>(p, phase, nblocks, smem_bytes, stream));
+  }
 };
 
 impl::DeviceInfo device_info(int device) {
   impl::DeviceInfo d{};
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, device));
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.major, cudaDevAttrComputeCapabilityMajor, device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
   return d;
 }
 
@@ -79,6 +85,14 @@ at::Tensor patch_posterior_mean_backward_cuda(const at::Tensor& grad_x0, const a
   return impl::backward(launch, device_info(z.get_device()), grad_x0, z, data, sigma, o, key_logw, x0_hat, lse);
 }
 
+std::tuple<at::Tensor, at::Tensor> patch_argmax_attention_cuda(const at::Tensor& images, const at::Tensor& center,
+                                                               int64_t P, int64_t exclude, double tau) {
+  TORCH_CHECK(images.is_cuda(), "patch_argmax_attention (CUDA): images must be a CUDA tensor");
+  const c10::cuda::CUDAGuard guard(images.device());
+  const CudaLaunch launch{c10::cuda::getCurrentCUDAStream()};
+  return impl::attention(launch, device_info(images.get_device()), images, center, P, exclude, tau);
+}
+
 }  // namespace
 }  // namespace cuda
 }  // namespace creativity_fast
@@ -86,6 +100,7 @@ at::Tensor patch_posterior_mean_backward_cuda(const at::Tensor& grad_x0, const a
 TORCH_LIBRARY_IMPL(creativity_fast, CUDA, m) {
   m.impl("patch_posterior_mean", TORCH_FN(creativity_fast::cuda::patch_posterior_mean_cuda));
   m.impl("patch_posterior_mean_backward", TORCH_FN(creativity_fast::cuda::patch_posterior_mean_backward_cuda));
+  m.impl("patch_argmax_attention", TORCH_FN(creativity_fast::cuda::patch_argmax_attention_cuda));
 }
 
 #endif  // !defined(__CUDA_ARCH__)

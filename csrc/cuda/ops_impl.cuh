@@ -18,6 +18,7 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/full_like.h>
+#include <ATen/ops/ones.h>
 #include <ATen/ops/stack.h>
 #include <ATen/ops/where.h>
 #include <ATen/ops/zeros.h>
@@ -49,8 +50,9 @@ struct Options {
 };
 
 struct DeviceInfo {
-  int sms;    // multiprocessors
-  int major;  // compute capability major
+  int sms;                     // multiprocessors
+  int major;                   // compute capability major
+  int smem_optin = 48 * 1024;  // largest dynamic shared memory per block (opt-in)
 };
 
 inline Options parse_options(int64_t P, c10::string_view mode, c10::string_view boundary, c10::string_view keys) {
@@ -416,6 +418,168 @@ at::Tensor backward(const L& launch, const DeviceInfo& dev, const at::Tensor& gr
   }
   return o.mode == Mode::Ideal ? ideal_backward<double>(launch, grad, z, data, sigma, key_logw, x0, lse, dev)
                                : patch_backward<double>(launch, grad, z, data, sigma, key_logw, x0, lse, o, dev);
+}
+
+// ------------------------------------------------------------------------------------
+// patch_argmax_attention (SPEC 3.4): kernel patch_argmax_attention.cuh, NOTES.md.
+//
+// Environment (read on every call; tests use them to force the rarer paths):
+//   CREATIVITY_FAST_CUDA_ATTENTION_SPLITS = n > 0: displacement splits per image (default:
+//       enough work items to fill the GPU when there are few images);
+//   CREATIVITY_FAST_CUDA_ATTENTION_SCRATCH = global: block scratch in global memory even
+//       when it fits in shared memory.
+
+constexpr int64_t kAttnSmemTarget = 64 * 1024;  // per block: 3 blocks per SM on sm_90
+
+// The admissible displacements of one half plane (d > 0 in flat order), in the CPU kernel's order.
+inline std::vector<int> attention_displacements(int H, int W, int exclude) {
+  std::vector<int> disp;
+  for (int dr = 0; dr <= H - 1; ++dr)
+    for (int dc = dr == 0 ? 1 : -(W - 1); dc <= W - 1; ++dc)
+      if (std::max(dr, std::abs(dc)) >= exclude) {
+        disp.push_back(dr);
+        disp.push_back(dc);
+      }
+  return disp;
+}
+
+template <typename T, typename L>
+std::tuple<at::Tensor, at::Tensor> attention_impl(const L& launch, const DeviceInfo& dev, const at::Tensor& images,
+                                                  const at::Tensor& center, int P, int exclude, double tau) {
+  const int M = images.size(0), C = images.size(1), H = images.size(2), W = images.size(3);
+  const int64_t HW = int64_t(H) * W;
+  const bool soft = tau > 0;
+  const auto opts = images.options();
+  const auto dopts = opts.dtype(at::kDouble), lopts = opts.dtype(at::kLong);
+  if (M == 0) return {at::empty({0, H, W}, lopts), at::empty({0, H, W}, opts)};
+
+  AttentionParams<T> p;
+  p.images = images.data_ptr<T>();
+  p.center = center.data_ptr<double>();
+  p.M = M;
+  p.C = C;
+  p.H = H;
+  p.W = W;
+  p.P = P;
+  p.tau = tau;
+  p.self = exclude <= 0;
+  const std::vector<int> disp = attention_displacements(H, W, exclude);
+  p.ndisp = static_cast<int>(disp.size() / 2);
+  at::Tensor disp_t = at::empty({std::max<int64_t>(1, int64_t(disp.size()))}, at::TensorOptions().dtype(at::kInt));
+  if (!disp.empty()) std::memcpy(disp_t.data_ptr<int>(), disp.data(), disp.size() * sizeof(int));
+  disp_t = disp_t.to(images.device());
+  p.disp = disp_t.data_ptr<int>();
+
+  // Splits: enough work items for ~4 blocks per SM, at least 16 displacements per split.
+  const int64_t fixed = std::strtoll(env_string("CREATIVITY_FAST_CUDA_ATTENTION_SPLITS", "0").c_str(), nullptr, 10);
+  int64_t nsplit = fixed > 0 ? fixed : std::min<int64_t>((int64_t(dev.sms) * 4 + M - 1) / M, p.ndisp / 16);
+  nsplit = std::max<int64_t>(1, std::min<int64_t>(nsplit, p.ndisp));
+  p.per = static_cast<int>((p.ndisp + nsplit - 1) / nsplit);
+  p.nsplit = p.per > 0 ? static_cast<int>((p.ndisp + p.per - 1) / p.per) : 1;
+
+  // Scratch: shared memory with the most tables that stay within the target (or the
+  // device limit when even one table does not), else global memory.
+  const bool force_global = env_string("CREATIVITY_FAST_CUDA_ATTENTION_SCRATCH", "shared") == "global";
+  const int kmax = std::max(1, std::min(kAttnMaxK, p.per));
+  int K = 0;
+  for (int k = kmax; k >= 1 && !force_global; --k) {
+    const int64_t bytes = attention_scratch_doubles(C, H, W, soft, k) * 8;
+    if (bytes <= std::min<int64_t>(dev.smem_optin, kAttnSmemTarget) || (k == 1 && bytes <= dev.smem_optin)) {
+      K = k;
+      break;
+    }
+  }
+  const int64_t items = int64_t(M) * p.nsplit;
+  int64_t nblocks = items, smem = 0;
+  at::Tensor scratch;
+  if (K > 0) {
+    p.K = K;
+    smem = attention_scratch_doubles(C, H, W, soft, K) * 8;
+  } else {
+    p.K = kmax;
+    p.scratch_stride = attention_scratch_doubles(C, H, W, soft, p.K);
+    nblocks = std::min<int64_t>(items, std::max<int64_t>(1, std::min<int64_t>(int64_t(dev.sms) * 8,
+                                                                                kPartialBudgetBytes / (8 * p.scratch_stride))));
+    scratch = at::empty({nblocks * p.scratch_stride}, dopts);
+    p.scratch = scratch.data_ptr<double>();
+  }
+  nblocks = std::min<int64_t>(nblocks, std::numeric_limits<int>::max());
+  if (verbose())
+    std::fprintf(stderr,
+                 "[creativity_fast cuda] attention: M=%d %dx%dx%d P=%d exclude=%d tau=%g: %d displacements, %d splits, "
+                 "K=%d, %lld blocks, scratch %s (%lld bytes per block)\n",
+                 M, C, H, W, P, exclude, tau, p.ndisp, p.nsplit, p.K, static_cast<long long>(nblocks),
+                 K > 0 ? "shared" : "global",
+                 static_cast<long long>(K > 0 ? smem : p.scratch_stride * 8));
+
+  at::Tensor pbest = at::empty({p.nsplit, M, HW}, dopts), parg = at::empty({p.nsplit, M, HW}, lopts);
+  at::Tensor pmax, psum;
+  p.pbest = pbest.data_ptr<double>();
+  p.parg = parg.data_ptr<int64_t>();
+  if (soft) {
+    pmax = at::empty({p.nsplit, M, HW}, dopts);
+    psum = at::empty({p.nsplit, M, HW}, dopts);
+    p.pmax = pmax.data_ptr<double>();
+    p.psum = psum.data_ptr<double>();
+  }
+  launch.attention(p, soft ? 1 : 0, nblocks, smem);
+
+  // y*: the largest score over the splits, the lowest key among equal scores (-1: none).
+  at::Tensor y_star;
+  if (p.nsplit == 1) {
+    y_star = parg[0];
+  } else {
+    const at::Tensor bestv = pbest.amax(0, true);
+    y_star = at::where(pbest == bestv, parg, at::full_like(parg, std::numeric_limits<int64_t>::max())).amin(0);
+  }
+  at::Tensor in_degree;
+  if (!soft) {
+    at::Tensor counts = at::zeros({M, HW + 1}, dopts);
+    counts.scatter_add_(1, at::where(y_star < 0, at::full_like(y_star, HW), y_star), at::ones({M, HW}, dopts));
+    in_degree = counts.narrow(1, 0, HW);
+  } else {
+    const at::Tensor mx = pmax.amax(0, true);
+    const at::Tensor mf = at::where(mx.isfinite(), mx, at::zeros_like(mx));
+    const at::Tensor lse = (mf + (psum * (pmax - mf).exp()).sum(0, true).log()).squeeze(0).contiguous();  // [M, HW]
+    at::Tensor pcol = at::empty({p.nsplit, M, HW}, dopts);
+    p.lse = lse.data_ptr<double>();
+    p.pcol = pcol.data_ptr<double>();
+    launch.attention(p, 2, nblocks, smem);
+    in_degree = p.nsplit == 1 ? pcol[0] : pcol.sum(0);
+  }
+  return {y_star.reshape({M, H, W}).contiguous(), in_degree.to(images.scalar_type()).reshape({M, H, W}).contiguous()};
+}
+
+inline std::tuple<at::Tensor, at::Tensor> attention_checked(const at::Tensor& images_in, const at::Tensor& center_in,
+                                                            int64_t P, int64_t exclude) {
+  TORCH_CHECK(images_in.dim() == 4, "patch_argmax_attention (CUDA): images must be [M, C, H, W]; got ",
+              images_in.sizes());
+  TORCH_CHECK(images_in.scalar_type() == at::kFloat || images_in.scalar_type() == at::kDouble,
+              "patch_argmax_attention (CUDA): images must be float32 or float64; got ", images_in.scalar_type());
+  TORCH_CHECK(P > 0 && P % 2 == 1 && P < (int64_t(1) << 20),
+              "patch_argmax_attention (CUDA): P must be an odd positive int; got ", P);
+  TORCH_CHECK(exclude >= 0, "patch_argmax_attention (CUDA): exclude must be >= 0; got ", exclude);
+  const int64_t C = images_in.size(1), H = images_in.size(2), W = images_in.size(3);
+  TORCH_CHECK(C > 0 && H > 0 && W > 0, "patch_argmax_attention (CUDA): empty image axis ", images_in.sizes());
+  TORCH_CHECK(center_in.dim() == 3 && center_in.size(0) == C && center_in.size(1) == P && center_in.size(2) == P,
+              "patch_argmax_attention (CUDA): center must be [C, P, P]");
+  TORCH_CHECK(center_in.device() == images_in.device(), "patch_argmax_attention (CUDA): center is on ",
+              center_in.device(), " but images are on ", images_in.device());
+  TORCH_CHECK(C * H * W < (int64_t(1) << 31) && images_in.size(0) < (int64_t(1) << 31) && C * P * P < (int64_t(1) << 31),
+              "patch_argmax_attention (CUDA): images too large for 32-bit indices");
+  return {images_in.contiguous(), center_in.to(at::kDouble).contiguous()};
+}
+
+template <typename L>
+std::tuple<at::Tensor, at::Tensor> attention(const L& launch, const DeviceInfo& dev, const at::Tensor& images_in,
+                                             const at::Tensor& center_in, int64_t P, int64_t exclude, double tau) {
+  at::Tensor images, center;
+  std::tie(images, center) = attention_checked(images_in, center_in, P, exclude);
+  const int64_t H = images.size(2), W = images.size(3);
+  const int excl = static_cast<int>(std::min<int64_t>(exclude, std::max(H, W) + 1));  // as the CPU kernel
+  if (images.scalar_type() == at::kFloat)
+    return attention_impl<float>(launch, dev, images, center, static_cast<int>(P), excl, tau);
+  return attention_impl<double>(launch, dev, images, center, static_cast<int>(P), excl, tau);
 }
 
 }  // namespace impl
