@@ -12,7 +12,8 @@
 // so integer- or dyadic-valued inputs give exact scores and exact ties (lowest flat
 // index y wins). Hard attention (tau <= 0) keeps the argmax per row; soft attention
 // (tau > 0) makes one pass for the row log-normalisers and a second for the column
-// sums of the row softmax.
+// sums of the row softmax. The float64 arithmetic of a score lives in
+// attention_rules.h, shared with the CUDA kernel (same operations, same order).
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 #include <torch/types.h>
@@ -22,6 +23,8 @@
 #include <cstdint>
 #include <limits>
 #include <vector>
+
+#include "attention_rules.h"
 
 namespace creativity_fast {
 namespace {
@@ -33,30 +36,14 @@ class AttentionImage {
         img_(static_cast<size_t>(C) * H * W), a_(static_cast<size_t>(H) * W),
         prefix_(static_cast<size_t>(H + 1) * (W + 1)) {
     cc_ = 0.0;
-    for (int i = 0; i < C * P * P; ++i) cc_ += center[i] * center[i];
+    for (int i = 0; i < C * P * P; ++i) cc_ += attention_rules::mul(center[i], center[i]);
   }
 
   template <typename scalar_t>
   void load(const scalar_t* src) {
     for (size_t i = 0; i < img_.size(); ++i) img_[i] = static_cast<double>(src[i]);
-    // a(u) = <c, Pi_u>: only offsets that land inside the image contribute.
-    for (int r = 0; r < H_; ++r) {
-      for (int c = 0; c < W_; ++c) {
-        double acc = 0.0;
-        const int or0 = std::max(-m_, -r), or1 = std::min(m_, H_ - 1 - r);
-        const int oc0 = std::max(-m_, -c), oc1 = std::min(m_, W_ - 1 - c);
-        for (int ch = 0; ch < C_; ++ch) {
-          const double* im = &img_[static_cast<size_t>(ch) * H_ * W_];
-          const double* ce = center_ + static_cast<size_t>(ch) * P_ * P_;
-          for (int orr = or0; orr <= or1; ++orr) {
-            for (int oc = oc0; oc <= oc1; ++oc) {
-              acc += ce[(orr + m_) * P_ + (oc + m_)] * im[(r + orr) * W_ + (c + oc)];
-            }
-          }
-        }
-        a_[r * W_ + c] = acc;
-      }
-    }
+    for (int r = 0; r < H_; ++r)
+      for (int c = 0; c < W_; ++c) a_[r * W_ + c] = attention_rules::center_dot(img_.data(), center_, C_, H_, W_, P_, r, c);
   }
 
   // Calls f(x, y, s) for every admissible pair (x, y) of the loaded image. The score is
@@ -65,14 +52,13 @@ class AttentionImage {
   void for_each_pair(F&& f) {
     if (exclude_ <= 0) {  // d = 0: every pixel may attend to itself
       for (int x = 0; x < H_ * W_; ++x) {
-        double g = 0.0;
-        self_box(x / W_, x % W_, &g);
-        f(x, x, g - 2.0 * a_[x] + cc_);
+        const double g = attention_rules::self_window_dot(img_.data(), C_, H_, W_, m_, x / W_, x % W_);
+        f(x, x, attention_rules::self_score(g, a_[x], cc_));
       }
     }
     for (int dr = 0; dr <= H_ - 1; ++dr) {
       for (int dc = dr == 0 ? 1 : -(W_ - 1); dc <= W_ - 1; ++dc) {
-        if (std::max(dr, std::abs(dc)) < exclude_) continue;
+        if (attention_rules::excluded(dr, dc, exclude_)) continue;
         // Pixels u with u and u + d both inside: rows [r0, r1), cols [c0, c1). The same
         // range holds the queries x whose key x + d is inside the image.
         const int r0 = 0, r1 = H_ - dr;
@@ -80,17 +66,14 @@ class AttentionImage {
         const int h = r1 - r0, w = c1 - c0;
         if (h <= 0 || w <= 0) continue;
         prefix(dr, dc, r0, c0, h, w);
-        const int pw = w + 1;
         const double* S = prefix_.data();
         for (int i = 0; i < h; ++i) {
-          const int lo_i = std::max(0, i - m_) * pw, hi_i = (std::min(h - 1, i + m_) + 1) * pw;
           const int xrow = (r0 + i) * W_ + c0;
           const int yrow = xrow + dr * W_ + dc;
           for (int j = 0; j < w; ++j) {
-            const int lo_j = std::max(0, j - m_), hi_j = std::min(w - 1, j + m_) + 1;
-            const double g = S[hi_i + hi_j] - S[lo_i + hi_j] - S[hi_i + lo_j] + S[lo_i + lo_j];
+            const double g = attention_rules::window_sum(S, h, w, m_, i, j);
             const int x = xrow + j, y = yrow + j;
-            const double s = g - a_[x] - a_[y] + cc_;
+            const double s = attention_rules::pair_score(g, a_[x], a_[y], cc_);
             f(x, y, s);
             f(y, x, s);
           }
@@ -100,17 +83,6 @@ class AttentionImage {
   }
 
  private:
-  // <Pi_x, Pi_x> for the pixel (r, c).
-  void self_box(int r, int c, double* g) const {
-    double acc = 0.0;
-    for (int ch = 0; ch < C_; ++ch) {
-      const double* im = &img_[static_cast<size_t>(ch) * H_ * W_];
-      for (int rr = std::max(0, r - m_); rr <= std::min(H_ - 1, r + m_); ++rr)
-        for (int cc = std::max(0, c - m_); cc <= std::min(W_ - 1, c + m_); ++cc) acc += im[rr * W_ + cc] * im[rr * W_ + cc];
-    }
-    *g = acc;
-  }
-
   // prefix_: 2-D prefix sums of Q_d(u) = sum_ch img(u) img(u + d) over the valid rectangle.
   void prefix(int dr, int dc, int r0, int c0, int h, int w) {
     const int pw = w + 1;
@@ -121,13 +93,8 @@ class AttentionImage {
       S[(i + 1) * pw] = 0.0;
       const int r = r0 + i;
       for (int j = 0; j < w; ++j) {
-        const int c = c0 + j;
-        double q = 0.0;
-        for (int ch = 0; ch < C_; ++ch) {
-          const double* im = &img_[static_cast<size_t>(ch) * H_ * W_];
-          q += im[r * W_ + c] * im[(r + dr) * W_ + (c + dc)];
-        }
-        row += q;
+        const int u = r * W_ + (c0 + j);
+        row += attention_rules::displaced_product(img_.data(), C_, H_ * W_, u, u + dr * W_ + dc);
         S[(i + 1) * pw + (j + 1)] = S[i * pw + (j + 1)] + row;
       }
     }
@@ -157,24 +124,16 @@ void attention_kernel(const scalar_t* images, const double* center, int64_t M, i
         std::fill(rsum.begin(), rsum.end(), 0.0);
       }
       att.for_each_pair([&](int x, int y, double s) {
-        if (s > best[x] || (s == best[x] && y < arg[x])) {
+        if (attention_rules::takes_over(s, y, best[x], arg[x])) {
           best[x] = s;
           arg[x] = y;
         }
-        if (tau > 0) {  // online log-sum-exp of s / tau per row
-          const double v = s / tau;
-          if (v > rmax[x]) {
-            rsum[x] = rsum[x] * std::exp(rmax[x] - v) + 1.0;
-            rmax[x] = v;
-          } else {
-            rsum[x] += std::exp(v - rmax[x]);
-          }
-        }
+        if (tau > 0) attention_rules::lse_push(s / tau, rmax[x], rsum[x]);  // row log-normaliser
       });
       std::fill(col.begin(), col.end(), 0.0);
       if (tau > 0) {
         for (int x = 0; x < HW; ++x) rmax[x] += std::log(rsum[x]);  // row lse (-inf if empty)
-        att.for_each_pair([&](int x, int y, double s) { col[y] += std::exp(s / tau - rmax[x]); });
+        att.for_each_pair([&](int x, int y, double s) { col[y] += attention_rules::soft_weight(s, tau, rmax[x]); });
       } else {
         for (int x = 0; x < HW; ++x)
           if (arg[x] >= 0) col[arg[x]] += 1.0;

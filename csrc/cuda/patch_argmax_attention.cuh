@@ -2,9 +2,10 @@
 // patch_argmax_attention.cu, the host flow attention() in ops_impl.cuh, the CPU kernel
 // csrc/cpu/patch_argmax_attention.cpp. See NOTES.md for the design and the cost.
 //
-// The scores are those of the CPU kernel, float64 operation for operation (same formulas,
-// same operand order, products kept out of fused multiply-adds with mul_rn), so every score
-// is bitwise the CPU kernel's and y* is identical for any input, ties included:
+// The scores are those of the CPU kernel, float64 operation for operation: every operation
+// that enters a score is a function of csrc/attention_rules.h, shared with the CPU kernel
+// (products kept out of fused multiply-adds), so every score is bitwise the CPU kernel's
+// and y* is identical for any input, ties included:
 //   s(x, y) = <Pi_x - c, Pi_y - c> = G(x, y) - a(x) - a(y) + |c|^2    (x before y in flat order)
 //   s(x, x) = G(x, x) - 2 a(x) + |c|^2
 //   a(u) = <c, Pi_u>,  G(x, x + d) = box sum over x's P x P window of Q_d(u) = sum_ch img(u) img(u + d),
@@ -38,6 +39,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "attention_rules.h"
 #include "common.cuh"
 #include "device_utils.cuh"
 
@@ -45,34 +47,18 @@ namespace creativity_fast {
 namespace cuda {
 namespace detail {
 
-__device__ __forceinline__ int imax(int a, int b) { return a > b ? a : b; }
-__device__ __forceinline__ int imin(int a, int b) { return a < b ? a : b; }
+using attention_rules::imax;
+using attention_rules::imin;
 
 // Visit the pair (row x = own pixel, key y) with score s: phases 0 and 1.
 template <int PHASE>
 __device__ __forceinline__ void attention_visit_row(int x, int y, double s, double tau, double* best, int* arg,
                                                     double* rmax, double* rsum) {
-  if (s > best[x] || (s == best[x] && y < arg[x])) {
+  if (attention_rules::takes_over(s, y, best[x], arg[x])) {
     best[x] = s;
     arg[x] = y;
   }
-  if (PHASE == 1) {  // online log-sum-exp of s / tau, as the CPU kernel
-    const double v = s / tau;
-    if (v > rmax[x]) {
-      rsum[x] = rsum[x] * exp(rmax[x] - v) + 1.0;
-      rmax[x] = v;
-    } else {
-      rsum[x] += exp(v - rmax[x]);
-    }
-  }
-}
-
-// Box sum of the prefix table S ((h+1) x (w+1)) over the P x P window around (i, j).
-__device__ __forceinline__ double attention_box(const double* S, int h, int w, int m, int i, int j) {
-  const int pw = w + 1;
-  const int lo_i = imax(0, i - m) * pw, hi_i = (imin(h - 1, i + m) + 1) * pw;
-  const int lo_j = imax(0, j - m), hi_j = imin(w - 1, j + m) + 1;
-  return S[hi_i + hi_j] - S[lo_i + hi_j] - S[hi_i + lo_j] + S[lo_i + lo_j];
+  if (PHASE == 1) attention_rules::lse_push(s / tau, rmax[x], rsum[x]);
 }
 
 template <typename T, int PHASE>
@@ -93,7 +79,7 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(const Attention
 
   // |c|^2 in the CPU kernel's order (every thread; C*P*P products once per block).
   double cc = 0.0;
-  for (int e = 0; e < C * P * P; ++e) cc += mul_rn(p.center[e], p.center[e]);
+  for (int e = 0; e < C * P * P; ++e) cc += attention_rules::mul(p.center[e], p.center[e]);
 
   const int64_t items = static_cast<int64_t>(p.M) * p.nsplit;
   for (int64_t item = blockIdx.x; item < items; item += gridDim.x) {
@@ -117,35 +103,16 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(const Attention
     }
     __syncthreads();
     // a(u) = <c, Pi_u>: offsets inside the image only.
-    for (int x = tid; x < HW; x += nt) {
-      const int r = x / W, c = x % W;
-      const int or0 = imax(-m, -r), or1 = imin(m, H - 1 - r);
-      const int oc0 = imax(-m, -c), oc1 = imin(m, W - 1 - c);
-      double acc = 0.0;
-      for (int ch = 0; ch < C; ++ch) {
-        const double* imc = img + ch * HW;
-        const double* ce = p.center + static_cast<int64_t>(ch) * P * P;
-        for (int orr = or0; orr <= or1; ++orr)
-          for (int oc = oc0; oc <= oc1; ++oc) acc += mul_rn(ce[(orr + m) * P + (oc + m)], imc[(r + orr) * W + (c + oc)]);
-      }
-      a[x] = acc;
-    }
+    for (int x = tid; x < HW; x += nt) a[x] = attention_rules::center_dot(img, p.center, C, H, W, P, x / W, x % W);
     __syncthreads();
 
     // d = 0: s(x, x) = <Pi_x, Pi_x> - 2 a(x) + |c|^2.
     if (p.self && split == 0) {
       for (int x = tid; x < HW; x += nt) {
-        const int r = x / W, c = x % W;
-        double g = 0.0;
-        for (int ch = 0; ch < C; ++ch) {
-          const double* imc = img + ch * HW;
-          for (int rr = imax(0, r - m); rr <= imin(H - 1, r + m); ++rr)
-            for (int c2 = imax(0, c - m); c2 <= imin(W - 1, c + m); ++c2)
-              g += mul_rn(imc[rr * W + c2], imc[rr * W + c2]);
-        }
-        const double s = g - mul_rn(2.0, a[x]) + cc;
+        const double g = attention_rules::self_window_dot(img, C, H, W, m, x / W, x % W);
+        const double s = attention_rules::self_score(g, a[x], cc);
         if (PHASE == 2)
-          st0[x] += exp(s / p.tau - st1[x]);
+          st0[x] += attention_rules::soft_weight(s, p.tau, st1[x]);
         else
           attention_visit_row<PHASE>(x, x, s, p.tau, st0, arg, st1, st2);
       }
@@ -166,8 +133,7 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(const Attention
         double q = 0.0;
         if (i1 > 0 && j1 > 0) {
           const int u = (i1 - 1) * W + (j1 - 1 + imax(0, -dc));
-          const int v = u + dr * W + dc;
-          for (int ch = 0; ch < C; ++ch) q += mul_rn(img[ch * HW + u], img[ch * HW + v]);
+          q = attention_rules::displaced_product(img, C, HW, u, u + dr * W + dc);
         }
         tab[k * tstride + f] = q;
       }
@@ -208,20 +174,20 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(const Attention
           // x as the later pixel: partner x - d at (r - dr, c - dc).
           if (r - dr >= 0 && c - dc >= 0 && c - dc < W) {
             const int y = x - off;
-            const double g = attention_box(S, h, w, m, r - dr, c - dc - c0);
-            const double s = g - a[y] - a[x] + cc;
+            const double g = attention_rules::window_sum(S, h, w, m, r - dr, c - dc - c0);
+            const double s = attention_rules::pair_score(g, a[y], a[x], cc);
             if (PHASE == 2)
-              st0[x] += exp(s / p.tau - st1[y]);
+              st0[x] += attention_rules::soft_weight(s, p.tau, st1[y]);
             else
               attention_visit_row<PHASE>(x, y, s, p.tau, st0, arg, st1, st2);
           }
           // x as the earlier pixel: partner x + d at (r + dr, c + dc).
           if (r + dr < H && c + dc >= 0 && c + dc < W) {
             const int y = x + off;
-            const double g = attention_box(S, h, w, m, r, c - c0);
-            const double s = g - a[x] - a[y] + cc;
+            const double g = attention_rules::window_sum(S, h, w, m, r, c - c0);
+            const double s = attention_rules::pair_score(g, a[x], a[y], cc);
             if (PHASE == 2)
-              st0[x] += exp(s / p.tau - st1[y]);
+              st0[x] += attention_rules::soft_weight(s, p.tau, st1[y]);
             else
               attention_visit_row<PHASE>(x, y, s, p.tau, st0, arg, st1, st2);
           }
