@@ -7,34 +7,15 @@
 
 #include <cstdint>
 
+#include "cpu/vexp_f.h"  // the kernel's own exp, not a copy
+
 extern "C" {
 
 typedef float vf __attribute__((vector_size(64)));
-typedef int32_t vi __attribute__((vector_size(64)));
 
 static inline vf splat(float s) { return vf{} + s; }
 
-static inline vf vexp(vf x) {  // identical to vexp_f in csrc/cpu/ppm_kernel.h
-  const vf lo = splat(-87.0f);
-  const vf xc = x < lo ? lo : x;
-  const vf magic = splat(12582912.0f);
-  const vf t = xc * 1.44269504088896341f + magic;
-  const vf n = t - magic;
-  const vi ni = (vi)t - (vi)magic;
-  vf r = xc - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  const vf z = r * r;
-  vf y = splat(1.9875691500E-4f);
-  y = y * r + 1.3981999507E-3f;
-  y = y * r + 8.3334519073E-3f;
-  y = y * r + 4.1665795894E-2f;
-  y = y * r + 1.6666665459E-1f;
-  y = y * r + 5.0000001201E-1f;
-  y = y * z + r + 1.0f;
-  const vi bits = (ni + 127) << 23;
-  const vf res = y * (vf)bits;
-  return x < lo ? vf{} : res;
-}
+static inline vf vexp(vf x) { return vexp_f(x); }
 
 // Returns values per second (all threads together); sink defeats dead-code removal.
 double cf_exp_rate(int threads, double seconds, double* sink) {

@@ -2,8 +2,8 @@
 
     python bench/microbench.py            # prints a JSON line
 
-``microbench.cpp`` holds the kernel's own exp (the Cephes polynomial of
-``csrc/cpu/ppm_kernel.h``) on the widest vectors of this CPU (``-march=native``), and
+``microbench.cpp`` runs the kernel's own exp (``csrc/cpu/vexp_f.h``, included, not
+copied) on the widest vectors of this CPU (``-march=native``), and
 independent float32 FMAs. Each runs for about a second per thread count; the rates
 are wall-clock (the machines are shared: compare within one run). One (query, key)
 pair of the kernel costs at least one exp, so ``exp_per_s`` at all threads is the
@@ -24,6 +24,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SOURCE = HERE / "microbench.cpp"
+CSRC = HERE.parent / "csrc"
+VEXP_HEADER = CSRC / "cpu" / "vexp_f.h"  # the kernel's exp, included by microbench.cpp
 
 
 def build(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -31,14 +33,14 @@ def build(cache_dir: str | os.PathLike | None = None) -> Path:
     cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
     if cxx is None:
         raise RuntimeError("no C++ compiler found (set CXX)")
-    digest = hashlib.sha1(SOURCE.read_bytes()).hexdigest()[:12]
+    digest = hashlib.sha1(SOURCE.read_bytes() + VEXP_HEADER.read_bytes()).hexdigest()[:12]
     out_dir = Path(cache_dir or Path(tempfile.gettempdir()) / "creativity_fast_microbench")
     out_dir.mkdir(parents=True, exist_ok=True)
     lib = out_dir / f"microbench_{digest}.so"
     if not lib.exists():
         tmp = lib.with_suffix(f".{os.getpid()}.tmp")
         subprocess.run([cxx, "-O3", "-march=native", "-std=c++17", "-fopenmp", "-shared", "-fPIC",
-                        str(SOURCE), "-o", str(tmp)], check=True, capture_output=True, text=True)
+                        "-I", str(CSRC), str(SOURCE), "-o", str(tmp)], check=True, capture_output=True, text=True)
         os.replace(tmp, lib)
     return lib
 

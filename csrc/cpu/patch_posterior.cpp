@@ -99,7 +99,7 @@ Keys parse_keys(c10::string_view s) {
 // Owns the arrays an AxisTables points into.
 struct AxisStore {
   std::vector<int> weight, disp, keypos, hull_lo, hull_hi;
-  std::vector<uint8_t> valid;
+  std::vector<uint8_t> valid, hull_full;
   AxisTables t{};
 };
 
@@ -173,6 +173,7 @@ void build_axis(AxisStore& st, int size, int P, Mode mode, Boundary boundary, Ke
     st.keypos.insert(st.keypos.end(), kp.begin(), kp.end());
     st.hull_lo.push_back(lo);
     st.hull_hi.push_back(hi);
+    st.hull_full.push_back(std::all_of(v.begin() + lo, v.begin() + hi + 1, [](uint8_t a) { return a != 0; }));
   }
   t.nd = int(st.disp.size());
   t.weight = st.weight.data();
@@ -181,6 +182,7 @@ void build_axis(AxisStore& st, int size, int P, Mode mode, Boundary boundary, Ke
   t.keypos = st.keypos.data();
   t.hull_lo = st.hull_lo.data();
   t.hull_hi = st.hull_hi.data();
+  t.hull_full = st.hull_full.data();
 }
 
 PpmOptions read_options() {

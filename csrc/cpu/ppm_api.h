@@ -40,13 +40,15 @@ struct AxisTables {
   const int* weight;
   // Displacements d (key position = position + d, wrapped when circular), the
   // admissible query positions of each (valid[id * size + pos]), the key position,
-  // and the hull [hull_lo, hull_hi] of the admissible positions (lo > hi: none).
+  // the hull [hull_lo, hull_hi] of the admissible positions (lo > hi: none), and
+  // whether every position of the hull is admissible (hull_full: no per-position test).
   int nd;
   const int* disp;
   const uint8_t* valid;
   const int* keypos;
   const int* hull_lo;
   const int* hull_hi;
+  const uint8_t* hull_full;
 };
 
 struct PpmProblem {

@@ -41,6 +41,8 @@
 
 #define CF_AI inline __attribute__((always_inline))
 
+#include "cpu/vexp_f.h"  // vexp_f: the float exp (in this ISA's namespace and target)
+
 template <class T>
 struct VecT;
 // Lanes per group V = doubles per native vector (8 AVX-512, 4 AVX2, 2 baseline), so
@@ -61,7 +63,7 @@ struct VecT<float> {
   typedef int32_t vi __attribute__((vector_size(CF_VBYTES / 2)));
   typedef double vd __attribute__((vector_size(CF_VBYTES)));
   typedef int64_t vdi __attribute__((vector_size(CF_VBYTES)));
-  static constexpr float kExpLo = -87.0f;  // exp(-87) > FLT_MIN: no denormals
+  static constexpr float kExpLo = kVexpLoF;  // vexp_f.h: exp(-87) > FLT_MIN, no denormals
 };
 template <>
 struct VecT<double> {
@@ -87,31 +89,8 @@ CF_AI VV splat(S s) {
 
 // ---------------------------------------------------------------------------
 // exp for arguments <= 0 (all call sites: logit minus a running max or lse).
-// Returns exactly 0 below kExpLo (that is the pruning contract) and exactly 1 at 0.
-
-template <class VF>
-CF_AI VF vexp_f(VF x) {
-  typedef int32_t VI __attribute__((vector_size(sizeof(VF))));
-  const VF lo = splat<VF>(VecT<float>::kExpLo);
-  const VF xc = x < lo ? lo : x;
-  const VF magic = splat<VF>(12582912.0f);  // 1.5 * 2^23: round to nearest integer
-  const VF t = xc * 1.44269504088896341f + magic;
-  const VF n = t - magic;
-  const VI ni = (VI)t - (VI)magic;  // the integer n, read from the mantissa bits
-  VF r = xc - n * 0.693359375f;     // Cody-Waite split of ln 2 (Cephes expf)
-  r = r - n * -2.12194440e-4f;
-  const VF z = r * r;
-  VF y = splat<VF>(1.9875691500E-4f);
-  y = y * r + 1.3981999507E-3f;
-  y = y * r + 8.3334519073E-3f;
-  y = y * r + 4.1665795894E-2f;
-  y = y * r + 1.6666665459E-1f;
-  y = y * r + 5.0000001201E-1f;
-  y = y * z + r + 1.0f;
-  const VI bits = (ni + 127) << 23;
-  const VF res = y * (VF)bits;
-  return x < lo ? VF{} : res;
-}
+// Returns exactly 0 below kExpLo (that is the pruning contract) and exactly 1 at 0:
+// vexp_f (float, vexp_f.h) and vexp_d (double).
 
 template <class VD>
 CF_AI VD vexp_d(VD x) {
@@ -822,6 +801,19 @@ struct Unit {
   }
 };
 
+// The first and last admissible query rows of [r0, r1) for one row displacement
+// (rvalid: admissibility per row); false when there is none.
+CF_AI bool admissible_rows(const uint8_t* rvalid, int r0, int r1, int* rlo, int* rhi) {
+  *rlo = r1;
+  *rhi = r0 - 1;
+  for (int r = r0; r < r1; ++r)
+    if (rvalid[r]) {
+      *rlo = imin(*rlo, r);
+      *rhi = r;
+    }
+  return *rlo <= *rhi;
+}
+
 // ---------------------------------------------------------------------------
 // Forward
 
@@ -857,13 +849,8 @@ void forward_group(Unit<T>& u, FwdState<T>& st, int g) {
   for (int ir = 0; ir < ar.nd; ++ir) {
     const uint8_t* rvalid = ar.valid + size_t(ir) * ar.size;
     const int* rkey = ar.keypos + size_t(ir) * ar.size;
-    int rlo = r1, rhi = r0 - 1;
-    for (int r = r0; r < r1; ++r)
-      if (rvalid[r]) {
-        rlo = imin(rlo, r);
-        rhi = r;
-      }
-    if (rlo > rhi) continue;
+    int rlo, rhi;
+    if (!admissible_rows(rvalid, r0, r1, &rlo, &rhi)) continue;
     const int dr = ar.disp[ir];
     for (int icol = 0; icol < ac.nd; ++icol) {
       const int clo = ac.hull_lo[icol], chi = ac.hull_hi[icol];
@@ -871,8 +858,30 @@ void forward_group(Unit<T>& u, FwdState<T>& st, int g) {
       const uint8_t* cvalid = ac.valid + size_t(icol) * ac.size;
       const int* ckey = ac.keypos + size_t(icol) * ac.size;
       const int dc = ac.disp[icol];
-      bool hull_full = true;  // every column of the hull admissible: no per-column test
-      for (int c = clo; c <= chi; ++c) hull_full = hull_full && cvalid[c];
+      const bool hull_full = ac.hull_full[icol] != 0;  // no per-column admissibility test
+      // Passes 2 and 3 of a row update: exps of xbuf[0, n), then accumulation into the
+      // queries of output row qrow at columns col(j), keys of key row kr.
+      auto exp_accumulate = [&](int kr, size_t qrow, int n, auto col) {
+        vexp_array<T>(reinterpret_cast<T*>(u.xbuf), n);
+        const v* krow = u.ph + size_t(kr) * (W + 1) * C;
+        if (C == 1) {
+          for (int j = 0; j < n; ++j) {
+            const int c = col(j);
+            const v p = u.xbuf[j];
+            st.Sin[qrow + c] = st.Sin[qrow + c] + p;
+            st.Win[qrow + c] = st.Win[qrow + c] + p * krow[ckey[c]];
+          }
+        } else {
+          for (int j = 0; j < n; ++j) {
+            const int c = col(j);
+            const size_t q = qrow + c;
+            const v p = u.xbuf[j];
+            const v* cen = krow + size_t(ckey[c]) * C;
+            st.Sin[q] = st.Sin[q] + p;
+            for (int ch = 0; ch < C; ++ch) st.Win[q * C + ch] = st.Win[q * C + ch] + p * cen[ch];
+          }
+        }
+      };
       // Update of one output row, in three passes so that the exps (the bulk of the
       // work) run as one branch-free loop: 1. logits, pruning and the rare new
       // maxima; 2. exps of the surviving keys; 3. accumulation. Each query sees its
@@ -902,25 +911,7 @@ void forward_group(Unit<T>& u, FwdState<T>& st, int g) {
             u.xbuf[j] = to_v<T>(l - m);
           }
           if (!any_nonzero(raise)) {
-            vexp_array<T>(reinterpret_cast<T*>(u.xbuf), n);
-            const v* krow = u.ph + size_t(kr) * (W + 1) * C;
-            if (C == 1) {
-              for (int j = 0; j < n; ++j) {
-                const int c = clo + j;
-                const v p = u.xbuf[j];
-                st.Sin[qrow + c] = st.Sin[qrow + c] + p;
-                st.Win[qrow + c] = st.Win[qrow + c] + p * krow[ckey[c]];
-              }
-            } else {
-              for (int j = 0; j < n; ++j) {
-                const int c = clo + j;
-                const size_t q = qrow + c;
-                const v p = u.xbuf[j];
-                const v* cen = krow + size_t(ckey[c]) * C;
-                st.Sin[q] = st.Sin[q] + p;
-                for (int ch = 0; ch < C; ++ch) st.Win[q * C + ch] = st.Win[q * C + ch] + p * cen[ch];
-              }
-            }
+            exp_accumulate(kr, qrow, n, [&](int j) { return clo + j; });
             return;
           }
         }
@@ -959,26 +950,7 @@ void forward_group(Unit<T>& u, FwdState<T>& st, int g) {
           ++n;
         }
         if (n == 0) return;
-        vexp_array<T>(reinterpret_cast<T*>(u.xbuf), n);
-        const v* krow = u.ph + size_t(kr) * (W + 1) * C;
-        if (C == 1) {
-          for (int j = 0; j < n; ++j) {
-            const int c = u.cbuf[j];
-            const size_t q = qrow + c;
-            const v p = u.xbuf[j];
-            st.Sin[q] = st.Sin[q] + p;
-            st.Win[q] = st.Win[q] + p * krow[ckey[c]];
-          }
-        } else {
-          for (int j = 0; j < n; ++j) {
-            const int c = u.cbuf[j];
-            const size_t q = qrow + c;
-            const v p = u.xbuf[j];
-            const v* cen = krow + size_t(ckey[c]) * C;
-            st.Sin[q] = st.Sin[q] + p;
-            for (int ch = 0; ch < C; ++ch) st.Win[q * C + ch] = st.Win[q * C + ch] + p * cen[ch];
-          }
-        }
+        exp_accumulate(kr, qrow, n, [&](int j) { return u.cbuf[j]; });
       };
       u.distances(dr, dc, ar.hull_lo[ir], rlo, rhi, clo, chi, rvalid, update_row);
     }
@@ -1098,13 +1070,8 @@ void backward_group(Unit<T>& u, int g, const double* gq, const double* gx0, cons
   for (int ir = 0; ir < ar.nd; ++ir) {
     const uint8_t* rvalid = ar.valid + size_t(ir) * ar.size;
     const int* rkey = ar.keypos + size_t(ir) * ar.size;
-    int rlo = r1, rhi = r0 - 1;
-    for (int r = r0; r < r1; ++r)
-      if (rvalid[r]) {
-        rlo = imin(rlo, r);
-        rhi = r;
-      }
-    if (rlo > rhi) continue;
+    int rlo, rhi;
+    if (!admissible_rows(rvalid, r0, r1, &rlo, &rhi)) continue;
     const int dr = ar.disp[ir];
     for (int icol = 0; icol < ac.nd; ++icol) {
       const int clo = ac.hull_lo[icol], chi = ac.hull_hi[icol];
