@@ -395,6 +395,10 @@ class AELSDenoiser(PatchMachine):
             self._centers[Pa] = mean_patch(self.data, Pa)
         return self._centers[Pa]
 
+    def _els_call(self, z: torch.Tensor, sigma: torch.Tensor, class_labels) -> torch.Tensor:
+        """The ELS machine with the attention prior set as ``key_logw`` (the sharded twin overrides it)."""
+        return PatchMachine.__call__(self, z, sigma, class_labels)
+
     def __call__(self, z: torch.Tensor, sigma, class_labels=None) -> torch.Tensor:
         check_images("z", z)
         B = z.shape[0]
@@ -408,7 +412,7 @@ class AELSDenoiser(PatchMachine):
         for P in sizes.unique().tolist():
             idx = (sizes == P).nonzero().reshape(-1)
             self.key_logw = self.prior_logw(P)
-            out = PatchMachine.__call__(self, z[idx], sig[idx], None if labels is None else labels[idx])
+            out = self._els_call(z[idx], sig[idx], None if labels is None else labels[idx])
             if self.gamma != 0:
                 Pa = self.attention_size(P)
                 center = self.center(Pa).to(z.dtype)

@@ -620,7 +620,7 @@ def _global_mean_image(data: torch.Tensor, group) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=None)
 def _make_aels_class():
-    from .attention import AELSDenoiser, apply_sample_attention, patch_argmax_attention
+    from .attention import AELSDenoiser, patch_argmax_attention
 
     class DistributedAELSDenoiser(DistributedPatchMachine, AELSDenoiser):
         """Attention-augmented ELS (SPEC 3.4) over a sharded training set.
@@ -677,39 +677,12 @@ def _make_aels_class():
                 self._priors[P] = torch.log1p(self.lam * counts.to(self.data.dtype))
             return self._priors[P]
 
-        def __call__(self, z: torch.Tensor, sigma, class_labels=None) -> torch.Tensor:
-            check_images("z", z)
-            B = z.shape[0]
-            sig = _sigma_vector(sigma, B, z)
-            sizes = torch.tensor([self.patch_size(float(s)) for s in sig], dtype=torch.long)
-            x0_hat = torch.empty_like(z)
-            lse = z.new_empty(B, *z.shape[2:]) if self.record_stats else None
-            argmax = torch.empty(B, *z.shape[2:], 2, dtype=torch.long) if self.record_stats else None
-            attention = torch.full((B, *z.shape[2:]), -1, dtype=torch.long) if self.gamma != 0 else None
-            labels = None if class_labels is None else torch.as_tensor(class_labels).reshape(-1)
-            for P in sizes.unique().tolist():
-                idx = (sizes == P).nonzero().reshape(-1)
-                self.key_logw = self.prior_logw(P)
-                out = DistributedPatchMachine.__call__(self, z[idx], sig[idx], None if labels is None else labels[idx])
-                if self.gamma != 0:
-                    Pa = self.attention_size(P)
-                    center = self.center(Pa).to(z.dtype)
-                    y_star = None
-                    if self.tau is None:
-                        y_star = patch_argmax_attention(z[idx], Pa, exclude=self.exclude, center=center,
-                                                        backend=self.backend)
-                        attention[idx] = y_star
-                    out = apply_sample_attention(out, z[idx], self.gamma, Pa, center=center, exclude=self.exclude,
-                                                 tau=self.tau, backend=self.backend, y_star=y_star)
-                x0_hat[idx] = out
-                if self.record_stats:
-                    lse[idx] = self.last_stats.lse
-                    argmax[idx] = self.last_stats.argmax
-            self.key_logw = None
-            self.last_attention = attention
-            if self.record_stats:
-                self.last_stats = PatchPosterior(x0_hat, lse, argmax)
-            return x0_hat
+        # AELSDenoiser's call (prior, sample-time attention, stats) around the sharded ELS
+        # softmax; without this line the MRO would pick DistributedPatchMachine.__call__.
+        __call__ = AELSDenoiser.__call__
+
+        def _els_call(self, z: torch.Tensor, sigma: torch.Tensor, class_labels) -> torch.Tensor:
+            return DistributedPatchMachine.__call__(self, z, sigma, class_labels)
 
     return DistributedAELSDenoiser
 
