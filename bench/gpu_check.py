@@ -79,16 +79,6 @@ def build(kind: str) -> None:
 # 2. Correctness
 
 
-MACHINES = [
-    ("ideal", "zeros", "all"),
-    ("local", "zeros", "all"),
-    ("local", "circular", "all"),
-    ("els", "zeros", "all"),
-    ("els", "circular", "all"),
-    ("els", "circular", "valid"),
-]
-
-
 def random_inputs(B, C, H, W, N, sigma, seed, mode="els", logw=False, removed=True):
     import torch
 
@@ -161,6 +151,7 @@ def check_forward(name, z, data, sigma, P, machine, dtype, key_logw=None, tol_x=
 
 def correctness() -> None:
     import torch
+    from creativity_fast.dictionary import OPERATOR_VARIANTS as MACHINES
     from creativity_fast.reference import patch_posterior_mean_reference
 
     log("\n== correctness against creativity_fast.reference (CPU) ==")

@@ -33,20 +33,14 @@ import torch
 
 from creativity_fast import ops
 from creativity_fast.attention import patch_argmax_attention_reference
+from creativity_fast.dictionary import OPERATOR_VARIANTS
 from creativity_fast.reference import patch_posterior_mean_reference
 
 ROOT = Path(__file__).resolve().parents[1]
 CSRC = ROOT / "csrc"
 
 # (mode, boundary, keys) of every machine the operator computes.
-MACHINES = [
-    ("ideal", "zeros", "all"),
-    ("local", "zeros", "all"),
-    ("local", "circular", "all"),
-    ("els", "zeros", "all"),
-    ("els", "circular", "all"),
-    ("els", "circular", "valid"),
-]
+MACHINES = OPERATOR_VARIANTS
 MACHINE_IDS = ["-".join(m) for m in MACHINES]
 TOL = {torch.float64: dict(atol=1e-10, rtol=1e-10), torch.float32: dict(atol=5e-5, rtol=2e-5)}
 

@@ -14,14 +14,14 @@ import torch
 
 import creativity_fast as cf
 from creativity_fast import ops, reference
+from creativity_fast.dictionary import OPERATOR_VARIANTS
 
 from oracle import oracle
 
 pytestmark = pytest.mark.skipif(not ops.has_kernel("cpu"), reason="CPU kernel not built")
 
 OP = torch.ops.creativity_fast.patch_posterior_mean if ops.has_kernel("cpu") else None
-MACHINES = [("ideal", "zeros", "all"), ("local", "zeros", "all"), ("local", "circular", "all"),
-            ("els", "zeros", "all"), ("els", "circular", "all"), ("els", "circular", "valid")]
+MACHINES = OPERATOR_VARIANTS
 ENV = ("ISA", "TILE_ROWS", "ALGO", "PRUNE", "SLIDE_MIN")
 
 

@@ -6,18 +6,12 @@ import pytest
 import torch
 
 import creativity_fast as cf
+from creativity_fast.dictionary import OPERATOR_VARIANTS
 from creativity_fast.reference import patch_posterior_mean_reference as reference
 
 from oracle import oracle
 
-CASES = [  # (mode, boundary, keys)
-    ("ideal", "zeros", "all"),
-    ("local", "zeros", "all"),
-    ("local", "circular", "all"),
-    ("els", "zeros", "all"),
-    ("els", "circular", "all"),
-    ("els", "circular", "valid"),
-]
+CASES = OPERATOR_VARIANTS  # (mode, boundary, keys)
 
 
 def random_inputs(gen, B, N, C, H, W, dtype=torch.float64):
