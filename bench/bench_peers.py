@@ -13,7 +13,7 @@ the ratios within one run, not absolute times.
   there is the patch-operator kernel when one is built (skipped otherwise).
 - ``pca_locality`` (two noise levels: small and large masks) and ``pspc`` (P = 3, 7, 15)
   run the masked-local operator: kernel ``csrc/cpu/masked_local_posterior.cpp`` beside
-  ``peers.masked_local_posterior_reference``.
+  ``reference.masked_local_posterior_reference``.
 """
 
 from __future__ import annotations

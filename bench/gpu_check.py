@@ -253,7 +253,8 @@ def check_attention(seed: int) -> None:
     float64 scores) and, on exact (dyadic) inputs with ties, against the pure-PyTorch reference."""
     import torch
     from creativity_fast import ops
-    from creativity_fast.attention import mean_patch, patch_argmax_attention_reference
+    from creativity_fast.ops import mean_patch
+from creativity_fast.reference import patch_argmax_attention_reference
 
     cpu_kernel = ops.has_kernel("cpu", "patch_argmax_attention")
 
@@ -431,7 +432,7 @@ def time_attention(images, batch: int, reps: int) -> None:
     """patch_argmax_attention: the AELS training in-degree (all 60,000 images) and a batch of samples."""
     import torch
     from creativity_fast import ops
-    from creativity_fast.attention import mean_patch
+    from creativity_fast.ops import mean_patch
 
     log("\n== timing: patch_argmax_attention (float32 images, float64 scores) ==")
     log(f"{'images':>8} {'P':>3} {'tau':>5} {'ms':>9} {'G pairs':>9} {'G pairs/s':>10} {'CPU kernel G pairs/s':>21}")

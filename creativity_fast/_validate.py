@@ -1,22 +1,26 @@
-"""Argument checks shared by every public entry point (SPEC 10).
+"""Argument checks shared by every public entry point (docs/theory.md §10).
 
 Each check raises ``ValueError`` or ``TypeError`` naming the argument and what was
-expected, before any kernel runs.
+expected, before any kernel runs. The C++ operators repeat the structural checks
+(``csrc/op_args.h``) for callers of ``torch.ops`` that bypass this layer.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Union
+import numbers
+from typing import Optional, Union
 
 import torch
 
 from .dictionary import BOUNDARIES, KEY_SETS, MODES
+from .op_types import MaskedSupport
 
 BACKENDS = ("auto", "reference", "kernel")
 
 
 def check_choice(name: str, value, choices) -> str:
+    """``value`` if it is one of the strings ``choices``."""
     if not isinstance(value, str) or value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
     return value
@@ -80,9 +84,9 @@ def check_sigma(sigma, batch: int, like: torch.Tensor) -> torch.Tensor:
     return sigma.contiguous()
 
 
-def check_query_and_data(z, data) -> tuple[torch.Tensor, torch.Tensor]:
+def check_query_and_data(z, data, *, allow_empty: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     z = check_images("z", z, finite=False)
-    data = check_images("data", data, finite=False)
+    data = check_images("data", data, finite=False, allow_empty=allow_empty)
     if data.device != z.device:
         raise ValueError(f"data is on {data.device} but z is on {z.device}; move them to one device")
     check_finite("z", z)
@@ -92,6 +96,10 @@ def check_query_and_data(z, data) -> tuple[torch.Tensor, torch.Tensor]:
             f"data images [N, C, H, W] = {tuple(data.shape)} do not match z [B, C, H, W] = {tuple(z.shape)} "
             "in C, H or W")
     return z, data.to(z.dtype)
+
+
+def check_backend(backend) -> str:
+    return check_choice("backend", backend, BACKENDS)
 
 
 def check_key_logw(key_logw, mode: str, data: torch.Tensor) -> Union[torch.Tensor, None]:
@@ -111,14 +119,17 @@ def check_key_logw(key_logw, mode: str, data: torch.Tensor) -> Union[torch.Tenso
     return key_logw.to(data.dtype).contiguous()
 
 
-def check_operator_args(z, data, sigma, P, mode, boundary, keys, key_logw, backend):
-    """All checks of ``patch_posterior_mean``; returns the normalised arguments."""
+def check_operator_args(z, data, sigma, P, mode, boundary, keys, key_logw, backend, *, allow_empty: bool = False):
+    """All checks of ``patch_posterior_mean``; returns the normalised arguments.
+
+    ``allow_empty``: ``data`` may hold no image (one shard of a sharded training set).
+    """
     mode = check_choice("mode", mode, MODES)
     boundary = check_choice("boundary", boundary, BOUNDARIES)
     keys = check_choice("keys", keys, KEY_SETS)
-    backend = check_choice("backend", backend, BACKENDS)
+    backend = check_backend(backend)
     P = check_patch_size(P)
-    z, data = check_query_and_data(z, data)
+    z, data = check_query_and_data(z, data, allow_empty=allow_empty)
     if keys == "valid":
         if mode != "els" or boundary != "circular":
             raise ValueError("keys='valid' applies only to mode='els' with boundary='circular'; "
@@ -130,3 +141,93 @@ def check_operator_args(z, data, sigma, P, mode, boundary, keys, key_logw, backe
     sigma = check_sigma(sigma, z.shape[0], z)
     key_logw = check_key_logw(key_logw, mode, data)
     return z, data, sigma, P, mode, boundary, keys, key_logw, backend
+
+
+# --------------------------------------------------------------------------- #
+# patch_argmax_attention
+
+
+def check_exclude(exclude, P: int) -> int:
+    """The Chebyshev exclusion radius; ``None`` means ``P`` (the two patches do not overlap)."""
+    if exclude is None:
+        return P
+    if isinstance(exclude, bool) or not isinstance(exclude, numbers.Integral) or exclude < 0:
+        raise ValueError(f"exclude must be a non-negative int (Chebyshev radius); got {exclude!r}")
+    return int(exclude)
+
+
+def check_tau(tau) -> Optional[float]:
+    """``None`` (top-1 attention) or a finite temperature > 0."""
+    if tau is None:
+        return None
+    if isinstance(tau, bool) or not isinstance(tau, numbers.Real) or not math.isfinite(tau) or tau <= 0:
+        raise ValueError(f"tau must be None (top-1 attention) or a finite float > 0; got {tau!r}")
+    return float(tau)
+
+
+def check_center(center, C: int, P: int, like: torch.Tensor) -> torch.Tensor:
+    if not isinstance(center, torch.Tensor):
+        raise TypeError(f"center must be a torch.Tensor [C, P, P]; got {type(center).__name__}")
+    if tuple(center.shape) != (C, P, P):
+        raise ValueError(f"center must have shape [C, P, P] = {[C, P, P]}; got {list(center.shape)}")
+    if center.device != like.device:
+        raise ValueError(f"center is on {center.device} but images are on {like.device}")
+    if not bool(torch.isfinite(center).all()):
+        raise ValueError("center contains NaN or infinite values")
+    return center.to(like.dtype)
+
+
+def check_attention_args(images, P, exclude, center, tau, backend="auto"):
+    """All checks of ``patch_argmax_attention``; ``center`` stays None when not given."""
+    backend = check_backend(backend)
+    images = check_images("images", images)
+    P = check_patch_size(P)
+    exclude = check_exclude(exclude, P)
+    tau = check_tau(tau)
+    if center is not None:
+        center = check_center(center, images.shape[1], P, images)
+    return images, P, exclude, center, tau, backend
+
+
+# --------------------------------------------------------------------------- #
+# masked_local_posterior
+
+
+def check_masked_support(support: MaskedSupport, U: int) -> None:
+    if not isinstance(support, MaskedSupport):
+        raise TypeError(f"support must be a MaskedSupport; got {type(support).__name__}")
+    for name in ("key_ptr", "key_index", "out_ptr", "out_index"):
+        t = getattr(support, name)
+        if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.dtype != torch.int64:
+            raise TypeError(f"support.{name} must be a 1-D int64 tensor")
+    if support.key_ptr.numel() < 1 or support.key_ptr.shape != support.out_ptr.shape:
+        raise ValueError("support.key_ptr and support.out_ptr must both have Q+1 entries")
+    if support.key_weight.shape != support.key_index.shape:
+        raise ValueError("support.key_weight must have one weight per key index")
+    for ptr, idx, name in ((support.key_ptr, support.key_index, "key"), (support.out_ptr, support.out_index, "out")):
+        if int(ptr[0]) != 0 or int(ptr[-1]) != idx.numel() or bool((ptr[1:] < ptr[:-1]).any()):
+            raise ValueError(f"support.{name}_ptr must rise from 0 to len({name}_index)")
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= U):
+            raise ValueError(f"support.{name}_index must lie in [0, {U})")
+    if not bool(torch.isfinite(support.key_weight).all()) or bool((support.key_weight < 0).any()):
+        raise ValueError("support.key_weight must be finite and >= 0")
+
+
+def check_masked_args(z, data, sigma, support: MaskedSupport, backend):
+    """All checks of ``masked_local_posterior``; returns ``(z, data, sigma [B], support, backend)``."""
+    backend = check_backend(backend)
+    if not isinstance(z, torch.Tensor) or not isinstance(data, torch.Tensor) or z.dim() != 3 or data.dim() != 3:
+        raise ValueError("z must be [B, C, U] and data [N, C, U] tensors")
+    if not z.is_floating_point():
+        raise TypeError(f"z must be floating point; got {z.dtype}")
+    if data.shape[0] == 0:
+        raise ValueError("data is empty: need at least one training image")
+    if data.shape[1:] != z.shape[1:]:
+        raise ValueError(f"data [N, C, U] = {tuple(data.shape)} does not match z [B, C, U] = {tuple(z.shape)}")
+    if data.device != z.device:
+        raise ValueError(f"data is on {data.device} but z is on {z.device}")
+    check_finite("z", z)
+    check_finite("data", data)
+    check_masked_support(support, z.shape[2])
+    sigma = check_sigma(sigma, z.shape[0], z)
+    return z, data.to(z.dtype), sigma, support.to(dtype=z.dtype, device=z.device), backend

@@ -100,7 +100,7 @@ def _check_candidates(candidates) -> List[int]:
 def _make_factory(machine_factory, machine_options: Optional[dict]):
     """``(data, P) -> denoiser`` from a callable or a registered machine name."""
     if isinstance(machine_factory, str):
-        from .denoisers import make_denoiser
+        from .registry import make_denoiser
         name, opts = machine_factory, dict(machine_options or {})
         return lambda data, P: make_denoiser(name, data, P=P, **opts)
     if not callable(machine_factory):

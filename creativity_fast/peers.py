@@ -1,7 +1,7 @@
 """Peer machines: every training-free denoiser in one engine, exact (SPEC 3.6).
 
 Four published training-free denoisers with the ``denoiser(z, sigma) -> x0_hat``
-contract, registered by name for ``make_denoiser`` and every CLI ``--machine``:
+contract, registered by name (``registry``) for ``make_denoiser`` and every CLI ``--machine``:
 
 ``nearest``       retrieval baseline: the training image nearest to ``z`` in L2.
                   The argmax path of the ideal operator (``patch_posterior_mean(mode="ideal")``).
@@ -24,64 +24,35 @@ every softmax runs over the whole (class-restricted) training set, streamed with
 running log-sum-exp per query, so splitting the data into chunks changes nothing.
 
 ``pca_locality`` and ``pspc`` share one operator, the *masked-local posterior*
-(:func:`masked_local_posterior`): the local machine with an arbitrary per-unit key
+(``ops.masked_local_posterior``): the local machine with an arbitrary per-unit key
 support (a sparse mask, CSR) in place of the square patch, and an output support
-whose training values are averaged under the unit's softmax. It has a C++ kernel
-(``csrc/cpu/masked_local_posterior.cpp``, schema ``csrc/peers_schema.cpp``) and the
-pure-PyTorch reference :func:`masked_local_posterior_reference` (oracle and fallback).
-See ``docs/peers.md``.
+whose training values are averaged under the unit's softmax. This module builds the
+supports (:func:`support_from_mask`, :func:`square_crop_support`); the operator, its
+kernel and its reference twin live with the other operators. See ``docs/peers.md``.
 """
 
 from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from typing import NamedTuple, Optional
+from typing import Optional
 
 import torch
 
-from . import ops
-from ._validate import BACKENDS, check_choice, check_images, check_patch_size, check_sigma
-from .denoisers import PatchSize, _ClassConditional, register_machine
-from .ops import PatchPosterior, patch_posterior_mean
-from .reference import DEFAULT_MEMORY_BUDGET, _RunningSoftmax, _sq_dist
+from ._validate import check_backend, check_choice, check_images, check_patch_size, check_sigma
+from .classes import TrainingClasses
+from .denoisers import PatchSize, by_patch_size, patch_size_at
+from .ops import MaskedSupport, PatchPosterior, masked_local_posterior, patch_posterior_mean
 
 __all__ = [
-    "MaskedSupport", "masked_local_posterior", "masked_local_posterior_reference", "support_from_mask",
-    "square_crop_support", "wiener_mask", "NearestDenoiser", "SmoothedDenoiser", "PCALocalityDenoiser",
-    "PatchPosteriorAverage",
+    "support_from_mask", "square_crop_support", "wiener_mask", "NearestDenoiser", "SmoothedDenoiser",
+    "PCALocalityDenoiser", "PatchPosteriorAverage",
 ]
 
-OP = "masked_local_posterior"
-
 
 # --------------------------------------------------------------------------- #
-# The masked-local posterior operator
+# Supports of the masked-local posterior operator (ops.masked_local_posterior)
 # --------------------------------------------------------------------------- #
-
-class MaskedSupport(NamedTuple):
-    """Per-unit key and output supports in CSR form over ``U`` units (pixels or channel-pixels).
-
-    Unit ``q`` measures distances on ``key_index[key_ptr[q]:key_ptr[q+1]]`` with weights
-    ``key_weight`` (same slice) and averages the training values on
-    ``out_index[out_ptr[q]:out_ptr[q+1]]``. ``key_ptr, out_ptr: [Q+1]``, indices int64.
-    """
-
-    key_ptr: torch.Tensor
-    key_index: torch.Tensor
-    key_weight: torch.Tensor
-    out_ptr: torch.Tensor
-    out_index: torch.Tensor
-
-    @property
-    def num_units(self) -> int:
-        return self.key_ptr.numel() - 1
-
-    def to(self, dtype=None, device=None) -> "MaskedSupport":
-        return MaskedSupport(self.key_ptr.to(device), self.key_index.to(device),
-                             self.key_weight.to(dtype=dtype, device=device), self.out_ptr.to(device),
-                             self.out_index.to(device))
-
 
 def _ptr(counts: torch.Tensor) -> torch.Tensor:
     return torch.cat([counts.new_zeros(1), counts.cumsum(0)]).long()
@@ -124,160 +95,6 @@ def square_crop_support(H: int, W: int, P: int) -> MaskedSupport:
     return MaskedSupport(ptr, index, torch.ones(index.numel(), dtype=torch.float64), ptr.clone(), index.clone())
 
 
-def _check_support(support: MaskedSupport, U: int) -> None:
-    if not isinstance(support, MaskedSupport):
-        raise TypeError(f"support must be a MaskedSupport; got {type(support).__name__}")
-    for name in ("key_ptr", "key_index", "out_ptr", "out_index"):
-        t = getattr(support, name)
-        if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.dtype != torch.int64:
-            raise TypeError(f"support.{name} must be a 1-D int64 tensor")
-    if support.key_ptr.numel() < 1 or support.key_ptr.shape != support.out_ptr.shape:
-        raise ValueError("support.key_ptr and support.out_ptr must both have Q+1 entries")
-    if support.key_weight.shape != support.key_index.shape:
-        raise ValueError("support.key_weight must have one weight per key index")
-    for ptr, idx, name in ((support.key_ptr, support.key_index, "key"), (support.out_ptr, support.out_index, "out")):
-        if int(ptr[0]) != 0 or int(ptr[-1]) != idx.numel() or bool((ptr[1:] < ptr[:-1]).any()):
-            raise ValueError(f"support.{name}_ptr must rise from 0 to len({name}_index)")
-        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= U):
-            raise ValueError(f"support.{name}_index must lie in [0, {U})")
-    if not bool(torch.isfinite(support.key_weight).all()) or bool((support.key_weight < 0).any()):
-        raise ValueError("support.key_weight must be finite and >= 0")
-
-
-def _use_kernel(backend: str, device) -> bool:
-    backend = check_choice("backend", backend, BACKENDS)
-    if backend == "reference":
-        return False
-    available = ops.has_kernel(device, OP)
-    if backend == "kernel" and not available:
-        raise ValueError(f"backend='kernel' but no compiled {OP} kernel is available for {torch.device(device).type}")
-    return available
-
-
-def masked_local_posterior(z: torch.Tensor, data: torch.Tensor, sigma, support: MaskedSupport, *,
-                           backend: str = "auto", chunk_size: Optional[int] = None):
-    """Masked-local posterior mean: the local machine with a per-unit mask (SPEC 3.6).
-
-    For every sample ``b`` and unit ``q`` (key support ``K_q`` with weights ``w``, output support ``O_q``),
-    ``w_i(b, q) = softmax_i(-sum_{k in K_q} w_k sum_c (z[b,c,k] - data[i,c,k])^2 / (2 sigma_b^2))``
-    over every training image ``i`` (exact, streamed), and
-    ``mean[b, c, j] = sum_i w_i(b, q) data[i, c, out_index[j]]`` for the entries ``j`` of ``O_q``.
-
-    Args:
-        z: [B, C, U] queries; data: [N, C, U] training values (U units, C values per unit).
-        sigma: float or [B] (> 0). A softmax temperature ``tau`` is ``sigma * sqrt(tau)``.
-        support: a :class:`MaskedSupport` over the ``U`` units.
-        backend: ``"auto" | "kernel" | "reference"``; chunk_size: images per chunk (reference).
-
-    Returns:
-        ``(mean [B, C, nnz_out], lse [B, Q])``.
-    """
-    if not isinstance(z, torch.Tensor) or not isinstance(data, torch.Tensor) or z.dim() != 3 or data.dim() != 3:
-        raise ValueError("z must be [B, C, U] and data [N, C, U] tensors")
-    if not z.is_floating_point():
-        raise TypeError(f"z must be floating point; got {z.dtype}")
-    if data.shape[0] == 0:
-        raise ValueError("data is empty: need at least one training image")
-    if data.shape[1:] != z.shape[1:]:
-        raise ValueError(f"data [N, C, U] = {tuple(data.shape)} does not match z [B, C, U] = {tuple(z.shape)}")
-    if data.device != z.device:
-        raise ValueError(f"data is on {data.device} but z is on {z.device}")
-    for name, t in (("z", z), ("data", data)):
-        if not bool(torch.isfinite(t).all()):
-            raise ValueError(f"{name} contains NaN or infinite values")
-    _check_support(support, z.shape[2])
-    data = data.to(z.dtype)
-    sigma = check_sigma(sigma, z.shape[0], z)
-    support = support.to(dtype=z.dtype, device=z.device)
-    if _use_kernel(backend, z.device):
-        return torch.ops.creativity_fast.masked_local_posterior(z.contiguous(), data.contiguous(), sigma, *support)
-    return masked_local_posterior_reference(z, data, sigma, support, chunk_size=chunk_size)
-
-
-def masked_local_posterior_reference(z, data, sigma, support: MaskedSupport, *, chunk_size=None,
-                                     memory_budget: int = DEFAULT_MEMORY_BUDGET):
-    """Pure-PyTorch :func:`masked_local_posterior` (validated arguments; ``sigma [B]``).
-
-    Units are padded to the largest support (padding has weight 0 and is dropped from the
-    output), processed in blocks of units and streamed over chunks of training images with
-    ``reference._RunningSoftmax`` (a running log-sum-exp per (unit, sample)). Memory is
-    bounded by ``memory_budget`` bytes of temporaries; differentiable with plain autograd.
-    """
-    B, C, U = z.shape
-    N = data.shape[0]
-    Q = support.num_units
-    key_len = support.key_ptr[1:] - support.key_ptr[:-1]
-    out_len = support.out_ptr[1:] - support.out_ptr[:-1]
-    Kmax, Omax = max(1, int(key_len.max())) if Q else 1, max(1, int(out_len.max())) if Q else 1
-    dev = z.device
-
-    def padded(ptr, values, lengths, width):
-        """``[Q, width]`` rows of a CSR array, padded with zeros, and the validity mask."""
-        pos = torch.arange(width, device=dev)
-        valid = pos[None, :] < lengths[:, None]
-        if values.numel() == 0:
-            return values.new_zeros(lengths.numel(), width), valid
-        flat = (ptr[:-1, None] + pos[None, :]).clamp_max(values.numel() - 1)
-        gathered = values[flat]
-        return torch.where(valid, gathered, torch.zeros_like(gathered)), valid
-
-    key_idx, _ = padded(support.key_ptr, support.key_index, key_len, Kmax)
-    key_w, _ = padded(support.key_ptr, support.key_weight.to(z.dtype), key_len, Kmax)
-    out_idx, out_valid = padded(support.out_ptr, support.out_index, out_len, Omax)
-
-    inv2s2 = (1.0 / (2 * sigma * sigma))[None, :, None]  # [1, B, 1]
-    elt = z.element_size()
-    per_unit = elt * (B * (Kmax * C + 2 * Omax * C + 8))  # queries and softmax state
-    per_unit_image = elt * (Kmax * C + Omax * C + 3 * B)  # keys, outputs, logits
-    q_block = max(1, min(Q, memory_budget // max(1, 2 * per_unit)))
-    if chunk_size is not None:
-        step = max(1, int(chunk_size))
-    else:
-        step = max(1, (memory_budget - q_block * per_unit) // max(1, q_block * per_unit_image))
-
-    mean = z.new_zeros(B, C, support.out_index.numel())
-    lse = z.new_empty(B, Q)
-    for q0 in range(0, Q, q_block):
-        qs = slice(q0, min(Q, q0 + q_block))
-        kidx, kw, oidx = key_idx[qs], key_w[qs], out_idx[qs]
-        nq = kidx.shape[0]
-        weights = kw[:, :, None].expand(nq, Kmax, C).reshape(nq, 1, Kmax * C)
-        query = z[:, :, kidx].permute(2, 0, 3, 1).reshape(nq, B, Kmax * C)  # [nq, B, Kmax*C], entry k*C + c
-        q_sq = (query * query * weights).sum(-1)
-        state = _RunningSoftmax((nq, B), C * Omax, z)
-        for start in range(0, N, step):
-            chunk = data[start:start + step]
-            n = chunk.shape[0]
-            keys = chunk[:, :, kidx].permute(2, 0, 3, 1).reshape(nq, n, Kmax * C)
-            outs = chunk[:, :, oidx].permute(2, 0, 1, 3).reshape(nq, n, C * Omax)  # entry c*Omax + o
-            logits = -_sq_dist(query, q_sq, keys, weights) * inv2s2  # [nq, B, n]
-            ids = torch.arange(start, start + n, device=dev)[None, None, :]
-            state.update(logits, lambda p, v=outs: torch.bmm(p, v), ids)
-        unit_mean = (state.weighted / state.sum[..., None]).reshape(nq, B, C, Omax)
-        lse[:, qs] = (state.max + torch.log(state.sum)).T
-        valid = out_valid[qs]
-        dest = (support.out_ptr[q0:q0 + nq, None] + torch.arange(Omax, device=dev)[None, :])[valid]  # [nnz]
-        vals = unit_mean.permute(1, 2, 0, 3)[:, :, valid]  # [B, C, nnz]
-        mean = mean.index_copy(2, dest, vals)
-    return mean, lse
-
-
-def _register_fake() -> None:
-    if ops.EXTENSION_ERROR is not None or not hasattr(torch.ops.creativity_fast, OP):
-        return
-
-    @torch.library.register_fake(f"creativity_fast::{OP}")
-    def _(z, data, sigma, key_ptr, key_index, key_weight, out_ptr, out_index):
-        B, C, _U = z.shape
-        return z.new_empty((B, C, out_index.shape[0])), z.new_empty((B, key_ptr.shape[0] - 1))
-
-
-try:
-    _register_fake()
-except (RuntimeError, AttributeError):  # pragma: no cover - op absent from an old build
-    pass
-
-
 # --------------------------------------------------------------------------- #
 # Shared helpers of the machines
 # --------------------------------------------------------------------------- #
@@ -287,12 +104,6 @@ def _check_query(z: torch.Tensor, data: torch.Tensor) -> None:
     if z.shape[1:] != data.shape[1:]:
         raise ValueError(f"z [B, C, H, W] = {tuple(z.shape)} does not match the training images "
                          f"{tuple(data.shape[1:])} in C, H or W")
-
-
-def _global_index(classes: _ClassConditional, label: Optional[int], local: torch.Tensor) -> torch.Tensor:
-    if label is None:
-        return local
-    return (classes.labels == int(label)).nonzero().reshape(-1).to(local.device)[local]
 
 
 def _positive(name: str, value, *, allow_zero: bool = False) -> float:
@@ -321,8 +132,8 @@ class NearestDenoiser:
 
     def __init__(self, data, *, labels=None, class_label: Optional[int] = None, backend: str = "auto",
                  record_stats: bool = False):
-        self.classes = _ClassConditional(data, labels, class_label)
-        self.backend = check_choice("backend", backend, BACKENDS)
+        self.classes = TrainingClasses(data, labels, class_label)
+        self.backend = check_backend(backend)
         self.record_stats = record_stats
         self.last_index: Optional[torch.Tensor] = None
         self.last_stats: Optional[PatchPosterior] = None
@@ -343,7 +154,7 @@ class NearestDenoiser:
             res = patch_posterior_mean(z[rows], data, 1.0, 1, mode="ideal", return_stats=True, backend=self.backend)
             mu = res.argmax[:, 0, 0, 0]
             out[rows] = data[mu].to(z.dtype)
-            index[rows] = _global_index(self.classes, label, mu)
+            index[rows] = self.classes.global_ids(label, mu)
             lse[rows] = res.lse[:, 0, 0]
         self.last_index = index
         if self.record_stats:
@@ -377,14 +188,14 @@ class SmoothedDenoiser:
 
     def __init__(self, data, *, s: float = 0.5, J: int = 8, seed: int = 0, resample: bool = False,
                  labels=None, class_label: Optional[int] = None, backend: str = "auto"):
-        self.classes = _ClassConditional(data, labels, class_label)
+        self.classes = TrainingClasses(data, labels, class_label)
         self.s = _positive("s", s, allow_zero=True)
         if isinstance(J, bool) or not isinstance(J, int) or J < 1:
             raise ValueError(f"J (number of smoothing copies) must be an int >= 1; got {J!r}")
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise TypeError(f"seed must be an int; got {seed!r}")
         self.J, self.seed, self.resample = J, seed, bool(resample)
-        self.backend = check_choice("backend", backend, BACKENDS)
+        self.backend = check_backend(backend)
         self._generator = torch.Generator().manual_seed(seed)
         self._noise: Optional[torch.Tensor] = None
 
@@ -470,7 +281,7 @@ class PCALocalityDenoiser:
                  binary: bool = True, mask: Optional[torch.Tensor] = None, labels=None,
                  class_label: Optional[int] = None, backend: str = "auto", chunk_size: Optional[int] = None,
                  max_cached: int = 64):
-        self.classes = _ClassConditional(data, labels, class_label)
+        self.classes = TrainingClasses(data, labels, class_label)
         C, H, W = self.data.shape[1:]
         if theta is None:
             theta = 0.005 if C == 1 else 0.05
@@ -480,7 +291,7 @@ class PCALocalityDenoiser:
         self.tau = _positive("tau", tau)
         self.channels = check_choice("channels", channels, ("full", "shared"))
         self.binary = bool(binary)
-        self.backend = check_choice("backend", backend, BACKENDS)
+        self.backend = check_backend(backend)
         self.chunk_size = chunk_size
         self.units = C * H * W if self.channels == "full" else H * W
         self.fixed_support: Optional[MaskedSupport] = None
@@ -569,9 +380,9 @@ class PatchPosteriorAverage:
 
     def __init__(self, data, P: PatchSize = 3, *, labels=None, class_label: Optional[int] = None,
                  backend: str = "auto", chunk_size: Optional[int] = None):
-        self.classes = _ClassConditional(data, labels, class_label)
+        self.classes = TrainingClasses(data, labels, class_label)
         self.P = P if callable(P) else check_patch_size(P)
-        self.backend = check_choice("backend", backend, BACKENDS)
+        self.backend = check_backend(backend)
         self.chunk_size = chunk_size
         self._supports: dict[int, tuple[MaskedSupport, torch.Tensor]] = {}
 
@@ -580,7 +391,7 @@ class PatchPosteriorAverage:
         return self.classes.data
 
     def patch_size(self, sigma: float) -> int:
-        return check_patch_size(self.P(sigma) if callable(self.P) else self.P, "P (from the patch schedule)")
+        return patch_size_at(self.P, sigma)
 
     def support(self, P: int) -> tuple[MaskedSupport, torch.Tensor]:
         """Crop supports and the number of crops covering each pixel ``[H*W]``."""
@@ -598,42 +409,10 @@ class PatchPosteriorAverage:
         out = torch.empty_like(z)
         for label, rows in self.classes.groups(B, class_labels):
             data = self.classes.subset(label).to(z.dtype).reshape(-1, C, H * W)
-            sizes = torch.tensor([self.patch_size(float(s)) for s in sig[rows]], dtype=torch.long)
-            for P in sizes.unique().tolist():
-                idx = rows[sizes == P]
+            for P, idx in by_patch_size(self.patch_size, sig, rows):
                 sup, count = self.support(P)
                 mean, _ = masked_local_posterior(z[idx].reshape(-1, C, H * W), data, sig[idx], sup,
                                                  backend=self.backend, chunk_size=self.chunk_size)
                 total = mean.new_zeros(idx.numel(), C, H * W).index_add_(2, sup.out_index.to(z.device), mean)
                 out[idx] = (total / count.to(z.device, z.dtype)).reshape(-1, C, H, W)
         return out
-
-
-# --------------------------------------------------------------------------- #
-# registry (make_denoiser and every CLI --machine); options that do not apply are ignored
-# --------------------------------------------------------------------------- #
-
-@register_machine("nearest")
-def _nearest(data, *, labels=None, class_label=None, backend="auto", record_stats=False, **_unused):
-    return NearestDenoiser(data, labels=labels, class_label=class_label, backend=backend, record_stats=record_stats)
-
-
-@register_machine("smoothed")
-def _smoothed(data, *, s: float = 0.5, J: int = 8, seed: int = 0, resample: bool = False, labels=None,
-              class_label=None, backend="auto", **_unused):
-    return SmoothedDenoiser(data, s=s, J=J, seed=seed, resample=resample, labels=labels, class_label=class_label,
-                            backend=backend)
-
-
-@register_machine("pca_locality")
-def _pca_locality(data, *, theta: Optional[float] = None, tau: float = 1.0, channels: str = "full",
-                  binary: bool = True, mask=None, labels=None, class_label=None, backend="auto",
-                  chunk_size=None, **_unused):
-    return PCALocalityDenoiser(data, theta=theta, tau=tau, channels=channels, binary=binary, mask=mask,
-                               labels=labels, class_label=class_label, backend=backend, chunk_size=chunk_size)
-
-
-@register_machine("pspc")
-def _pspc(data, *, P: PatchSize = 3, labels=None, class_label=None, backend="auto", chunk_size=None, **_unused):
-    return PatchPosteriorAverage(data, P, labels=labels, class_label=class_label, backend=backend,
-                                 chunk_size=chunk_size)

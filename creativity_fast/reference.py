@@ -1,7 +1,13 @@
-"""Pure-PyTorch reference of the patch posterior mean (SPEC 3.1-3.3, 4).
+"""Pure-PyTorch twins of every operator (docs/theory.md §3.1-3.6, §4).
 
-This is the test oracle and the fallback backend. It is written for clarity and
-bounded memory, not speed:
+- :func:`patch_posterior_mean_reference` (and its partials): the ideal, local and
+  equivariant local machines;
+- :func:`patch_argmax_attention_reference` (with the dense :func:`attention_scores`);
+- :func:`masked_local_posterior_reference`.
+
+They are the test oracles (themselves checked against the literal float64 brute
+force of ``tests/oracle.py``) and the fallback backend. They are written for
+clarity and bounded memory, not speed:
 
 - every softmax is exact over the whole training set: the data are streamed in
   chunks and merged with a running log-sum-exp *per query pixel* (never a max
@@ -19,67 +25,17 @@ matrix product. Everything runs in float64 for every input dtype (exact to
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
+from ._validate import check_attention_args, check_images, check_patch_size, check_tau
 from .dictionary import admissible_centres, patch_offsets
+from .op_types import Attention, MaskedSupport
+from .partials import RunningSoftmax, SoftmaxPartials, finalize_partials
 
 DEFAULT_MEMORY_BUDGET = 256 * 2**20  # bytes of temporaries per chunk
-
-
-class SoftmaxPartials(NamedTuple):
-    """Mergeable streaming-softmax state per query pixel.
-
-    ``max [B,H,W]`` the running max logit, ``sum [B,H,W]`` ``sum exp(logit - max)``,
-    ``weighted [B,C,H,W]`` ``sum exp(logit - max) * centre``, ``best [B,H,W]`` the
-    largest logit and ``best_key [B,H,W]`` its key id ``mu * H * W + y``.
-    Partials over disjoint key sets merge exactly with ``merge_partials``.
-    """
-
-    max: torch.Tensor
-    sum: torch.Tensor
-    weighted: torch.Tensor
-    best: torch.Tensor
-    best_key: torch.Tensor
-
-
-class _RunningSoftmax:
-    """Online softmax over key chunks for a block of queries ``[..., K]`` (flash-attention style).
-
-    Written without in-place updates so that autograd can differentiate through it.
-    """
-
-    def __init__(self, query_shape, channels, like: torch.Tensor):
-        kw = dict(dtype=like.dtype, device=like.device)
-        self.max = torch.full(query_shape, float("-inf"), **kw)
-        self.sum = torch.zeros(query_shape, **kw)
-        self.weighted = torch.zeros(*query_shape, channels, **kw)
-        self.best = torch.full(query_shape, float("-inf"), **kw)
-        self.best_key = torch.full(query_shape, -1, dtype=torch.int64, device=like.device)
-
-    def update(self, logits: torch.Tensor, weight_centres: Callable[[torch.Tensor], torch.Tensor],
-               key_ids: torch.Tensor) -> None:
-        """Fold in one chunk.
-
-        logits: [..., K]; weight_centres(p [..., K]) -> [..., C] computes ``p @ centres``;
-        key_ids: int64 broadcastable to logits, the global key id of each column.
-        """
-        chunk_max, chunk_arg = logits.detach().max(dim=-1)
-        new_max = torch.maximum(self.max, chunk_max)
-        # The max only stabilises exp; the result does not depend on it (no gradient needed).
-        shift = torch.where(torch.isfinite(new_max), new_max, torch.zeros_like(new_max))
-        rescale = torch.exp(self.max - shift)
-        p = torch.exp(logits - shift[..., None])
-        self.sum = self.sum * rescale + p.sum(-1)
-        self.weighted = self.weighted * rescale[..., None] + weight_centres(p)
-        self.max = new_max
-        # Strictly greater keeps the earliest key on ties (lowest (mu, y)).
-        better = chunk_max > self.best
-        ids = torch.broadcast_to(key_ids, logits.shape).gather(-1, chunk_arg[..., None])[..., 0]
-        self.best = torch.where(better, chunk_max, self.best)
-        self.best_key = torch.where(better, ids, self.best_key)
 
 
 def _patch_index(size: int, offsets: list[int], boundary: str, device) -> torch.Tensor:
@@ -125,14 +81,14 @@ def _images_per_chunk(bytes_per_image: int, budget: int, chunk_size: Optional[in
 
 
 def ideal_partials(z, data, sigma, key_logw=None, *, chunk_size=None, memory_budget=DEFAULT_MEMORY_BUDGET):
-    """Ideal score machine (SPEC 3.1): one softmax over whole training images per sample."""
+    """Ideal score machine (docs/theory.md §3.1): one softmax over whole training images per sample."""
     B, C, H, W = z.shape
     N = data.shape[0]
     q = z.reshape(B, -1)
     q_sq = (q * q).sum(-1)
     inv2s2 = 1.0 / (2 * sigma * sigma)  # [B]
     ones = torch.ones(q.shape[1], dtype=z.dtype, device=z.device)
-    state = _RunningSoftmax((B,), C * H * W, z)
+    state = RunningSoftmax((B,), C * H * W, z)
     step = _images_per_chunk(z.element_size() * (C * H * W + 4 * B), memory_budget, chunk_size)
     for start in range(0, N, step):
         k = data[start:start + step].to(z.dtype).reshape(-1, C * H * W)
@@ -151,7 +107,7 @@ def ideal_partials(z, data, sigma, key_logw=None, *, chunk_size=None, memory_bud
 
 def local_partials(z, data, sigma, P, boundary, key_logw=None, *, chunk_size=None,
                    memory_budget=DEFAULT_MEMORY_BUDGET):
-    """Local score machine (SPEC 3.2): per pixel, training patches at the same location."""
+    """Local score machine (docs/theory.md §3.2): per pixel, training patches at the same location."""
     B, C, H, W = z.shape
     N, HW = data.shape[0], H * W
     rows, cols, pad, weights = _patch_geometry(H, W, C, P, boundary, z)
@@ -159,7 +115,7 @@ def local_partials(z, data, sigma, P, boundary, key_logw=None, *, chunk_size=Non
     q = extract_patches(z, rows, cols, pad).transpose(0, 1)  # [HW, B, D]
     q_sq = (q * q * weights).sum(-1)
     inv2s2 = (1.0 / (2 * sigma * sigma))[None, :, None]  # [1, B, 1]
-    state = _RunningSoftmax((HW, B), C, z)
+    state = RunningSoftmax((HW, B), C, z)
     step = _images_per_chunk(z.element_size() * HW * (2 * D + 4 * B + C), memory_budget, chunk_size)
     pixel = torch.arange(HW, device=z.device)[:, None, None]
     for start in range(0, N, step):
@@ -179,7 +135,7 @@ def local_partials(z, data, sigma, P, boundary, key_logw=None, *, chunk_size=Non
 
 def els_partials(z, data, sigma, P, boundary, keys="all", key_logw=None, *, chunk_size=None,
                  memory_budget=DEFAULT_MEMORY_BUDGET):
-    """Equivariant local score machine (SPEC 3.3): every admissible patch of every image."""
+    """Equivariant local score machine (docs/theory.md §3.3): every admissible patch of every image."""
     B, C, H, W = z.shape
     N, HW = data.shape[0], H * W
     rows, cols, pad, weights = _patch_geometry(H, W, C, P, boundary, z)
@@ -190,7 +146,7 @@ def els_partials(z, data, sigma, P, boundary, keys="all", key_logw=None, *, chun
     q = extract_patches(z, rows, cols, pad).reshape(B * HW, D)
     q_sq = (q * q * weights).sum(-1)
     inv2s2 = (1.0 / (2 * sigma * sigma)).repeat_interleave(HW)[:, None, None]  # [B*HW, 1, 1]
-    state = _RunningSoftmax((B * HW,), C, z)
+    state = RunningSoftmax((B * HW,), C, z)
     step = _images_per_chunk(z.element_size() * HW * (D + 4 * B * HW + C), memory_budget, chunk_size)
     for start in range(0, N, step):
         chunk = data[start:start + step].to(z.dtype)
@@ -232,27 +188,6 @@ def patch_posterior_partials_reference(z, data, sigma, P, mode="els", boundary="
     return SoftmaxPartials(*(t.to(dtype) if t.is_floating_point() else t for t in parts))
 
 
-def merge_partials(a: SoftmaxPartials, b: SoftmaxPartials) -> SoftmaxPartials:
-    """Exact merge of partials over two disjoint key sets (log-sum-exp per query pixel).
-
-    Ties in ``best`` go to ``a``: pass the partials of lower key ids first.
-    """
-    new_max = torch.maximum(a.max, b.max)
-    shift = torch.where(torch.isfinite(new_max), new_max, torch.zeros_like(new_max))
-    sa, sb = torch.exp(a.max - shift), torch.exp(b.max - shift)
-    take_b = b.best > a.best
-    return SoftmaxPartials(
-        new_max, a.sum * sa + b.sum * sb, a.weighted * sa[:, None] + b.weighted * sb[:, None],
-        torch.where(take_b, b.best, a.best), torch.where(take_b, b.best_key, a.best_key))
-
-
-def finalize_partials(parts: SoftmaxPartials):
-    """``(x0_hat [B,C,H,W], lse [B,H,W], best_key [B,H,W])`` from partials."""
-    x0_hat = parts.weighted / parts.sum[:, None]
-    lse = parts.max + torch.log(parts.sum)
-    return x0_hat, lse, parts.best_key
-
-
 def patch_posterior_mean_reference(z, data, sigma, P, mode="els", boundary="zeros", keys="all",
                                    key_logw=None, *, chunk_size=None, memory_budget=DEFAULT_MEMORY_BUDGET):
     """Reference ``patch_posterior_mean``; arguments must already be validated.
@@ -268,3 +203,172 @@ def patch_posterior_mean_reference(z, data, sigma, P, mode="els", boundary="zero
     parts = patch_posterior_partials_reference(z, data, sigma, P, mode, boundary, keys, key_logw,
                                                chunk_size=chunk_size, memory_budget=memory_budget)
     return finalize_partials(parts)
+
+
+# --------------------------------------------------------------------------- #
+# patch_argmax_attention (docs/theory.md §3.4): dense float64 scores, small images only
+
+
+def mean_patch(images: torch.Tensor, P: int, *, chunk_size: int = 4096) -> torch.Tensor:
+    """Mean zero-extended ``P x P`` patch over every location of every image: ``[C, P, P]``.
+
+    images: [M, C, H, W]. The patch map is linear, so this is the mean over locations of
+    the patches of the mean image (float64 in chunks of images, returned in ``images.dtype``).
+    The default centre of the attention embedding.
+    """
+    images = check_images("images", images)
+    P = check_patch_size(P)
+    M, C, H, W = images.shape
+    total = torch.zeros(C, H, W, dtype=torch.float64, device=images.device)
+    for start in range(0, M, chunk_size):
+        total += images[start:start + chunk_size].to(torch.float64).sum(0)
+    return mean_patch_of_mean_image(total / M, P).to(images.dtype)
+
+
+def mean_patch_of_mean_image(mean: torch.Tensor, P: int) -> torch.Tensor:
+    """Mean zero-extended ``P x P`` patch ``[C, P, P]`` over the locations of one image ``mean [C, H, W]``."""
+    m = (P - 1) // 2
+    C = mean.shape[0]
+    patches = F.unfold(F.pad(mean[None], (m, m, m, m)), P)  # [1, C*P*P, H*W]
+    return patches.mean(-1).reshape(C, P, P)
+
+
+def _attention_patches(images: torch.Tensor, P: int) -> torch.Tensor:
+    """Zero-extended patches at every pixel: [M, H*W, C*P*P] (float64)."""
+    m = (P - 1) // 2
+    x = F.pad(images.to(torch.float64), (m, m, m, m))
+    return F.unfold(x, P).transpose(1, 2)
+
+
+def _outside_exclusion(H: int, W: int, exclude: int, device) -> torch.Tensor:
+    """[HW, HW] bool: ``max(|dr|, |dc|) >= exclude`` between query x (row) and key y (column)."""
+    r = torch.arange(H, device=device).repeat_interleave(W)
+    c = torch.arange(W, device=device).repeat(H)
+    cheb = torch.maximum((r[:, None] - r[None, :]).abs(), (c[:, None] - c[None, :]).abs())
+    return cheb >= exclude
+
+
+def attention_scores(images: torch.Tensor, P: int, *, exclude: Optional[int] = None,
+                     center: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Dense scores ``<e(Pi_x), e(Pi_y)>`` [M, HW, HW] in float64, -inf where not admissible.
+
+    images: [M, C, H, W]; center: [C, P, P] (default :func:`mean_patch` of ``images``).
+    Memory ``M * (HW)^2``: small images only.
+    """
+    images, P, exclude, center, _, _ = check_attention_args(images, P, exclude, center, None)
+    center = mean_patch(images, P) if center is None else center
+    M, C, H, W = images.shape
+    e = _attention_patches(images, P) - center.to(torch.float64).reshape(1, 1, -1)
+    scores = e @ e.transpose(1, 2)
+    return scores.masked_fill(~_outside_exclusion(H, W, exclude, images.device), float("-inf"))
+
+
+def soft_attention_weights(images: torch.Tensor, P: int, *, exclude: Optional[int] = None,
+                           center: Optional[torch.Tensor] = None, tau: float = 1.0) -> torch.Tensor:
+    """Row-softmax attention ``a_xy`` [M, HW, HW] (float64; rows without keys are 0). Small images only."""
+    tau = check_tau(tau)
+    s = attention_scores(images, P, exclude=exclude, center=center)
+    return torch.softmax(s / tau, dim=-1).nan_to_num(0.0)
+
+
+def patch_argmax_attention_reference(images: torch.Tensor, P: int, *, exclude: Optional[int] = None,
+                                     center: Optional[torch.Tensor] = None, tau: Optional[float] = None,
+                                     return_in_degree: bool = False, chunk_size: int = 16):
+    """Pure-PyTorch twin of ``ops.patch_argmax_attention`` (same arguments and results)."""
+    images, P, exclude, center, tau, _ = check_attention_args(images, P, exclude, center, tau)
+    center = mean_patch(images, P) if center is None else center
+    M, C, H, W = images.shape
+    HW = H * W
+    y_star = torch.empty(M, HW, dtype=torch.int64, device=images.device)
+    in_degree = torch.zeros(M, HW, dtype=torch.float64, device=images.device)
+    for start in range(0, M, chunk_size):
+        s = attention_scores(images[start:start + chunk_size], P, exclude=exclude, center=center)
+        has_key = torch.isfinite(s).any(-1)
+        best = s.argmax(-1)  # first maximum: the lowest flat index on ties
+        best = torch.where(has_key, best, torch.full_like(best, -1))
+        y_star[start:start + s.shape[0]] = best
+        if tau is None:
+            counts = torch.zeros(s.shape[0], HW + 1, dtype=torch.float64, device=images.device)
+            counts.scatter_add_(1, torch.where(best < 0, HW, best), torch.ones_like(best, dtype=torch.float64))
+            in_degree[start:start + s.shape[0]] = counts[:, :HW]
+        else:
+            weights = torch.softmax(s / tau, dim=-1).nan_to_num(0.0)  # rows without keys: all zero
+            in_degree[start:start + s.shape[0]] = weights.sum(1)
+    y_star = y_star.reshape(M, H, W)
+    if tau is None and not return_in_degree:
+        return y_star
+    return Attention(y_star, in_degree.reshape(M, H, W).to(images.dtype))
+
+
+# --------------------------------------------------------------------------- #
+# masked_local_posterior (docs/theory.md §3.6)
+
+
+def masked_local_posterior_reference(z, data, sigma, support: MaskedSupport, *, chunk_size=None,
+                                     memory_budget: int = DEFAULT_MEMORY_BUDGET):
+    """Pure-PyTorch twin of ``ops.masked_local_posterior`` (validated arguments; ``sigma [B]``).
+
+    z: [B, C, U], data: [N, C, U]. Returns ``(mean [B, C, nnz_out], lse [B, Q])``.
+
+    Units are padded to the largest support (padding has weight 0 and is dropped from the
+    output), processed in blocks of units and streamed over chunks of training images with
+    ``RunningSoftmax`` (a running log-sum-exp per (unit, sample)). Memory is bounded by
+    ``memory_budget`` bytes of temporaries; differentiable with plain autograd.
+    """
+    B, C, U = z.shape
+    N = data.shape[0]
+    Q = support.num_units
+    key_len = support.key_ptr[1:] - support.key_ptr[:-1]
+    out_len = support.out_ptr[1:] - support.out_ptr[:-1]
+    Kmax, Omax = max(1, int(key_len.max())) if Q else 1, max(1, int(out_len.max())) if Q else 1
+    dev = z.device
+
+    def padded(ptr, values, lengths, width):
+        """``[Q, width]`` rows of a CSR array, padded with zeros, and the validity mask."""
+        pos = torch.arange(width, device=dev)
+        valid = pos[None, :] < lengths[:, None]
+        if values.numel() == 0:
+            return values.new_zeros(lengths.numel(), width), valid
+        flat = (ptr[:-1, None] + pos[None, :]).clamp_max(values.numel() - 1)
+        gathered = values[flat]
+        return torch.where(valid, gathered, torch.zeros_like(gathered)), valid
+
+    key_idx, _ = padded(support.key_ptr, support.key_index, key_len, Kmax)
+    key_w, _ = padded(support.key_ptr, support.key_weight.to(z.dtype), key_len, Kmax)
+    out_idx, out_valid = padded(support.out_ptr, support.out_index, out_len, Omax)
+
+    inv2s2 = (1.0 / (2 * sigma * sigma))[None, :, None]  # [1, B, 1]
+    elt = z.element_size()
+    per_unit = elt * (B * (Kmax * C + 2 * Omax * C + 8))  # queries and softmax state
+    per_unit_image = elt * (Kmax * C + Omax * C + 3 * B)  # keys, outputs, logits
+    q_block = max(1, min(Q, memory_budget // max(1, 2 * per_unit)))
+    if chunk_size is not None:
+        step = max(1, int(chunk_size))
+    else:
+        step = max(1, (memory_budget - q_block * per_unit) // max(1, q_block * per_unit_image))
+
+    mean = z.new_zeros(B, C, support.out_index.numel())
+    lse = z.new_empty(B, Q)
+    for q0 in range(0, Q, q_block):
+        qs = slice(q0, min(Q, q0 + q_block))
+        kidx, kw, oidx = key_idx[qs], key_w[qs], out_idx[qs]
+        nq = kidx.shape[0]
+        weights = kw[:, :, None].expand(nq, Kmax, C).reshape(nq, 1, Kmax * C)
+        query = z[:, :, kidx].permute(2, 0, 3, 1).reshape(nq, B, Kmax * C)  # [nq, B, Kmax*C], entry k*C + c
+        q_sq = (query * query * weights).sum(-1)
+        state = RunningSoftmax((nq, B), C * Omax, z)
+        for start in range(0, N, step):
+            chunk = data[start:start + step]
+            n = chunk.shape[0]
+            keys = chunk[:, :, kidx].permute(2, 0, 3, 1).reshape(nq, n, Kmax * C)
+            outs = chunk[:, :, oidx].permute(2, 0, 1, 3).reshape(nq, n, C * Omax)  # entry c*Omax + o
+            logits = -_sq_dist(query, q_sq, keys, weights) * inv2s2  # [nq, B, n]
+            ids = torch.arange(start, start + n, device=dev)[None, None, :]
+            state.update(logits, lambda p, v=outs: torch.bmm(p, v), ids)
+        unit_mean = (state.weighted / state.sum[..., None]).reshape(nq, B, C, Omax)
+        lse[:, qs] = (state.max + torch.log(state.sum)).T
+        valid = out_valid[qs]
+        dest = (support.out_ptr[q0:q0 + nq, None] + torch.arange(Omax, device=dev)[None, :])[valid]  # [nnz]
+        vals = unit_mean.permute(1, 2, 0, 3)[:, :, valid]  # [B, C, nnz]
+        mean = mean.index_copy(2, dest, vals)
+    return mean, lse

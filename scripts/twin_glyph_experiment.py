@@ -46,7 +46,7 @@ from creativity_fast import io  # noqa: E402
 from creativity_fast.attention import AELSDenoiser  # noqa: E402  (registers "aels")
 from creativity_fast.commands import common  # noqa: E402
 from creativity_fast.data.synthetic import DEFAULT_ALPHABET, GLYPH_NAMES, twin_glyphs  # noqa: E402
-from creativity_fast.denoisers import make_denoiser  # noqa: E402
+from creativity_fast.registry import make_denoiser  # noqa: E402
 from creativity_fast.figures import save_provenance_png, save_samples_by_machine  # noqa: E402
 from creativity_fast.metrics import analyze_samples, fraction_summary  # noqa: E402
 

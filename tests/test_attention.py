@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from creativity_fast import attention as A
-from creativity_fast.denoisers import ELSDenoiser, PatchMachine, make_denoiser, machine_names
+from creativity_fast import ops, reference
+from creativity_fast.denoisers import ELSDenoiser, PatchMachine
+from creativity_fast.registry import machine_names, make_denoiser
 from creativity_fast.ops import has_kernel
 
 BACKENDS = ["reference"] + (["kernel"] if has_kernel("cpu", "patch_argmax_attention") else [])
@@ -48,7 +50,7 @@ def test_matches_brute_force(backend, shape, P, exclude):
     torch.manual_seed(0)
     images = torch.randn(shape, dtype=torch.float64)
     center = torch.randn(shape[1], P, P, dtype=torch.float64) * 0.3
-    got = A.patch_argmax_attention(images, P, exclude=exclude, center=center, backend=backend)
+    got = ops.patch_argmax_attention(images, P, exclude=exclude, center=center, backend=backend)
     want = brute_force(images, P, P if exclude is None else exclude, center)
     assert got.dtype == torch.int64 and got.shape == shape[:1] + shape[2:]
     assert torch.equal(got, want)
@@ -61,23 +63,23 @@ def test_ties_go_to_lowest_flat_index(backend):
     images[0] = 1.0  # constant image: every admissible key ties
     center = torch.zeros(1, 3, 3)
     for exclude in (0, 1, 3):
-        got = A.patch_argmax_attention(images, 3, exclude=exclude, center=center, backend=backend)
+        got = ops.patch_argmax_attention(images, 3, exclude=exclude, center=center, backend=backend)
         assert torch.equal(got, brute_force(images, 3, exclude, center))
     # Constant image, zero centre: the score of x = (0, 0) is the number of its 4 inside pixels o with
     # y + o inside; every y at distance >= 3 with its lower-right 2x2 inside scores 4. The first: (0, 3).
-    got = A.patch_argmax_attention(images[:1], 3, exclude=3, center=center, backend=backend)
+    got = ops.patch_argmax_attention(images[:1], 3, exclude=3, center=center, backend=backend)
     assert got[0, 0, 0].item() == 3
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_no_admissible_location_is_minus_one(backend):
     images = torch.randn(2, 1, 5, 5)
-    y = A.patch_argmax_attention(images, 3, exclude=5, backend=backend)  # max distance in 5x5 is 4
+    y = ops.patch_argmax_attention(images, 3, exclude=5, backend=backend)  # max distance in 5x5 is 4
     assert bool((y == -1).all())
-    y = A.patch_argmax_attention(images, 3, exclude=3, backend=backend)
+    y = ops.patch_argmax_attention(images, 3, exclude=3, backend=backend)
     assert y[0, 2, 2].item() == -1  # the centre is within distance 2 of every pixel
     assert bool((y[:, 0, 0] >= 0).all())
-    att = A.patch_argmax_attention(images, 3, exclude=5, return_in_degree=True, backend=backend)
+    att = ops.patch_argmax_attention(images, 3, exclude=5, return_in_degree=True, backend=backend)
     assert bool((att.in_degree == 0).all())
 
 
@@ -85,17 +87,17 @@ def test_no_admissible_location_is_minus_one(backend):
 def test_in_degree_hard_and_soft(backend):
     torch.manual_seed(2)
     images = torch.randn(3, 2, 6, 5, dtype=torch.float64)
-    att = A.patch_argmax_attention(images, 3, exclude=2, return_in_degree=True, backend=backend)
+    att = ops.patch_argmax_attention(images, 3, exclude=2, return_in_degree=True, backend=backend)
     for i in range(3):
         counts = torch.bincount(att.y_star[i].reshape(-1), minlength=30).double()
         assert torch.equal(att.in_degree[i].reshape(-1), counts)
-    soft = A.patch_argmax_attention(images, 3, exclude=2, tau=0.5, backend=backend)
-    ref = A.patch_argmax_attention_reference(images, 3, exclude=2, tau=0.5)
+    soft = ops.patch_argmax_attention(images, 3, exclude=2, tau=0.5, backend=backend)
+    ref = reference.patch_argmax_attention_reference(images, 3, exclude=2, tau=0.5)
     assert torch.equal(soft.y_star, att.y_star)
     torch.testing.assert_close(soft.in_degree, ref.in_degree, rtol=1e-9, atol=1e-9)
     # Each row with an admissible key contributes total weight 1.
     torch.testing.assert_close(soft.in_degree.sum((1, 2)), torch.full((3,), 30.0, dtype=torch.float64))
-    cold = A.patch_argmax_attention(images, 3, exclude=2, tau=1e-4, backend=backend)  # tau -> 0: the counts
+    cold = ops.patch_argmax_attention(images, 3, exclude=2, tau=1e-4, backend=backend)  # tau -> 0: the counts
     torch.testing.assert_close(cold.in_degree, att.in_degree, rtol=0, atol=1e-6)
 
 
@@ -105,8 +107,8 @@ def test_kernel_matches_reference_float32():
     torch.manual_seed(3)
     images = torch.randn(6, 1, 9, 8)
     for P, exclude in ((3, None), (5, 3), (9, 0)):
-        a = A.patch_argmax_attention(images, P, exclude=exclude, return_in_degree=True, backend="kernel")
-        b = A.patch_argmax_attention_reference(images, P, exclude=exclude, return_in_degree=True)
+        a = ops.patch_argmax_attention(images, P, exclude=exclude, return_in_degree=True, backend="kernel")
+        b = reference.patch_argmax_attention_reference(images, P, exclude=exclude, return_in_degree=True)
         assert torch.equal(a.y_star, b.y_star) and torch.equal(a.in_degree, b.in_degree)
         assert a.in_degree.dtype == torch.float32
 
@@ -115,7 +117,7 @@ def test_opcheck():
     if "kernel" not in BACKENDS:
         pytest.skip("no compiled patch_argmax_attention kernel")
     images = torch.randn(2, 1, 5, 6)
-    center = A.mean_patch(images, 3)
+    center = ops.mean_patch(images, 3)
     op = torch.ops.creativity_fast.patch_argmax_attention.default
     torch.library.opcheck(op, (images, center, 3, 3, -1.0))
     torch.library.opcheck(op, (images.double(), center.double(), 3, 1, 0.5))
@@ -124,26 +126,26 @@ def test_opcheck():
 def test_default_center_is_mean_patch():
     torch.manual_seed(4)
     images = torch.randn(4, 1, 5, 5, dtype=torch.float64)
-    center = A.mean_patch(images, 3)
+    center = ops.mean_patch(images, 3)
     patches = torch.nn.functional.unfold(torch.nn.functional.pad(images, (1, 1, 1, 1)), 3)  # [M, 9, 25]
     torch.testing.assert_close(center.reshape(-1), patches.mean((0, 2)))
-    assert torch.equal(A.patch_argmax_attention(images, 3), A.patch_argmax_attention(images, 3, center=center))
+    assert torch.equal(ops.patch_argmax_attention(images, 3), ops.patch_argmax_attention(images, 3, center=center))
 
 
 def test_bad_arguments():
     images = torch.randn(1, 1, 5, 5)
     with pytest.raises(ValueError, match="P"):
-        A.patch_argmax_attention(images, 4)
+        ops.patch_argmax_attention(images, 4)
     with pytest.raises(ValueError, match="exclude"):
-        A.patch_argmax_attention(images, 3, exclude=-1)
+        ops.patch_argmax_attention(images, 3, exclude=-1)
     with pytest.raises(ValueError, match="tau"):
-        A.patch_argmax_attention(images, 3, tau=0.0)
+        ops.patch_argmax_attention(images, 3, tau=0.0)
     with pytest.raises(ValueError, match="center"):
-        A.patch_argmax_attention(images, 3, center=torch.zeros(1, 5, 5))
+        ops.patch_argmax_attention(images, 3, center=torch.zeros(1, 5, 5))
     with pytest.raises(ValueError, match="images"):
-        A.patch_argmax_attention(torch.randn(5, 5), 3)
+        ops.patch_argmax_attention(torch.randn(5, 5), 3)
     with pytest.raises(ValueError, match="backend"):
-        A.patch_argmax_attention(images, 3, backend="gpu")
+        ops.patch_argmax_attention(images, 3, backend="gpu")
 
 
 def test_in_degree_is_cached_per_patch_size():
@@ -202,7 +204,7 @@ def test_aels_sample_time_attention_formula():
     aels = A.AELSDenoiser(data, 3, lam=0.0, gamma=gamma, backend="reference")
     out = aels(z, 0.8)
     x0 = ELSDenoiser(data, 3, backend="reference")(z, 0.8)
-    y = A.patch_argmax_attention(z, 3, center=A.mean_patch(data, 3))
+    y = ops.patch_argmax_attention(z, 3, center=ops.mean_patch(data, 3))
     assert torch.equal(aels.last_attention, y)
     B, C, H, W = z.shape
     want = x0.clone()

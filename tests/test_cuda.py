@@ -32,7 +32,7 @@ import pytest
 import torch
 
 from creativity_fast import ops
-from creativity_fast.attention import patch_argmax_attention_reference
+from creativity_fast.reference import patch_argmax_attention_reference
 from creativity_fast.dictionary import OPERATOR_VARIANTS
 from creativity_fast.reference import patch_posterior_mean_reference
 
@@ -562,7 +562,7 @@ def test_attention_random_floats_match_cpu_kernel(runner, shape):
 @pytest.mark.parametrize("kind", ["constant", "periodic"])
 @pytest.mark.parametrize("shape", [(1, 1, 7, 6), (2, 3, 6, 9)], ids=["1x1x7x6", "2x3x6x9"])
 def test_attention_exact_ties_go_to_lowest_index(runner, shape, kind):
-    from creativity_fast.attention import attention_scores
+    from creativity_fast.reference import attention_scores
 
     for P in (1, 3, 5):
         images, center = _attn_inputs(shape, P, seed=P, kind=kind)
@@ -662,14 +662,14 @@ def test_attention_public_api_on_cuda():
 
     images, _ = _attn_inputs((4, 1, 12, 10), 3, seed=10, kind="normal")
     for P, exclude, tau in ((3, None, None), (5, 0, None), (3, 2, 0.5)):
-        got = A.patch_argmax_attention(images.float().cuda(), P, exclude=exclude, tau=tau, return_in_degree=True,
+        got = ops.patch_argmax_attention(images.float().cuda(), P, exclude=exclude, tau=tau, return_in_degree=True,
                                        backend="kernel")
-        want = A.patch_argmax_attention(images.float(), P, exclude=exclude, tau=tau, return_in_degree=True,
+        want = ops.patch_argmax_attention(images.float(), P, exclude=exclude, tau=tau, return_in_degree=True,
                                         backend="kernel" if _cpu_attention_kernel() else "reference")
         assert torch.equal(got.y_star.cpu(), want.y_star)
         torch.testing.assert_close(got.in_degree.cpu(), want.in_degree, rtol=1e-5, atol=1e-5)
     x = images[:2, :, :6, :7].float().cuda()
-    center = A.mean_patch(x, 3)
+    center = ops.mean_patch(x, 3)
     op = torch.ops.creativity_fast.patch_argmax_attention.default
     torch.library.opcheck(op, (x, center, 3, 3, -1.0))
     torch.library.opcheck(op, (x.double(), center.double(), 3, 1, 0.5))

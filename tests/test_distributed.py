@@ -25,6 +25,7 @@ from creativity_fast.attention import AELSDenoiser
 from creativity_fast.commands import common
 from creativity_fast.denoisers import GaussianDenoiser, PatchMachine
 from creativity_fast.ops import has_kernel, patch_posterior_mean
+from creativity_fast.registry import applicable
 from creativity_fast.samplers import sample_ddim
 
 REPO = Path(__file__).resolve().parents[1]
@@ -210,29 +211,32 @@ def _equivalence_worker(rank, world, port):
             if not torch.equal(full.last_stats.argmax, sharded.last_stats.argmax):
                 raise AssertionError(f"{what}: provenance differs")
 
+    def shard(mode, data, **settings):  # the sharded machine with the settings it takes (as the CLI does)
+        return distributed.shard_denoiser(mode, data, **applicable(mode, **settings))
+
     for mode in ("ideal", "local", "els"):
         for boundary, keys in (("zeros", "all"), ("circular", "all"), ("circular", "valid")):
             if keys == "valid" and mode != "els":
                 continue
             P = 1 if mode == "ideal" else schedule
             opts = dict(boundary=boundary, keys=keys, backend="reference", record_stats=True)
-            compare(PatchMachine(data, mode, P, **opts), distributed.shard_denoiser(mode, data, P=P, **opts),
+            compare(PatchMachine(data, mode, P, **opts), shard(mode, data, P=P, **opts),
                     f"{mode}/{boundary}/{keys}")
         logw = torch.randn((5,) if mode == "ideal" else (5, 6, 6), generator=g)
         P = 1 if mode == "ideal" else 3
         compare(PatchMachine(data, mode, P, key_logw=logw, record_stats=True),
-                distributed.shard_denoiser(mode, data, P=P, key_logw=logw, record_stats=True), f"{mode} key_logw")
+                shard(mode, data, P=P, key_logw=logw, record_stats=True), f"{mode} key_logw")
         # class-conditional: a class absent from one rank's shard, fixed and per sample
         for label in (1, 2):
             compare(PatchMachine(data, mode, P, labels=labels, class_label=label, record_stats=True),
-                    distributed.shard_denoiser(mode, data, P=P, labels=labels, class_label=label, record_stats=True),
+                    shard(mode, data, P=P, labels=labels, class_label=label, record_stats=True),
                     f"{mode} class {label}")
         compare(PatchMachine(data, mode, P, labels=labels, record_stats=True),
-                distributed.shard_denoiser(mode, data, P=P, labels=labels, record_stats=True),
+                shard(mode, data, P=P, labels=labels, record_stats=True),
                 f"{mode} per-sample classes", class_labels=torch.tensor([2, 1, 0]))
         # more ranks than images: rank 1's shard is empty
         compare(PatchMachine(data[:1], mode, P, record_stats=True),
-                distributed.shard_denoiser(mode, data[:1], P=P, record_stats=True), f"{mode} one image")
+                shard(mode, data[:1], P=P, record_stats=True), f"{mode} one image")
 
     compare(GaussianDenoiser(data), distributed.shard_denoiser("gaussian", data), "gaussian")
     compare(GaussianDenoiser(data, labels=labels, class_label=2),

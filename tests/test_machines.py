@@ -5,7 +5,8 @@ import torch
 
 import creativity_fast as cf
 from creativity_fast.data.synthetic import black_white_toy
-from creativity_fast.denoisers import ELSDenoiser, GaussianDenoiser, IdealDenoiser, PatchMachine, make_denoiser
+from creativity_fast.denoisers import ELSDenoiser, GaussianDenoiser, IdealDenoiser, PatchMachine
+from creativity_fast.registry import make_denoiser
 from creativity_fast.samplers import initial_noise, sample_ddim, sample_euler_maruyama
 from creativity_fast.schedules import PatchSchedule, cosine_vp_sigmas
 

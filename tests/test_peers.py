@@ -12,19 +12,19 @@ import pytest
 import torch
 
 from creativity_fast import peers
-from creativity_fast.denoisers import machine_names, make_denoiser
+from creativity_fast.commands import common
+from creativity_fast.registry import machine_names, make_denoiser
 from creativity_fast.ops import has_kernel, patch_posterior_mean
+from creativity_fast.ops import MaskedSupport, masked_local_posterior
 from creativity_fast.peers import (
-    MaskedSupport,
     NearestDenoiser,
     PatchPosteriorAverage,
     PCALocalityDenoiser,
     SmoothedDenoiser,
-    masked_local_posterior,
-    masked_local_posterior_reference,
     square_crop_support,
     support_from_mask,
 )
+from creativity_fast.reference import masked_local_posterior_reference
 from creativity_fast.samplers import sample_ddim
 
 KERNEL = has_kernel("cpu", "masked_local_posterior")
@@ -119,17 +119,22 @@ def test_registered_and_buildable_with_cli_options():
     z, data = make_data()
     for name in NEW:
         assert name in machine_names()
-        # the options every CLI command passes; those that do not apply are ignored
-        m = make_denoiser(name, data, P=lambda s: 3, boundary="zeros", keys="all", labels=None, class_label=None,
-                          backend="auto", record_stats=True)
+        # the settings every CLI command has; each machine gets those it declares
+        kwargs = common.machine_kwargs(name, {}, P=lambda s: 3, boundary="zeros", keys="all", labels=None,
+                                       class_label=None, backend="auto", record_stats=True)
+        m = make_denoiser(name, data, **kwargs)
         out = m(z, torch.full((z.shape[0],), 0.7, dtype=z.dtype))
         assert out.shape == z.shape and out.dtype == z.dtype and torch.isfinite(out).all()
+        with pytest.raises(ValueError, match=f"machine {name!r} does not take the option 'thetta'"):
+            make_denoiser(name, data, thetta=0.1)  # a misspelt option is an error, never ignored
+    with pytest.raises(ValueError, match="does not take the option 'P'"):
+        make_denoiser("pca_locality", data, P=3)
 
 
 @pytest.mark.parametrize("name", NEW)
 def test_sampling_smoke_and_convexity(name):
     z, data = make_data(dtype=torch.float32)
-    m = make_denoiser(name, data, P=3)
+    m = make_denoiser(name, data, **({"P": 3} if name == "pspc" else {}))
     sigmas = torch.tensor([3.0, 1.0, 0.3, 0.0])
     out = sample_ddim(m, 3.0 * torch.randn(2, 1, 4, 5, generator=torch.Generator().manual_seed(1)), sigmas,
                       progress=False)
@@ -405,6 +410,27 @@ def test_kernel_opcheck():
     empty = support_from_mask(torch.zeros(9, 9))  # no keys: uniform average over the data
     mean, _ = masked_local_posterior(args[0], args[1], 1.0, empty, backend="kernel")
     torch.testing.assert_close(mean, data.reshape(4, 1, 9).mean(0, keepdim=True).expand(2, 1, 9))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradient_is_the_same_on_every_backend(backend):
+    """d(mean, lse)/dz: gradcheck in float64 on each backend, and the kernel's gradient equals the reference's."""
+    g = torch.Generator().manual_seed(11)
+    z = torch.randn(2, 2, 9, dtype=torch.float64, generator=g, requires_grad=True)
+    data = torch.rand(5, 2, 9, dtype=torch.float64, generator=g) * 2 - 1
+    sup = random_support(9, 6, seed=5, max_key=4, max_out=3)
+    sigma = torch.tensor([0.7, 1.3], dtype=torch.float64)
+
+    def both(x):
+        return masked_local_posterior(x, data, sigma, sup, backend=backend)
+
+    assert torch.autograd.gradcheck(both, (z,), eps=1e-6, atol=1e-7)
+    grads = {}
+    for b in BACKENDS:
+        mean, lse = masked_local_posterior(z, data, sigma, sup, backend=b)
+        grads[b] = torch.autograd.grad((mean * torch.linspace(-1, 1, mean.numel(), dtype=mean.dtype).reshape(
+            mean.shape)).sum() + lse.sum(), z)[0]
+    torch.testing.assert_close(grads[backend], grads["reference"], rtol=0, atol=1e-12)
 
 
 def test_pca_kernel_matches_reference():

@@ -19,7 +19,7 @@ import numpy as np
 
 from .. import io
 from ..calibration import METRICS, calibrate, calibration_figure, save_calibration
-from ..denoisers import make_denoiser
+from ..registry import make_denoiser
 from . import common
 from .compare import _action, add_network_options, load_net_and_data
 
@@ -74,8 +74,8 @@ def run(args) -> int:
     opts = common.parse_machine_opts(getattr(args, "machine_opts", []))
 
     def factory(images, P):
-        return make_denoiser(args.machine, images, P=P, boundary=args.boundary, keys=args.keys, backend=args.backend,
-                             **opts)
+        return make_denoiser(args.machine, images, **common.machine_kwargs(
+            args.machine, opts, P=P, boundary=args.boundary, keys=args.keys, backend=args.backend))
 
     settings = json.dumps(dict(net=info["path"], net_clip=not args.no_clip, machine=args.machine, machine_opts=opts,
                                boundary=args.boundary, keys=args.keys,

@@ -15,7 +15,8 @@ import torch
 
 from .. import io
 from ..data import Dataset, load_dataset
-from ..denoisers import machine_names, make_denoiser
+from ..classes import resolve_class_label
+from ..registry import applicable, machine_names, make_denoiser, make_sharded_denoiser
 from ..samplers import SAMPLERS, get_sampler, initial_noise
 from ..schedules import PUBLISHED_PATCH_SCHEDULES, PatchSchedule, cosine_vp_sigmas, karras_sigmas
 
@@ -106,30 +107,13 @@ def load_training_set(args, shard: Optional[tuple[int, int]] = None) -> Dataset:
     return data
 
 
-def class_label_of(args, data: Dataset, *, sharded: bool = False) -> Optional[int]:
-    """The ``--class`` value as an int label (a class name is looked up).
-
-    ``sharded``: ``data`` is this rank's shard; the label must occur in some rank's shard.
-    """
+def class_label_of(args, data: Dataset) -> Optional[int]:
+    """The ``--class`` value as an int label (a class name is looked up); the machine checks it has images."""
     if args.class_label is None:
         return None
     if data.labels is None:
         raise ValueError("--class needs a labelled data set; this one has no labels")
-    text = str(args.class_label)
-    if data.class_names and text in data.class_names:
-        return data.class_names.index(text)
-    try:
-        label = int(text)
-    except ValueError:
-        names = f"; class names: {', '.join(data.class_names)}" if data.class_names else ""
-        raise ValueError(f"--class {text!r} is neither a label nor a class name{names}") from None
-    count = (data.labels == label).sum().reshape(1)
-    if sharded:
-        from .. import distributed
-        count = distributed.all_reduce_sum(count, what="the --class count")
-    if int(count) == 0:
-        raise ValueError(f"--class {label} has no training images")
-    return label
+    return resolve_class_label(str(args.class_label), data.class_names, argument="--class")
 
 
 def noise_sigmas(args) -> torch.Tensor:
@@ -140,22 +124,33 @@ def noise_sigmas(args) -> torch.Tensor:
     return cosine_vp_sigmas(args.steps)
 
 
-def build_machine(args, data: Dataset, sigmas: torch.Tensor, *, shard=None, **extra):
+# Options every command sets from its own flags; --opt may not set them.
+COMMAND_SETTINGS = ("P", "boundary", "keys", "labels", "class_label", "backend", "record_stats")
+
+
+def machine_kwargs(machine: str, opts: dict, **settings) -> dict:
+    """Keyword arguments for machine ``machine``: the command's ``settings`` it takes, plus ``--opt`` ``opts``.
+
+    ``--opt`` keys are checked by the registry (an option the machine does not take is an error).
+    """
+    clash = sorted(set(opts) & set(COMMAND_SETTINGS))
+    if clash:
+        raise ValueError(f"--opt {clash[0]}=...: set it with the command's own flag, not --opt")
+    return {**applicable(machine, **settings), **opts}
+
+
+def build_machine(args, data: Dataset, sigmas: torch.Tensor, *, shard=None):
     """The denoiser the options describe, with its patch-size schedule over ``sigmas``.
 
     ``shard`` (a ``distributed.ShardInfo``): ``data`` is this rank's shard; build the sharded machine.
     """
     schedule = PatchSchedule(sigmas, args.patch_schedule)
-    extra = {**parse_machine_opts(getattr(args, "machine_opts", [])), **extra}
+    kwargs = machine_kwargs(args.machine, parse_machine_opts(getattr(args, "machine_opts", [])), P=schedule,
+                            boundary=args.boundary, keys=args.keys, labels=data.labels,
+                            class_label=class_label_of(args, data), backend=args.backend, record_stats=True)
     if shard is not None:
-        from .. import distributed
-        return distributed.make_sharded_denoiser(
-            args.machine, data.images, offset=shard.start, P=schedule, boundary=args.boundary, keys=args.keys,
-            labels=data.labels, class_label=class_label_of(args, data, sharded=True), backend=args.backend,
-            record_stats=True, **extra), schedule
-    return make_denoiser(args.machine, data.images, P=schedule, boundary=args.boundary, keys=args.keys,
-                         labels=data.labels, class_label=class_label_of(args, data), backend=args.backend,
-                         record_stats=True, **extra), schedule
+        return make_sharded_denoiser(args.machine, data.images, offset=shard.start, **kwargs), schedule
+    return make_denoiser(args.machine, data.images, **kwargs), schedule
 
 
 @dataclass

@@ -19,7 +19,7 @@ import numpy as np
 
 from .. import io
 from ..calibration import agreement_figure, compare, default_schedule_path, resolve_patch_schedule
-from ..denoisers import machine_names
+from ..registry import machine_names
 from ..nets import NetworkDenoiser, default_network_path, load_network
 from . import common
 

@@ -24,13 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import attention  # noqa: F401  (registers the "aels" machine)
 from .. import io
-from ..denoisers import machine_names, make_denoiser
+from ..registry import get_machine, machine_names, make_denoiser
 from . import common
 from .analyze import glyph_alphabet, heldout_images, is_twin_glyphs
-
-NO_PATCH = ("ideal", "gaussian", "nearest")
 
 
 def _floats(text: str, name: str) -> list[float]:
@@ -92,7 +89,7 @@ def grid(args) -> list[dict]:
         for P in Ps:
             for lam in lams:
                 for gamma in gammas:
-                    point = {"machine": machine, "P": None if machine in NO_PATCH else P,
+                    point = {"machine": machine, "P": P if get_machine(machine).takes("P") else None,
                              "lam": lam if machine == "aels" else None, "gamma": gamma if machine == "aels" else None}
                     key = tuple(point.values())
                     if key not in seen:
@@ -110,14 +107,17 @@ def point_id(point: dict) -> str:
     return "_".join(parts).replace("-", "m")
 
 
-def machine_options(point: dict, args) -> dict:
-    opts: dict = {"boundary": args.boundary, "keys": args.keys, "backend": args.backend}
-    if point["P"] is not None:
-        opts["P"] = point["P"]
+def machine_options(point: dict, args, data) -> dict:
+    """Keyword arguments of the grid point's machine (the sweep's settings it takes, and the AELS options)."""
+    opts: dict = {}
     if point["machine"] == "aels":
         opts.update(lam=point["lam"], gamma=point["gamma"], tau=args.tau, attention_P=args.attention_P,
                     exclude=args.exclude)
-    return opts
+    settings = dict(boundary=args.boundary, keys=args.keys, backend=args.backend, labels=data.labels,
+                    class_label=common.class_label_of(args, data), record_stats=True)
+    if point["P"] is not None:
+        settings["P"] = point["P"]
+    return common.machine_kwargs(point["machine"], opts, **settings)
 
 
 def flatten_row(point: dict, summary: dict, seconds: float, glyphs: bool) -> dict:
@@ -156,9 +156,7 @@ def run_point(point, args, data, sigmas, seeds, out: Path, heldout, glyphs, alph
             pass
     run_path = out / "runs" / f"{pid}.npz"
     P = point["P"] or 1
-    opts = machine_options(point, args)
-    denoiser = make_denoiser(point["machine"], data.images, labels=data.labels,
-                             class_label=common.class_label_of(args, data), record_stats=True, **opts)
+    denoiser = make_denoiser(point["machine"], data.images, **machine_options(point, args, data))
     partial = common.partial_results_path(out / "runs", pid)
     done = common.load_partial(partial, settings)
     start = time.perf_counter()

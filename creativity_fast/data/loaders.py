@@ -57,6 +57,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
+from creativity_fast.classes import resolve_class_label
 from creativity_fast.io import atomic_open, load_npz
 
 __all__ = [
@@ -171,7 +172,7 @@ class Dataset:
         """The images whose label is ``label`` (an int, or a class name)."""
         if self.labels is None:
             raise ValueError(f"dataset {self.name!r} has no labels, so with_class(label={label!r}) cannot select")
-        label_id = _class_id(label, self.class_names, argument="label")
+        label_id = resolve_class_label(label, self.class_names, argument="label")
         mask = self.labels == label_id
         if not bool(mask.any()):
             present = sorted(set(self.labels.tolist()))
@@ -199,17 +200,6 @@ def _as_index_tensor(indices: Any, num_items: int) -> torch.Tensor:
     if int(index.min()) < -num_items or int(index.max()) >= num_items:
         raise ValueError(f"indices must lie in [-{num_items}, {num_items}), got {int(index.min())}..{int(index.max())}")
     return index % max(num_items, 1)
-
-
-def _class_id(label: Any, class_names: Sequence[str] | None, *, argument: str) -> int:
-    """Resolve an int label or a class name to an int label."""
-    if isinstance(label, str):
-        if class_names is None or label not in class_names:
-            raise ValueError(f"{argument}={label!r} is not a class name; class names: {class_names}")
-        return list(class_names).index(label)
-    if isinstance(label, (bool, np.bool_)) or not isinstance(label, (int, np.integer)):
-        raise TypeError(f"{argument} must be an int label or a class name, got {label!r}")
-    return int(label)
 
 
 def shard_bounds(num_items: int, rank: int, world_size: int) -> tuple[int, int]:
@@ -466,7 +456,7 @@ def _class_ids(classes: Any, class_names: Sequence[str] | None) -> list[int]:
         raise TypeError(f"classes must be a label, a class name, or a list of them, got {classes!r}") from None
     if not items:
         raise ValueError("classes must not be empty (use None for all classes)")
-    return [_class_id(item, class_names, argument="classes") for item in items]
+    return [resolve_class_label(item, class_names, argument="classes") for item in items]
 
 
 def _select_rows(

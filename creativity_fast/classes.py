@@ -1,0 +1,132 @@
+"""Class-conditional training sets: one helper for every machine, sharded or not, and the CLI.
+
+A class-conditional machine restricts its softmax to the training images of the sampled
+class (docs/theory.md §2). :class:`TrainingClasses` holds a machine's training images,
+their labels and global image ids, hands out per-class subsets and groups a batch by
+the class of each sample. :func:`resolve_class_label` turns an int, a numeric string or
+a class name into an int label (``Dataset.with_class``, ``--class``).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from ._validate import check_images
+
+
+def resolve_class_label(label, class_names: Optional[Sequence[str]] = None, *, argument: str = "class_label") -> int:
+    """An int label from an int, a numeric string or a class name (looked up in ``class_names``)."""
+    if isinstance(label, str):
+        if class_names is not None and label in class_names:
+            return list(class_names).index(label)
+        try:
+            return int(label)
+        except ValueError:
+            names = f"; class names: {', '.join(class_names)}" if class_names else ""
+            raise ValueError(f"{argument}={label!r} is neither a label nor a class name{names}") from None
+    if isinstance(label, (bool, np.bool_)) or not isinstance(label, (int, np.integer)):
+        raise TypeError(f"{argument} must be an int label or a class name, got {label!r}")
+    return int(label)
+
+
+def _labels_present(labels: torch.Tensor) -> list[int]:
+    return sorted(set(labels.tolist()))
+
+
+class TrainingClasses:
+    """A machine's training images ``data [n, C, H, W]`` with optional ``labels [n]``.
+
+    Args:
+        data: the training images (this rank's shard when ``sharded``; may then be empty).
+        labels: [n] int labels, or None (then only unconditional use).
+        class_label: the default class of every sample (None: the whole set).
+        image_ids: [n] global index of each image (sharded machines; default ``arange(n)``).
+        sharded: ``data`` is one shard of a training set split over the ranks of ``group``;
+            a class may be absent from a shard, and absence from the whole set is checked
+            with a collective.
+        group: the process group of a sharded set (default group when None).
+    """
+
+    def __init__(self, data, labels=None, class_label: Optional[int] = None, *, image_ids=None,
+                 sharded: bool = False, group=None):
+        self.data = check_images("data", data, allow_empty=sharded)
+        if labels is not None:
+            labels = torch.as_tensor(labels).reshape(-1).long()
+            if labels.shape[0] != self.data.shape[0]:
+                raise ValueError(f"labels has {labels.shape[0]} entries but data has {self.data.shape[0]} images")
+        self.labels = labels
+        self.class_label = None if class_label is None else int(class_label)
+        n = self.data.shape[0]
+        if image_ids is None:
+            image_ids = torch.arange(n, device=self.data.device)
+        else:
+            image_ids = torch.as_tensor(image_ids).reshape(-1).long().to(self.data.device)
+            if image_ids.shape[0] != n:
+                raise ValueError(f"image_ids has {image_ids.shape[0]} entries but the shard has {n} images")
+        self.image_ids = image_ids
+        self.sharded = sharded
+        self.group = group
+        self._subsets: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        if self.class_label is not None:
+            self.check_present([self.class_label])  # fail early on an absent class
+
+    def _require_labels(self) -> torch.Tensor:
+        if self.labels is None:
+            raise ValueError("class-conditional sampling needs the training labels (labels=...)")
+        return self.labels
+
+    def check_present(self, labels: Sequence[int]) -> None:
+        """ValueError when a class has no training image (on any rank, when sharded: a collective)."""
+        have = self._require_labels()
+        counts = torch.tensor([int((have == c).sum()) for c in labels], dtype=torch.int64)
+        if self.sharded:
+            from .distributed.world import all_reduce_sum
+            counts = all_reduce_sum(counts, self.group, "the class counts")
+        absent = [c for c, k in zip(labels, counts.tolist()) if k == 0]
+        if absent:
+            where = " on any rank" if self.sharded else f"; labels present: {_labels_present(have)}"
+            raise ValueError(f"class_label {absent[0]} has no training images{where}")
+
+    def indices(self, label: Optional[int]) -> Optional[torch.Tensor]:
+        """Local indices of one class's images (None for the whole set)."""
+        if label is None:
+            return None
+        return (self._require_labels() == int(label)).nonzero().reshape(-1)
+
+    def subset_with_ids(self, label: Optional[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(images, global image ids)`` of one class (the whole set for ``None``)."""
+        if label is None:
+            return self.data, self.image_ids
+        label = int(label)
+        if label not in self._subsets:
+            index = self.indices(label)
+            if index.numel() == 0 and not self.sharded:
+                self.check_present([label])
+            self._subsets[label] = (self.data[index], self.image_ids[index.to(self.image_ids.device)])
+        return self._subsets[label]
+
+    def subset(self, label: Optional[int]) -> torch.Tensor:
+        """Training images of one class (all images for ``None``)."""
+        return self.subset_with_ids(label)[0]
+
+    def global_ids(self, label: Optional[int], local: torch.Tensor) -> torch.Tensor:
+        """Global image ids of positions ``local`` within ``subset(label)``."""
+        return self.subset_with_ids(label)[1].to(local.device)[local]
+
+    def select(self, label: Optional[int], per_image: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        """The rows of a per-image tensor ``[n, ...]`` (e.g. key_logw) that belong to ``subset(label)``."""
+        if per_image is None or label is None:
+            return per_image
+        return per_image[self.indices(label).to(per_image.device)]
+
+    def groups(self, batch: int, class_labels) -> list[tuple[Optional[int], torch.Tensor]]:
+        """``(label, sample indices)`` groups; one group when not class-conditional per sample."""
+        if class_labels is None:
+            return [(self.class_label, torch.arange(batch))]
+        class_labels = torch.as_tensor(class_labels).reshape(-1).long()
+        if class_labels.shape[0] != batch:
+            raise ValueError(f"class_labels has {class_labels.shape[0]} entries for a batch of {batch}")
+        return [(int(c), (class_labels == c).nonzero().reshape(-1)) for c in class_labels.unique()]

@@ -1,0 +1,153 @@
+"""Softmax partials of one shard of the training set, and their merge over ranks (docs/theory.md §4.2).
+
+Each rank holds one part of the training images and computes, per query pixel, the
+streaming-softmax partials over its keys (``partials.SoftmaxPartials``) with key ids
+made global by the shard's image ids. The partials merge exactly by log-sum-exp, in
+three all-reduces (:func:`all_reduce_partials`): MAX of ``(max, best)``, SUM of
+``(sum, weighted)`` rescaled to the global max, MIN of the key id among the ranks that
+hold the best logit (ties go to the lowest global key id, as in one process). The
+result equals the one-process result up to float rounding of the sums.
+
+With the compiled kernel the partials are ``(max = lse, sum = 1, weighted = x0_hat)``
+(no new kernel needed); the best logit is recomputed from the best key (one patch
+distance per pixel, float64), so equal keys on different ranks compare equal.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .. import reference
+from .._validate import check_operator_args
+from ..dictionary import patch_offsets
+from ..ops import use_kernel
+from ..partials import SoftmaxPartials, empty_partials, partials_from_mean, widen
+from .world import all_reduce, dist, is_distributed
+
+_NO_KEY = torch.iinfo(torch.int64).max
+
+
+def key_logits(z: torch.Tensor, data: torch.Tensor, sigma: torch.Tensor, P: int, mode: str, boundary: str,
+               key_logw: Optional[torch.Tensor], best_key: torch.Tensor) -> torch.Tensor:
+    """Logit ``-|Pi_x z - Pi_y phi^mu|^2 / (2 sigma^2) + key_logw`` of key ``best_key = mu*H*W + y`` per pixel.
+
+    One patch distance per query pixel, in float64 with the difference form, so the
+    same key content gives the same value on every rank; ``-inf`` where ``best_key < 0``.
+    Only the key patches are gathered (memory ``O(B*H*W*C*P*P)`` in bounded chunks,
+    never a copy of the shard).
+    """
+    B, C, H, W = z.shape
+    HW = H * W
+    valid = best_key >= 0
+    key = best_key.clamp_min(0)
+    mu, y = key // HW, key % HW
+    z64 = z.double()
+    inv2s2 = 1.0 / (2.0 * sigma.double() ** 2)  # [B]
+    if mode == "ideal":
+        img = mu[:, 0, 0]  # the same image at every pixel of a sample
+        d = ((z64.reshape(B, -1) - data[img].double().reshape(B, -1)) ** 2).sum(-1)
+        logit = (-d * inv2s2)[:, None, None].expand(B, H, W)
+        if key_logw is not None:
+            logit = logit + key_logw[img].double()[:, None, None]
+    else:
+        rows, cols, pad, weights = reference._patch_geometry(H, W, C, P, boundary, z64)
+        row_off = torch.tensor(patch_offsets(P, H, boundary)[0], device=z.device)
+        col_off = torch.tensor(patch_offsets(P, W, boundary)[0], device=z.device)
+        ch = torch.arange(C, device=z.device)[None, :, None, None]
+        per_sample = HW * weights.numel() * 24  # bytes of one sample's query and key patches
+        step = max(1, (64 * 2**20) // per_sample)
+        d = []
+        for b in range(0, B, step):  # bounded memory for big images and P
+            q = reference.extract_patches(z64[b:b + step], rows, cols, pad)  # [b, HW, C*Kr*Kc]
+            mu_f, y_f = mu[b:b + step].reshape(-1), y[b:b + step].reshape(-1)
+            r = (y_f // W)[:, None] + row_off[None, :]  # [b*HW, Kr] rows of the key patch
+            c = (y_f % W)[:, None] + col_off[None, :]
+            if boundary == "circular":
+                r, c = r % H, c % W
+            inside = ((r >= 0) & (r < H))[:, None, :, None] & ((c >= 0) & (c < W))[:, None, None, :]
+            k = data[mu_f[:, None, None, None], ch, r.clamp(0, H - 1)[:, None, :, None],
+                     c.clamp(0, W - 1)[:, None, None, :]].double() * inside  # [b*HW, C, Kr, Kc], zero-extended
+            d.append(((q.reshape(k.shape[0], -1) - k.reshape(k.shape[0], -1)) ** 2 * weights).sum(-1))
+        logit = -torch.cat(d).reshape(B, H, W) * inv2s2[:, None, None]
+        if key_logw is not None:
+            logit = logit + key_logw.reshape(-1, HW)[mu, y].double()
+    return torch.where(valid, logit, torch.full_like(logit, float("-inf")))
+
+
+def patch_posterior_partials(
+    z: torch.Tensor,
+    data: torch.Tensor,
+    sigma,
+    P: int,
+    *,
+    mode: str = "els",
+    boundary: str = "zeros",
+    keys: str = "all",
+    key_logw: Optional[torch.Tensor] = None,
+    backend: str = "auto",
+    offset: int = 0,
+    image_ids: Optional[torch.Tensor] = None,
+    chunk_size: Optional[int] = None,
+) -> SoftmaxPartials:
+    """Mergeable partials of ``patch_posterior_mean`` over one shard of the training set.
+
+    Arguments as ``ops.patch_posterior_mean``; ``data [n, C, H, W]`` may be empty
+    (then ``max = best = -inf``, ``sum = 0``). Key ids are global:
+    ``best_key = image_ids[mu] * H * W + y`` with ``image_ids`` the global index of
+    each shard image (default ``offset + arange(n)``, a contiguous shard), so partials
+    of the shards merge (``merge_partials``, ``all_reduce_partials``) into exactly the
+    one-process ``(x0_hat, lse, best_key)`` (lowest global key id on ties).
+
+    Returns ``SoftmaxPartials(max [B,H,W], sum [B,H,W], weighted [B,C,H,W], best [B,H,W], best_key [B,H,W])``,
+    in float64 whatever the input dtype, so that merging adds no rounding of its own
+    (``finalize_partials`` then gives float64; cast to ``z.dtype`` as needed).
+    """
+    z, data, sigma, P, mode, boundary, keys, key_logw, backend = check_operator_args(
+        z, data, sigma, P, mode, boundary, keys, key_logw, backend, allow_empty=True)
+    if data.shape[0] == 0:
+        return widen(empty_partials(z))
+    n, HW = data.shape[0], z.shape[2] * z.shape[3]
+    if image_ids is None:
+        image_ids = torch.arange(int(offset), int(offset) + n, device=z.device)
+    else:
+        image_ids = torch.as_tensor(image_ids, device=z.device).reshape(-1).long()
+        if image_ids.shape[0] != n:
+            raise ValueError(f"image_ids has {image_ids.shape[0]} entries but data has {n} images")
+    with torch.no_grad():
+        if use_kernel("patch_posterior_mean", backend, z.device):
+            x0_hat, lse, best_key = torch.ops.creativity_fast.patch_posterior_mean(
+                z.contiguous(), data.contiguous(), sigma, P, mode, boundary, keys, key_logw, True)
+            parts = partials_from_mean(x0_hat, lse, best_key)
+        else:
+            parts = reference.patch_posterior_partials_reference(z, data, sigma, P, mode, boundary, keys, key_logw,
+                                                                 chunk_size=chunk_size)
+        best = key_logits(z, data, sigma, P, mode, boundary, key_logw, parts.best_key)
+        local = parts.best_key.clamp_min(0)
+        global_key = image_ids[local // HW] * HW + local % HW
+        best_key = torch.where(parts.best_key >= 0, global_key, torch.full_like(global_key, -1))
+    return widen(SoftmaxPartials(parts.max, parts.sum, parts.weighted, best, best_key))
+
+
+def all_reduce_partials(parts: SoftmaxPartials, group=None) -> SoftmaxPartials:
+    """Exact log-sum-exp merge of every rank's partials; every rank gets the merged partials.
+
+    Three all-reduces: MAX of ``(max, best)``; SUM of ``sum`` and ``weighted`` rescaled
+    to the global max; MIN of the key id among ranks holding the global best logit
+    (lowest global key id on ties). Identity when not distributed.
+    """
+    if not is_distributed(group):
+        return parts
+    parts = widen(parts)
+    maxes = all_reduce(torch.stack([parts.max, parts.best]), dist.ReduceOp.MAX, group, "the partials' running max")
+    gmax, gbest = maxes[0], maxes[1]
+    shift = torch.where(torch.isfinite(gmax), gmax, torch.zeros_like(gmax))
+    scale = torch.exp(parts.max - shift)  # 0 where this rank has no key
+    sums = torch.cat([(parts.sum * scale)[:, None], parts.weighted * scale[:, None]], dim=1)
+    sums = all_reduce(sums, dist.ReduceOp.SUM, group, "the partials' normaliser and weighted sum")
+    mine = (parts.best_key >= 0) & (parts.best == gbest)
+    candidate = torch.where(mine, parts.best_key, torch.full_like(parts.best_key, _NO_KEY))
+    key = all_reduce(candidate, dist.ReduceOp.MIN, group, "the provenance key")
+    key = torch.where(key == _NO_KEY, torch.full_like(key, -1), key)
+    return SoftmaxPartials(gmax, sums[:, 0], sums[:, 1:], gbest, key)
