@@ -1,4 +1,4 @@
-"""Calibration of score machines against trained networks, and sample agreement (SPEC 6).
+"""Calibration of score machines against trained networks, and sample agreement (docs/theory.md §6).
 
 ``calibrate``: run the *network's* sampler trajectory from per-seed initial noise; at
 every step ``i`` (state ``z_i`` at ``sigma_i``) evaluate the network and the machine for

@@ -1,7 +1,7 @@
 """The patch dictionary: which pixels a patch covers and which keys a query may use.
 
-This is the one place where boundary modes and key sets are defined (SPEC 2, 3.2,
-3.3). The pure-PyTorch reference uses these functions directly; the C++ and CUDA
+This is the one place where boundary modes and key sets are defined (docs/theory.md §2, §3.2,
+§3.3). The pure-PyTorch reference uses these functions directly; the C++ and CUDA
 kernels use ``csrc/dictionary.h``, which implements the same two rules and is
 checked against this file by the tests.
 
@@ -75,7 +75,7 @@ def patch_offsets(P: int, size: int, boundary: str) -> tuple[list[int], list[int
 
 
 def is_edge(position: int, size: int, P: int) -> bool:
-    """Whether a row (or column) is an edge position for zero-boundary ELS (SPEC 3.3)."""
+    """Whether a row (or column) is an edge position for zero-boundary ELS (docs/theory.md §3.3)."""
     m = (P - 1) // 2
     return position < m or position > size - 1 - m
 
@@ -106,7 +106,7 @@ def admissible_centres(size: int, P: int, mode: str, boundary: str, keys: str = 
 def dictionary_size(H: int, W: int, P: int, mode: str, boundary: str, keys: str = "all") -> torch.Tensor:
     """Number of admissible key centres per query pixel, per training image: ``[H, W]`` int64.
 
-    ``pairs = B * N * dictionary_size(...).sum()`` is the work of one call (SPEC 9).
+    ``pairs = B * N * dictionary_size(...).sum()`` is the work of one call (docs/theory.md §9).
     """
     if mode == "ideal":
         raise ValueError("the ideal machine has no patch dictionary")
@@ -116,7 +116,7 @@ def dictionary_size(H: int, W: int, P: int, mode: str, boundary: str, keys: str 
 
 
 def count_pairs(B: int, N: int, H: int, W: int, P: int, mode: str, boundary: str, keys: str = "all") -> int:
-    """(query pixel, key) pairs of one call: ``B * H * W * |D_x|`` summed over pixels (SPEC 9).
+    """(query pixel, key) pairs of one call: ``B * H * W * |D_x|`` summed over pixels (docs/theory.md §9).
 
     The ideal machine compares whole images: ``B * N`` pairs of ``C*H*W``-wide distances.
     """

@@ -1,4 +1,4 @@
-"""Metrics of memorization, novelty and consistency (SPEC 7).
+"""Metrics of memorization, novelty and consistency (docs/theory.md §7).
 
 - :func:`nearest_neighbours`: the ``k`` nearest training images of each sample in L2,
   streamed over the training set in chunks (exact distances for the winners).
@@ -231,7 +231,7 @@ def local_consistency(samples: torch.Tensor, data: torch.Tensor, P: int, *, mode
                       boundary: str = "zeros", keys: str = "all", tol: float = 0.05,
                       provenance: Optional[torch.Tensor] = None, backend: str = "auto") -> dict:
     """Fraction of pixels equal (max over channels ``|diff| <= tol``) to the centre of their
-    nearest admissible training patch (SPEC 7; the ELS theorem as sigma -> 0).
+    nearest admissible training patch (docs/theory.md §7; the ELS theorem as sigma -> 0).
 
     ``provenance`` may give the nearest keys (else computed with :func:`compute_provenance`).
     Returns ``fraction [B]``, ``consistent [B, H, W]`` bool and a ``summary``.
@@ -254,10 +254,10 @@ def local_consistency(samples: torch.Tensor, data: torch.Tensor, P: int, *, mode
 
 def global_consistency(samples: torch.Tensor, *, alphabet: Optional[int] = None,
                        threshold: Optional[float] = None) -> dict:
-    """Twin-glyph global consistency (SPEC 7) from the glyphs ``find_glyphs`` detects.
+    """Twin-glyph global consistency (docs/theory.md §7) from the glyphs ``find_glyphs`` detects.
 
     Per sample: ``glyphs`` (ids in reading order), ``consistent`` (at least one glyph and
-    all the same: SPEC 7's measure), ``twin`` (at least two glyphs, all the same: the
+    all the same: the consistency measure of docs/theory.md §7), ``twin`` (at least two glyphs, all the same: the
     training images' structure), ``mixed`` (two or more different glyphs) and ``n_glyphs``.
     The summary gives each fraction with a Wilson 95% interval and the glyph-count histogram.
     """
@@ -285,7 +285,7 @@ def analyze_samples(samples: torch.Tensor, data: torch.Tensor, *, P: Optional[in
                     boundary: str = "zeros", keys: str = "all", provenance: Optional[torch.Tensor] = None,
                     heldout: Optional[torch.Tensor] = None, glyphs: bool = False, alphabet: Optional[int] = None,
                     tol: float = 0.05, backend: str = "auto", return_provenance: bool = False) -> dict:
-    """All SPEC 7 metrics of ``samples [B,C,H,W]`` against ``data [N,C,H,W]``.
+    """All docs/theory.md §7 metrics of ``samples [B,C,H,W]`` against ``data [N,C,H,W]``.
 
     ``P``/``mode``/``boundary``/``keys`` define the admissible patches for provenance and
     local consistency (``mode="ideal"``: whole images; ``P=None`` skips both unless

@@ -1,4 +1,4 @@
-"""Reference convolutional diffusion networks and their use as denoisers (SPEC 6).
+"""Reference convolutional diffusion networks and their use as denoisers (docs/theory.md §6).
 
 Two small eps-prediction networks like those of Kamb & Ganguli (2025), trained on
 the cosine VP schedule ``abar(t) = cos^2(pi t / 2.016)``:
@@ -16,7 +16,7 @@ gives every residual block a per-channel scale and shift (FiLM). Convolutions us
 boundary-broken ELS machine) or ``"circular"``.
 
 ``NetworkDenoiser(net)`` wraps such a network as a sigma-space denoiser
-``denoiser(z, sigma) -> x0_hat`` (SPEC 2): ``abar = 1 / (1 + sigma^2)``,
+``denoiser(z, sigma) -> x0_hat`` (docs/theory.md §2): ``abar = 1 / (1 + sigma^2)``,
 ``x_t = sqrt(abar) z``, ``t = (2.016 / pi) atan(sigma)``, and
 ``x0_hat = z - sigma * eps_hat``, clipped to the data range ``[-1, 1]`` by default (the
 ``clip_denoised`` of DDPM samplers; the true posterior mean lies in the data's convex

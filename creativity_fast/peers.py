@@ -1,4 +1,4 @@
-"""Peer machines: every training-free denoiser in one engine, exact (SPEC 3.6).
+"""Peer machines: every training-free denoiser in one engine, exact (docs/theory.md §3.6).
 
 Four published training-free denoisers with the ``denoiser(z, sigma) -> x0_hat``
 contract, registered by name (``registry``) for ``make_denoiser`` and every CLI ``--machine``:
@@ -169,10 +169,10 @@ class NearestDenoiser:
 # --------------------------------------------------------------------------- #
 
 class SmoothedDenoiser:
-    """Smoothed closed-form denoiser (Scarvelis, Borde & Solomon 2023, SPEC 3.6).
+    """Smoothed closed-form denoiser (Scarvelis, Borde & Solomon 2023, docs/theory.md §3.6).
 
     ``x0_hat(z) = (1/J) sum_j IS(z + s * xi_j)``, ``IS`` the exact ideal posterior mean
-    (SPEC 3.1) and ``xi_j ~ N(0, I)`` ``J`` Gaussian copies. The ``B * J`` copies go
+    (docs/theory.md §3.1) and ``xi_j ~ N(0, I)`` ``J`` Gaussian copies. The ``B * J`` copies go
     through one ideal ``patch_posterior_mean`` call.
 
     Seeding: the copies ``xi [J, C, H, W]`` are drawn once from ``torch.Generator`` seeded
@@ -236,7 +236,7 @@ class SmoothedDenoiser:
 
 def wiener_mask(evals: torch.Tensor, evecs: torch.Tensor, sigma: float, theta: float, *,
                 binary: bool = True, eps: float = 1e-6) -> torch.Tensor:
-    """Lukoianov et al.'s mask ``M(sigma) [D, D]`` from ``Sigma = U diag(l) U^T`` (SPEC 3.6).
+    """Lukoianov et al.'s mask ``M(sigma) [D, D]`` from ``Sigma = U diag(l) U^T`` (docs/theory.md §3.6).
 
     ``L = U diag(l / (l + sigma^2)) U^T`` (the Wiener operator); ``R[n, m] = |L[n, m]| / L[n, n]``
     (each row of ``|L|`` over its diagonal entry; rows whose diagonal is below
@@ -255,7 +255,7 @@ def wiener_mask(evals: torch.Tensor, evecs: torch.Tensor, sigma: float, theta: f
 
 
 class PCALocalityDenoiser:
-    """PCA locality machine (Lukoianov et al. 2025, SPEC 3.6) on the masked-local operator.
+    """PCA locality machine (Lukoianov et al. 2025, docs/theory.md §3.6) on the masked-local operator.
 
     With the data covariance ``Sigma = U diag(l) U^T`` (one eigendecomposition per class),
     the mask ``M(sigma)`` is :func:`wiener_mask` and, per output unit ``m``,
@@ -264,7 +264,7 @@ class PCALocalityDenoiser:
 
     Args:
         theta: mask threshold relative to the largest entry (default 0.005 for one channel,
-            0.05 for more: SPEC's MNIST-like and CIFAR-like values; the published default is 0.02).
+            0.05 for more: the values for MNIST-like and CIFAR-like data; the published default is 0.02).
             ``theta = 0`` gives the all-ones mask, i.e. the ideal machine.
         tau: softmax temperature (> 0).
         channels: ``"full"`` (as published): units are channel-pixels, ``Sigma`` and ``M`` are
@@ -364,7 +364,7 @@ class PCALocalityDenoiser:
 # --------------------------------------------------------------------------- #
 
 class PatchPosteriorAverage:
-    """Patch posterior average, PSPC-square (Niedoba et al. 2025, SPEC 3.6).
+    """Patch posterior average, PSPC-square (Niedoba et al. 2025, docs/theory.md §3.6).
 
     For every ``P x P`` crop ``K`` lying inside the image,
     ``E[phi_K | z] = sum_i softmax_i(-|z_K - phi^i_K|^2 / (2 sigma^2)) phi^i_K`` over the

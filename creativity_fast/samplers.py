@@ -1,6 +1,6 @@
-"""Samplers for sigma-space denoisers (SPEC 5), in the style of k-diffusion's ``sampling.py``.
+"""Samplers for sigma-space denoisers (docs/theory.md §5), in the style of k-diffusion's ``sampling.py``.
 
-Conventions (SPEC 2): variance-exploding noise ``z = x0 + sigma * eps``. A denoiser is
+Conventions (docs/theory.md §2): variance-exploding noise ``z = x0 + sigma * eps``. A denoiser is
 any callable ``denoiser(z, sigma, **extra) -> x0_hat`` returning the posterior-mean
 estimate of the clean image; the samplers pass ``sigma`` as a tensor ``[B]`` (one
 value per sample, ``z``'s dtype and device) and ``extra_args`` as keyword arguments.

@@ -1,4 +1,4 @@
-"""Noise schedules and patch-size schedules (SPEC 2 and 5).
+"""Noise schedules and patch-size schedules (docs/theory.md §2 and §5).
 
 Everything is in sigma space (variance exploding): ``z = x0 + sigma * eps``.
 A noise schedule is a decreasing tensor ``sigmas [n+1]`` whose last entry is 0;
@@ -7,7 +7,7 @@ step ``i`` of a sampler goes from ``sigmas[i]`` to ``sigmas[i+1]``.
 The ELS paper (Kamb & Ganguli 2025) trains and samples on the cosine
 variance-preserving (VP) schedule ``abar(t) = cos^2(pi t / s)`` with ``s = 2.016``.
 A VP state ``x_t = sqrt(abar) x0 + sqrt(1 - abar) eps`` is the sigma-space state
-``z = x_t / sqrt(abar)`` with ``sigma^2 = (1 - abar) / abar`` (SPEC 2); for the
+``z = x_t / sqrt(abar)`` with ``sigma^2 = (1 - abar) / abar`` (docs/theory.md §2); for the
 cosine schedule this is simply ``sigma = tan(pi t / s)``. The helpers
 :func:`sigma_to_abar`, :func:`abar_to_sigma`, :func:`sigma_to_t` and
 :func:`t_to_sigma` convert between the three parametrisations, e.g. to wrap an
@@ -115,7 +115,7 @@ def cosine_vp_sigmas(n: int, s: float = COSINE_S, *, dtype: torch.dtype = torch.
     """The ELS paper's cosine VP schedule in sigma space.
 
     ``abar(t) = cos^2(pi t / s)`` on the uniform grid ``t_i = i / n``; with
-    ``sigma^2 = (1 - abar) / abar`` (SPEC 2) this is ``sigma(t) = tan(pi t / s)``.
+    ``sigma^2 = (1 - abar) / abar`` (docs/theory.md §2) this is ``sigma(t) = tan(pi t / s)``.
     Ordered from ``t = 1`` (``sigma = tan(pi / 2.016) ~= 80.2``) down to ``t = 0``
     (``sigma = 0``).
 
@@ -168,7 +168,7 @@ def _check_range(x, is_tensor: bool, name: str, lo: float, hi: float, lo_open: b
 
 
 def sigma_to_abar(sigma: SigmaLike) -> SigmaLike:
-    """``abar = 1 / (1 + sigma^2)`` (SPEC 2: ``sigma^2 = (1 - abar) / abar``).
+    """``abar = 1 / (1 + sigma^2)`` (docs/theory.md §2: ``sigma^2 = (1 - abar) / abar``).
 
     Args:
         sigma: float or tensor of any shape, ``>= 0``.
@@ -180,7 +180,7 @@ def sigma_to_abar(sigma: SigmaLike) -> SigmaLike:
 
 
 def abar_to_sigma(abar: SigmaLike) -> SigmaLike:
-    """``sigma = sqrt((1 - abar) / abar)`` (SPEC 2).
+    """``sigma = sqrt((1 - abar) / abar)`` (docs/theory.md §2).
 
     Args:
         abar: float or tensor of any shape, in ``(0, 1]``.

@@ -1,4 +1,4 @@
-"""Training of the reference networks (SPEC 6): eps-prediction on the cosine VP schedule.
+"""Training of the reference networks (docs/theory.md §6): eps-prediction on the cosine VP schedule.
 
 Loss: ``E_{x0, t ~ U(t_min, 1), eps} || eps_theta(x_t, t) - eps ||^2`` with
 ``x_t = sqrt(abar(t)) x0 + sqrt(1 - abar(t)) eps``, ``abar(t) = cos^2(pi t / 2.016)``.

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Twin glyphs: does attention make ELS samples globally consistent? (SPEC 3.4, 7; issue 5)
+"""Twin glyphs: does attention make ELS samples globally consistent? (docs/theory.md §3.4, §7)
 
 One command reproduces the table and figures of docs/attention.md::
 
@@ -19,7 +19,7 @@ plus any ``--extra lam,gamma`` pairs. Attention uses ``attention_P`` (default 5,
 size) with the default exclusion radius (= attention_P, non-overlapping patches).
 
 Per machine: memorized fraction (d(NN1)/d(NN2) < 1/3), global consistency from the
-glyphs ``find_glyphs`` detects (consistent = >= 1 glyph, all the same [SPEC 7]; twin = >= 2
+glyphs ``find_glyphs`` detects (consistent = >= 1 glyph, all the same [docs/theory.md §7]; twin = >= 2
 glyphs, all the same; mixed = two different glyphs), local consistency, nearest-neighbour
 distance relative to held-out real images; fractions with Wilson 95% intervals.
 

@@ -1,4 +1,4 @@
-"""``creativity-fast analyze RESULTS.npz``: memorization, novelty, provenance and consistency metrics (SPEC 7).
+"""``creativity-fast analyze RESULTS.npz``: memorization, novelty, provenance and consistency metrics (docs/theory.md §7).
 
 Reads a ``samples.npz`` written by ``creativity-fast sample`` (or the sweep / the twin-glyph
 experiment), reloads the training set named in its settings (or ``--data``), and writes

@@ -60,7 +60,7 @@ def add_machine_options(p: argparse.ArgumentParser, *, default_machine: str = "e
     g.add_argument("--boundary", default="zeros", choices=("zeros", "circular"), help="default: %(default)s")
     g.add_argument("--keys", default="all", choices=("all", "valid"),
                    help="circular ELS key set (default: %(default)s)")
-    g.add_argument("--patch-schedule", default="fashion_mnist", metavar="SPEC",
+    g.add_argument("--patch-schedule", default="fashion_mnist", metavar="SCHEDULE",
                    help="P per step: an odd int, a comma list (one per step, sampling order) or a published "
                         f"schedule ({', '.join(PUBLISHED_PATCH_SCHEDULES)}); default: %(default)s")
     g.add_argument("--backend", default="auto", choices=("auto", "kernel", "reference"), help="default: %(default)s")

@@ -2,7 +2,7 @@
 
 For every grid point the samples are drawn from the same seeds (same initial noise),
 saved as ``runs/<point>.npz`` (the ``sample`` format, so ``analyze`` works on each), and
-scored with the SPEC 7 metrics. Outputs in ``--out``:
+scored with the docs/theory.md §7 metrics. Outputs in ``--out``:
 
 - ``sweep.json`` (settings and one row per point), ``sweep.csv``, ``sweep.md``;
 - ``sweep.png``: memorized fraction, novelty and consistency against each parameter.
