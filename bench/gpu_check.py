@@ -254,7 +254,7 @@ def check_attention(seed: int) -> None:
     import torch
     from creativity_fast import ops
     from creativity_fast.ops import mean_patch
-from creativity_fast.reference import patch_argmax_attention_reference
+    from creativity_fast.reference import patch_argmax_attention_reference
 
     cpu_kernel = ops.has_kernel("cpu", "patch_argmax_attention")
 

@@ -655,10 +655,9 @@ def test_attention_input_errors(runner):
 
 
 def test_attention_public_api_on_cuda():
-    """creativity_fast.attention on CUDA tensors runs the CUDA kernel, equal to the CPU kernel; opcheck."""
+    """ops.patch_argmax_attention on CUDA tensors runs the CUDA kernel, equal to the CPU kernel; opcheck."""
     if not (torch.cuda.is_available() and ops.has_kernel("cuda", "patch_argmax_attention")):
         pytest.skip("needs a CUDA device and the CUDA patch_argmax_attention kernel")
-    from creativity_fast import attention as A
 
     images, _ = _attn_inputs((4, 1, 12, 10), 3, seed=10, kind="normal")
     for P, exclude, tau in ((3, None, None), (5, 0, None), (3, 2, 0.5)):
