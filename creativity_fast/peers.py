@@ -27,7 +27,7 @@ running log-sum-exp per query, so splitting the data into chunks changes nothing
 (:func:`masked_local_posterior`): the local machine with an arbitrary per-unit key
 support (a sparse mask, CSR) in place of the square patch, and an output support
 whose training values are averaged under the unit's softmax. It has a C++ kernel
-(``csrc/cpu/masked_local_posterior.cpp``, schema ``csrc/peers_schema.cpp``) and the
+(``csrc/cpu/masked_local_posterior.cpp``, schema ``csrc/ops.cpp``) and the
 pure-PyTorch reference :func:`masked_local_posterior_reference` (oracle and fallback).
 See ``docs/peers.md``.
 """
