@@ -311,6 +311,33 @@ def test_backward_matches_reference_autograd(runner, machine, P, C):
     torch.testing.assert_close(grad, grad_ref, atol=2e-3 * grad_ref.abs().max().item(), rtol=1e-3)
 
 
+@pytest.mark.parametrize("machine", MACHINES, ids=MACHINE_IDS)
+def test_backward_lse_matches_reference_autograd_and_cpu_kernel(runner, machine):
+    """patch_posterior_mean_backward_lse: grad z of <g, x0_hat> + <g_lse, lse> vs autograd through the
+    reference and vs the CPU kernel's; with g_lse = 0 it is patch_posterior_mean_backward bit for bit."""
+    mode, boundary, keys = machine
+    z, data, sigma, key_logw = _inputs(B=2, C=2 if mode != "ideal" else 1, H=5, W=6, N=7, sigma=(1.5, 3.0), seed=31,
+                                       logw=True, mode=mode)
+    gen = torch.Generator().manual_seed(6)
+    zz = z.clone().requires_grad_(True)
+    x_ref, lse_ref, _ = patch_posterior_mean_reference(zz, data, sigma, 3, mode, boundary, keys, key_logw)
+    g = torch.randn(x_ref.shape, generator=gen, dtype=torch.float64)
+    gl = torch.randn(lse_ref.shape, generator=gen, dtype=torch.float64)
+    (grad_ref,) = torch.autograd.grad((x_ref * g).sum() + (lse_ref * gl).sum(), zz)
+    zd, dd, sd, kd, gd, gld = _to(runner, torch.float64, z, data, sigma, key_logw, g, gl)
+    x0, lse, _ = runner.forward(zd, dd, sd, 3, mode, boundary, keys, kd, False)
+    grad = runner.backward_lse(gd, gld, zd, dd, sd, 3, mode, boundary, keys, kd, x0, lse).cpu()
+    scale = grad_ref.abs().max().item()
+    torch.testing.assert_close(grad, grad_ref, atol=1e-9 * scale, rtol=1e-8)
+    if ops.has_kernel("cpu", "patch_posterior_mean_backward_lse"):
+        grad_cpu = torch.ops.creativity_fast.patch_posterior_mean_backward_lse(
+            g, gl, z, data, sigma, 3, mode, boundary, keys, key_logw, x0.cpu(), lse.cpu())
+        torch.testing.assert_close(grad, grad_cpu, atol=1e-10 * scale, rtol=1e-9)
+    plain = runner.backward(gd, zd, dd, sd, 3, mode, boundary, keys, kd, x0, lse)
+    zero = runner.backward_lse(gd, torch.zeros_like(lse), zd, dd, sd, 3, mode, boundary, keys, kd, x0, lse)
+    assert torch.equal(plain, zero)
+
+
 class _KernelFunction(torch.autograd.Function):
     """x0_hat = kernel(z) with the kernel's backward, for gradcheck on any backend."""
 
