@@ -57,8 +57,8 @@ inline Options parse_options(const char* op, int64_t P, c10::string_view mode, c
   return op_args::parse_patch_options(op, P, mode, boundary, keys);
 }
 
-// Capability limits of the CUDA kernels (not of the operator: the CPU kernel has no such
-// limits, see op_args.h), checked after the shared rules.
+// Capability limits of the CUDA kernels, not of the operator (the CPU kernel has its own,
+// wider ones, beside its kernels), checked after the shared rules of op_args.h.
 inline void check_cuda_limits(const char* op, const at::Tensor& z, const at::Tensor& data, const Options& o) {
   // 32-bit indices of the kernels.
   TORCH_CHECK(z.size(1) * z.size(2) * z.size(3) < (int64_t(1) << 31) && data.size(0) < (int64_t(1) << 31) &&
@@ -329,7 +329,7 @@ at::Tensor ideal_backward(const L& launch, const at::Tensor& grad, const at::Ten
 }
 
 // ------------------------------------------------------------------------------------
-// Operator bodies (devices already checked by the caller).
+// Operator bodies: the shared checks (op_args.h, devices included), the CUDA limits, then the flows.
 
 template <typename L>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const L& launch, const DeviceInfo& dev, const at::Tensor& z_in,
