@@ -1,12 +1,12 @@
 """CUDA kernels of ``patch_posterior_mean`` and ``patch_argmax_attention`` against the pure-PyTorch
-references and the CPU kernels (issue 4; SPEC 3.4, 4, 9).
+references and the CPU kernels (docs/theory.md §3.4, §4, §9).
 
 Every test runs on each available "device" (backend of the CUDA kernel sources):
 
 - ``cuda``: the compiled kernels through ``torch.ops.creativity_fast`` on the GPU. Skips
   when ``torch.cuda.is_available()`` is False or the extension has no CUDA kernel.
 - ``emulator``: the same kernel and host sources (csrc/cuda/*.cuh) compiled for the CPU
-  emulator of csrc/cuda/cpu_emulation.cuh, on CPU tensors. On by default, so CI checks the
+  emulator of csrc/cuda/cpu_emulation.cuh, on CPU tensors (built by tests/emulator.py). On by default, so CI checks the
   kernels' block and thread logic without a GPU (it compiles a torch extension once, 1-2
   minutes); ``CREATIVITY_FAST_CUDA_EMULATOR=0`` skips it.
   ``CF_EMU_SCHEDULE=reverse|random`` changes the order of the emulated threads.
@@ -18,9 +18,6 @@ when nvcc is on PATH. Without a GPU the ``cuda`` cases skip.
 from __future__ import annotations
 
 import contextlib
-import functools
-import glob
-import hashlib
 import math
 import os
 import shutil
@@ -36,8 +33,9 @@ from creativity_fast.reference import patch_argmax_attention_reference
 from creativity_fast.dictionary import OPERATOR_VARIANTS
 from creativity_fast.reference import patch_posterior_mean_reference
 
+from emulator import EmulatorRunner, emulator_enabled, emulator_module
+
 ROOT = Path(__file__).resolve().parents[1]
-CSRC = ROOT / "csrc"
 
 # (mode, boundary, keys) of every machine the operator computes.
 MACHINES = OPERATOR_VARIANTS
@@ -61,6 +59,10 @@ class CudaRunner:
         return torch.ops.creativity_fast.patch_posterior_mean_backward(grad, z, data, sigma, P, mode, boundary, keys,
                                                                        key_logw, x0, lse)
 
+    def backward_lse(self, grad, grad_lse, z, data, sigma, P, mode, boundary, keys, key_logw, x0, lse):
+        return torch.ops.creativity_fast.patch_posterior_mean_backward_lse(grad, grad_lse, z, data, sigma, P, mode,
+                                                                           boundary, keys, key_logw, x0, lse)
+
     def tf32_capable(self):
         return torch.cuda.get_device_capability()[0] >= 8
 
@@ -68,48 +70,8 @@ class CudaRunner:
         return torch.ops.creativity_fast.patch_argmax_attention(images, center, P, exclude, tau)
 
 
-class EmulatorRunner:
-    name = "emulator"
-    device = torch.device("cpu")
-    SMS, MAJOR = 2, 8  # a small sm_80-class GPU: small plans, tf32 allowed
-    SMEM = 100 * 1024  # dynamic shared memory per block (the attention kernel's scratch)
-
-    def __init__(self, module):
-        self.module = module
-
-    def forward(self, z, data, sigma, P, mode, boundary, keys, key_logw=None, return_argmax=True):
-        return tuple(self.module.forward(z, data, sigma, P, mode, boundary, keys, key_logw, return_argmax,
-                                         self.SMS, self.MAJOR))
-
-    def backward(self, grad, z, data, sigma, P, mode, boundary, keys, key_logw, x0, lse):
-        return self.module.backward(grad, z, data, sigma, P, mode, boundary, keys, key_logw, x0, lse,
-                                    self.SMS, self.MAJOR)
-
-    def tf32_capable(self):
-        return True
-
-    def attention(self, images, center, P, exclude, tau):
-        return tuple(self.module.attention(images, center, P, exclude, tau, self.SMS, self.MAJOR, self.SMEM))
-
-
-@functools.lru_cache(maxsize=None)
-def _emulator_module():
-    from torch.utils.cpp_extension import load_inline
-
-    headers = sorted(glob.glob(str(CSRC / "cuda" / "*.cuh"))) + [str(CSRC / "dictionary.h")]
-    digest = hashlib.sha1(b"".join(Path(h).read_bytes() for h in headers)).hexdigest()[:16]
-    source = (
-        f"// csrc/cuda headers {digest}\n"
-        "#define CF_CUDA_EMULATION 1\n"
-        '#include "cuda/emulated_ops.cuh"\n'
-        "PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {\n"
-        '  m.def("forward", &cf_emu::forward);\n'
-        '  m.def("backward", &cf_emu::backward);\n'
-        '  m.def("attention", &cf_emu::attention);\n'
-        "}\n"
-    )
-    return load_inline(name=f"creativity_fast_cuda_emulator_{digest}", cpp_sources=[source],
-                       extra_include_paths=[str(CSRC)], extra_cflags=["-O1", "-w"], verbose=False)
+# The emulator (build and runner) lives in tests/emulator.py, shared with test_op_errors.py.
+_emulator_module = emulator_module
 
 
 def _cuda_kernel_available() -> bool:
@@ -124,7 +86,7 @@ def runner(request):
         if not ops.has_kernel("cuda"):
             pytest.skip("creativity_fast was built without CUDA kernels")
         return CudaRunner()
-    if os.environ.get("CREATIVITY_FAST_CUDA_EMULATOR", "1") == "0":
+    if not emulator_enabled():
         pytest.skip("CPU emulator of the CUDA kernels disabled (CREATIVITY_FAST_CUDA_EMULATOR=0)")
     return EmulatorRunner(_emulator_module())
 
@@ -279,7 +241,7 @@ def test_ties_go_to_the_lowest_key_id(runner, mode, math_path):
 
 
 def test_sigma_to_zero_gives_nearest_admissible_centre(runner):
-    """SPEC 3.3 limit: as sigma -> 0 each pixel is the centre of its nearest admissible patch."""
+    """docs/theory.md §3.3 limit: as sigma -> 0 each pixel is the centre of its nearest admissible patch."""
     z, data, _, _ = _inputs(B=2, C=1, H=8, W=8, N=6, seed=3)
     sigma = torch.full((2,), 1e-3, dtype=torch.float64)
     x_ref, _, best_ref = patch_posterior_mean_reference(z, data, sigma, 3, "els", "zeros", "all")
@@ -347,6 +309,33 @@ def test_backward_matches_reference_autograd(runner, machine, P, C):
     x0, lse, _ = runner.forward(zd, dd, sd, P, mode, boundary, keys, kd, False)
     grad = runner.backward(gd, zd, dd, sd, P, mode, boundary, keys, kd, x0, lse).cpu().double()
     torch.testing.assert_close(grad, grad_ref, atol=2e-3 * grad_ref.abs().max().item(), rtol=1e-3)
+
+
+@pytest.mark.parametrize("machine", MACHINES, ids=MACHINE_IDS)
+def test_backward_lse_matches_reference_autograd_and_cpu_kernel(runner, machine):
+    """patch_posterior_mean_backward_lse: grad z of <g, x0_hat> + <g_lse, lse> vs autograd through the
+    reference and vs the CPU kernel's; with g_lse = 0 it is patch_posterior_mean_backward bit for bit."""
+    mode, boundary, keys = machine
+    z, data, sigma, key_logw = _inputs(B=2, C=2 if mode != "ideal" else 1, H=5, W=6, N=7, sigma=(1.5, 3.0), seed=31,
+                                       logw=True, mode=mode)
+    gen = torch.Generator().manual_seed(6)
+    zz = z.clone().requires_grad_(True)
+    x_ref, lse_ref, _ = patch_posterior_mean_reference(zz, data, sigma, 3, mode, boundary, keys, key_logw)
+    g = torch.randn(x_ref.shape, generator=gen, dtype=torch.float64)
+    gl = torch.randn(lse_ref.shape, generator=gen, dtype=torch.float64)
+    (grad_ref,) = torch.autograd.grad((x_ref * g).sum() + (lse_ref * gl).sum(), zz)
+    zd, dd, sd, kd, gd, gld = _to(runner, torch.float64, z, data, sigma, key_logw, g, gl)
+    x0, lse, _ = runner.forward(zd, dd, sd, 3, mode, boundary, keys, kd, False)
+    grad = runner.backward_lse(gd, gld, zd, dd, sd, 3, mode, boundary, keys, kd, x0, lse).cpu()
+    scale = grad_ref.abs().max().item()
+    torch.testing.assert_close(grad, grad_ref, atol=1e-9 * scale, rtol=1e-8)
+    if ops.has_kernel("cpu", "patch_posterior_mean_backward_lse"):
+        grad_cpu = torch.ops.creativity_fast.patch_posterior_mean_backward_lse(
+            g, gl, z, data, sigma, 3, mode, boundary, keys, key_logw, x0.cpu(), lse.cpu())
+        torch.testing.assert_close(grad, grad_cpu, atol=1e-10 * scale, rtol=1e-9)
+    plain = runner.backward(gd, zd, dd, sd, 3, mode, boundary, keys, kd, x0, lse)
+    zero = runner.backward_lse(gd, torch.zeros_like(lse), zd, dd, sd, 3, mode, boundary, keys, kd, x0, lse)
+    assert torch.equal(plain, zero)
 
 
 class _KernelFunction(torch.autograd.Function):
@@ -470,7 +459,7 @@ def test_float64_never_uses_tf32(runner):
 
 
 # ---------------------------------------------------------------------------------------
-# patch_argmax_attention (SPEC 3.4): the CUDA kernel reproduces the CPU kernel's float64
+# patch_argmax_attention (docs/theory.md §3.4): the CUDA kernel reproduces the CPU kernel's float64
 # scores operation for operation, so y* equals the CPU kernel's bitwise on any input and the
 # reference's wherever the scores are exact (dyadic inputs), ties included.
 
@@ -648,7 +637,7 @@ def test_attention_input_errors(runner):
     x, c = images.to(runner.device), center.to(runner.device)
     with pytest.raises(RuntimeError, match="P must be an odd"):
         runner.attention(x, torch.zeros(1, 4, 4, dtype=x.dtype, device=x.device), 4, 1, -1.0)
-    with pytest.raises(RuntimeError, match="center must be"):
+    with pytest.raises(RuntimeError, match="center must have shape"):
         runner.attention(x, c[:, :1], 3, 1, -1.0)
     with pytest.raises(RuntimeError, match="exclude must be"):
         runner.attention(x, c, 3, -1, -1.0)

@@ -1,6 +1,7 @@
-// CPU kernel of creativity_fast::masked_local_posterior (schema: csrc/peers_schema.cpp).
+// CPU kernel of creativity_fast::masked_local_posterior (schema: csrc/ops.cpp; argument
+// checks: csrc/op_args.h).
 //
-// The local machine with a per-unit mask in place of the square patch (SPEC 3.6):
+// The local machine with a per-unit mask in place of the square patch (docs/theory.md §3.6):
 // each query unit q has a key support (indices + weights, CSR) on which distances
 // are measured and an output support whose training values are averaged under the
 // softmax. The training set is streamed image by image with an exact online
@@ -22,6 +23,8 @@
 #include <limits>
 #include <type_traits>
 #include <vector>
+
+#include "op_args.h"
 
 namespace creativity_fast {
 namespace {
@@ -176,21 +179,8 @@ std::tuple<at::Tensor, at::Tensor> masked_local_posterior_cpu(const at::Tensor& 
                                                               const at::Tensor& key_weight,
                                                               const at::Tensor& out_ptr,
                                                               const at::Tensor& out_index) {
-  TORCH_CHECK(z.dim() == 3 && data.dim() == 3, "masked_local_posterior: z [B,C,U] and data [N,C,U] expected");
-  TORCH_CHECK(z.size(1) == data.size(1) && z.size(2) == data.size(2),
-              "masked_local_posterior: z and data differ in C or U");
-  TORCH_CHECK(data.size(0) > 0, "masked_local_posterior: data is empty");
-  TORCH_CHECK(z.scalar_type() == data.scalar_type() && z.scalar_type() == sigma.scalar_type() &&
-                  z.scalar_type() == key_weight.scalar_type(),
-              "masked_local_posterior: z, data, sigma and key_weight must share a dtype");
-  for (const at::Tensor* t : {&key_ptr, &key_index, &out_ptr, &out_index})
-    TORCH_CHECK(t->scalar_type() == at::kLong && t->dim() == 1,
-                "masked_local_posterior: index tensors must be 1-D int64");
-  TORCH_CHECK(sigma.dim() == 1 && sigma.size(0) == z.size(0), "masked_local_posterior: sigma must be [B]");
-  TORCH_CHECK(key_ptr.size(0) >= 1 && key_ptr.size(0) == out_ptr.size(0),
-              "masked_local_posterior: key_ptr and out_ptr must both be [Q+1]");
-  TORCH_CHECK(key_weight.dim() == 1 && key_weight.size(0) == key_index.size(0),
-              "masked_local_posterior: key_weight and key_index differ in length");
+  const char* name = op_args::kMaskedLocalPosterior;
+  op_args::check_masked_inputs(name, z, data, sigma, key_ptr, key_index, key_weight, out_ptr, out_index);
   const int64_t B = z.size(0), C = z.size(1), U = z.size(2), N = data.size(0);
   const int64_t Q = key_ptr.size(0) - 1;
   auto zc = z.contiguous(), dc = data.contiguous(), sc = sigma.contiguous();
@@ -198,15 +188,8 @@ std::tuple<at::Tensor, at::Tensor> masked_local_posterior_cpu(const at::Tensor& 
   auto op = out_ptr.contiguous(), oi = out_index.contiguous();
   const int64_t* kpp = kp.data_ptr<int64_t>();
   const int64_t* opp = op.data_ptr<int64_t>();
-  TORCH_CHECK(kpp[0] == 0 && opp[0] == 0 && kpp[Q] == ki.size(0) && opp[Q] == oi.size(0),
-              "masked_local_posterior: CSR pointers must start at 0 and end at the index length");
-  for (int64_t q = 0; q < Q; ++q)
-    TORCH_CHECK(kpp[q + 1] >= kpp[q] && opp[q + 1] >= opp[q], "masked_local_posterior: CSR pointers must not decrease");
-  for (const at::Tensor* t : {&ki, &oi}) {
-    if (t->numel() == 0) continue;
-    TORCH_CHECK(t->min().item<int64_t>() >= 0 && t->max().item<int64_t>() < U,
-                "masked_local_posterior: support index out of range [0, U)");
-  }
+  op_args::check_masked_csr(name, "key", kpp, Q, ki.data_ptr<int64_t>(), ki.size(0), U);
+  op_args::check_masked_csr(name, "out", opp, Q, oi.data_ptr<int64_t>(), oi.size(0), U);
   const int64_t nnz_out = oi.size(0);
   auto mean = at::empty({B, C, nnz_out}, z.options());
   auto lse = at::empty({B, Q}, z.options());

@@ -1,5 +1,6 @@
-// CPU kernel of creativity_fast::patch_argmax_attention (SPEC 3.4, 4); schema in
-// csrc/attention_schema.cpp, reference twin in creativity_fast/attention.py.
+// CPU kernel of creativity_fast::patch_argmax_attention (docs/theory.md §3.4, §4); schema
+// in csrc/ops.cpp, argument checks in csrc/op_args.h, reference twin in
+// creativity_fast/attention.py.
 //
 // Score of a query pixel x and a key pixel y of one image, with zero-extended
 // P x P patches Pi and the embedding e(Pi) = Pi - c:
@@ -25,6 +26,7 @@
 #include <vector>
 
 #include "attention_rules.h"
+#include "op_args.h"
 
 namespace creativity_fast {
 namespace {
@@ -148,12 +150,8 @@ void attention_kernel(const scalar_t* images, const double* center, int64_t M, i
 
 std::tuple<at::Tensor, at::Tensor> patch_argmax_attention_cpu(const at::Tensor& images_in, const at::Tensor& center_in,
                                                               int64_t P, int64_t exclude, double tau) {
-  TORCH_CHECK(images_in.dim() == 4, "patch_argmax_attention: images must be [M, C, H, W]");
-  TORCH_CHECK(P > 0 && P % 2 == 1, "patch_argmax_attention: P must be an odd positive int");
-  TORCH_CHECK(exclude >= 0, "patch_argmax_attention: exclude must be >= 0");
+  op_args::check_attention_inputs(op_args::kPatchArgmaxAttention, images_in, center_in, P, exclude);
   const int64_t M = images_in.size(0), C = images_in.size(1), H = images_in.size(2), W = images_in.size(3);
-  TORCH_CHECK(center_in.dim() == 3 && center_in.size(0) == C && center_in.size(1) == P && center_in.size(2) == P,
-              "patch_argmax_attention: center must be [C, P, P]");
   auto images = images_in.contiguous();
   auto center = center_in.to(at::kDouble).contiguous();
   auto y_star = at::empty({M, H, W}, images.options().dtype(at::kLong));

@@ -1,7 +1,8 @@
 // CPU implementation of creativity_fast::patch_posterior_mean and its backward
 // (schemas in csrc/ops.cpp; fake and autograd registrations in creativity_fast/ops.py).
 //
-// This file owns everything torch-facing: argument checks, the per-axis tables
+// This file owns everything torch-facing: argument checks (the shared rules of
+// op_args.h, then this backend's size limits), the per-axis tables
 // derived from dictionary.h (the one definition of patch offsets, weights and
 // admissible keys), the choice of instruction set, and the parallel loop over work
 // units (sample, block of query rows) through torch's thread pool. The arithmetic
@@ -28,6 +29,7 @@
 
 #include "cpu/ppm_api.h"
 #include "dictionary.h"
+#include "op_args.h"
 
 namespace creativity_fast {
 namespace cpu {
@@ -77,23 +79,6 @@ const IsaKernels& select_isa() {
   if (cpu_has("avx512")) return kKernelsAvx512;
   if (cpu_has("avx2")) return kKernelsAvx2;
   return kKernelsGeneric;
-}
-
-Mode parse_mode(c10::string_view s) {
-  if (s == "ideal") return Mode::Ideal;
-  if (s == "local") return Mode::Local;
-  if (s == "els") return Mode::Els;
-  TORCH_CHECK(false, "mode must be 'ideal', 'local' or 'els'; got '", std::string(s), "'");
-}
-Boundary parse_boundary(c10::string_view s) {
-  if (s == "zeros") return Boundary::Zeros;
-  if (s == "circular") return Boundary::Circular;
-  TORCH_CHECK(false, "boundary must be 'zeros' or 'circular'; got '", std::string(s), "'");
-}
-Keys parse_keys(c10::string_view s) {
-  if (s == "all") return Keys::All;
-  if (s == "valid") return Keys::Valid;
-  TORCH_CHECK(false, "keys must be 'all' or 'valid'; got '", std::string(s), "'");
 }
 
 // Owns the arrays an AxisTables points into.
@@ -160,7 +145,7 @@ void build_axis(AxisStore& st, int size, int P, Mode mode, Boundary boundary, Ke
       if (!t.wrap) {
         // The box filter treats the product image as 0 outside the query image; that
         // is exact only if, along every patch offset, the query and key positions
-        // leave the image together (true for the zero-boundary rules of SPEC 3.3).
+        // leave the image together (true for the zero-boundary rules of docs/theory.md §3.3).
         for (int i = 0; i < ap.count; ++i) {
           const bool qin = ap.source(pos, i) >= 0, kin = ap.source(key, i) >= 0;
           TORCH_CHECK(qin == kin, "zero-boundary admissible pair leaves the image on one side only");
@@ -211,47 +196,32 @@ struct Setup {
   int64_t units = 0;
 };
 
-// Common checks and tables; `ideal` units are samples, patch units are (sample, row block).
-void setup(Setup& S, const at::Tensor& z, const at::Tensor& data, const at::Tensor& sigma, int64_t P,
-           c10::string_view mode_s, c10::string_view boundary_s, c10::string_view keys_s,
-           const std::optional<at::Tensor>& key_logw) {
-  TORCH_CHECK(z.dim() == 4, "z must be [B, C, H, W]; got ", z.sizes());
-  TORCH_CHECK(data.dim() == 4, "data must be [N, C, H, W]; got ", data.sizes());
-  TORCH_CHECK(z.scalar_type() == at::kFloat || z.scalar_type() == at::kDouble,
-              "z must be float32 or float64; got ", z.scalar_type());
-  TORCH_CHECK(data.scalar_type() == z.scalar_type(), "data must have z's dtype");
-  TORCH_CHECK(data.size(1) == z.size(1) && data.size(2) == z.size(2) && data.size(3) == z.size(3),
-              "data [N, C, H, W] must match z in C, H, W; got ", data.sizes(), " and ", z.sizes());
-  TORCH_CHECK(data.size(0) > 0, "data is empty");
-  TORCH_CHECK(sigma.dim() == 1 && sigma.size(0) == z.size(0), "sigma must be [B]; got ", sigma.sizes());
-  TORCH_CHECK(P > 0 && P % 2 == 1, "P must be an odd positive int; got ", P);
-  TORCH_CHECK(z.size(2) < (1 << 20) && z.size(3) < (1 << 20), "image too large");
-  const Mode mode = parse_mode(mode_s);
-  const Boundary boundary = parse_boundary(boundary_s);
-  const Keys keys = parse_keys(keys_s);
+// Tables of a checked call (op_args.h: parse_patch_options, check_patch_inputs);
+// `ideal` units are samples, patch units are (sample, row block). `op` names the operator
+// in error messages.
+void setup(Setup& S, const char* op, const at::Tensor& z, const at::Tensor& data, const at::Tensor& sigma,
+           const op_args::PatchOptions& o, const std::optional<at::Tensor>& key_logw) {
+  const int P = o.P;
+  const Mode mode = o.mode;
+  const Boundary boundary = o.boundary;
+  const Keys keys = o.keys;
+  // Limits of this CPU backend (index arithmetic), beyond the shared rules of op_args.h.
+  TORCH_CHECK(z.size(2) < (1 << 20) && z.size(3) < (1 << 20), op, ": the CPU kernel supports H, W < 2^20; got ",
+              z.sizes());
   PpmProblem& pb = S.pb;
   pb.B = z.size(0);
   pb.C = z.size(1);
   pb.H = z.size(2);
   pb.W = z.size(3);
   pb.N = data.size(0);
-  TORCH_CHECK(P < (int64_t(1) << 30), "P is too large; got ", P);
-  pb.P = int(P);
+  pb.P = o.P;
   pb.mode = int(mode);
   pb.boundary = int(boundary);
   pb.keys = int(keys);
-  if (key_logw.has_value()) {
-    const at::Tensor& lw = *key_logw;
-    TORCH_CHECK(lw.scalar_type() == z.scalar_type(), "key_logw must have z's dtype");
-    if (mode == Mode::Ideal) {
-      TORCH_CHECK(lw.dim() == 1 && lw.size(0) == pb.N, "key_logw must be [N] for mode='ideal'; got ", lw.sizes());
-    } else {
-      TORCH_CHECK(lw.dim() == 3 && lw.size(0) == pb.N && lw.size(1) == pb.H && lw.size(2) == pb.W,
-                  "key_logw must be [N, H, W]; got ", lw.sizes());
-    }
-  }
-  TORCH_CHECK(pb.N * pb.H * pb.W < (int64_t(1) << 62), "data too large");
-  TORCH_CHECK((pb.N + 15) / 16 < (int64_t(1) << 30), "too many training images");
+  TORCH_CHECK(pb.N * pb.H * pb.W < (int64_t(1) << 62), op, ": the CPU kernel supports N*H*W < 2^62; got data ",
+              data.sizes());
+  TORCH_CHECK((pb.N + 15) / 16 < (int64_t(1) << 30), op, ": the CPU kernel supports N < 2^34 training images; got N=",
+              pb.N);
   pb.has_logw = key_logw.has_value();
   pb.opt = read_options();
   S.sigma.resize(pb.B);
@@ -264,8 +234,8 @@ void setup(Setup& S, const at::Tensor& z, const at::Tensor& data, const at::Tens
     S.units = pb.B;
     return;
   }
-  build_axis(S.rows, int(pb.H), int(P), mode, boundary, keys);
-  build_axis(S.cols, int(pb.W), int(P), mode, boundary, keys);
+  build_axis(S.rows, int(pb.H), P, mode, boundary, keys);
+  build_axis(S.cols, int(pb.W), P, mode, boundary, keys);
   pb.ax_r = S.rows.t;
   pb.ax_c = S.cols.t;
   int64_t rows = pb.opt.tile_rows;
@@ -293,12 +263,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> patch_posterior_mean_cpu(
     const at::Tensor& z_in, const at::Tensor& data_in, const at::Tensor& sigma, int64_t P, c10::string_view mode,
     c10::string_view boundary, c10::string_view keys, const std::optional<at::Tensor>& key_logw_in,
     bool return_argmax) {
+  const char* op = op_args::kPatchPosteriorMean;
+  const op_args::PatchOptions o = op_args::parse_patch_options(op, P, mode, boundary, keys);
+  op_args::check_patch_inputs(op, z_in, data_in, sigma, key_logw_in, o);
   const at::Tensor z = z_in.contiguous();
   const at::Tensor data = data_in.contiguous();
   std::optional<at::Tensor> key_logw;
   if (key_logw_in.has_value()) key_logw = key_logw_in->contiguous();
   Setup S;
-  setup(S, z, data, sigma, P, mode, boundary, keys, key_logw);
+  setup(S, op, z, data, sigma, o, key_logw);
   PpmProblem& pb = S.pb;
   pb.want_argmax = return_argmax;
   at::Tensor x0 = at::empty_like(z);
@@ -316,29 +289,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> patch_posterior_mean_cpu(
   return {x0, lse, best};
 }
 
-at::Tensor backward_impl(const at::Tensor& grad_in, const at::Tensor* grad_lse_in, const at::Tensor& z_in,
-                         const at::Tensor& data_in, const at::Tensor& sigma, int64_t P, c10::string_view mode,
-                         c10::string_view boundary, c10::string_view keys,
+at::Tensor backward_impl(const char* op, const at::Tensor& grad_in, const at::Tensor* grad_lse_in,
+                         const at::Tensor& z_in, const at::Tensor& data_in, const at::Tensor& sigma, int64_t P,
+                         c10::string_view mode, c10::string_view boundary, c10::string_view keys,
                          const std::optional<at::Tensor>& key_logw_in, const at::Tensor& x0_in,
                          const at::Tensor& lse_in) {
+  const op_args::PatchOptions o = op_args::parse_patch_options(op, P, mode, boundary, keys);
+  op_args::check_patch_inputs(op, z_in, data_in, sigma, key_logw_in, o);
+  op_args::check_patch_backward_inputs(op, z_in, grad_in, x0_in, lse_in, grad_lse_in);
   const at::Tensor z = z_in.contiguous();
   const at::Tensor data = data_in.contiguous();
-  const at::Tensor grad = grad_in.to(z.scalar_type()).contiguous();
-  const at::Tensor x0 = x0_in.to(z.scalar_type()).contiguous();
-  const at::Tensor lse = lse_in.to(z.scalar_type()).contiguous();
+  const at::Tensor grad = grad_in.contiguous();
+  const at::Tensor x0 = x0_in.contiguous();
+  const at::Tensor lse = lse_in.contiguous();
   std::optional<at::Tensor> key_logw;
   if (key_logw_in.has_value()) key_logw = key_logw_in->contiguous();
-  TORCH_CHECK(grad.sizes() == z.sizes(), "grad_x0 must have z's shape");
-  TORCH_CHECK(x0.sizes() == z.sizes(), "x0_hat must have z's shape");
-  TORCH_CHECK(lse.dim() == 3 && lse.size(0) == z.size(0) && lse.size(1) == z.size(2) && lse.size(2) == z.size(3),
-              "lse must be [B, H, W]");
   at::Tensor grad_lse;
-  if (grad_lse_in) {
-    grad_lse = grad_lse_in->to(z.scalar_type()).contiguous();
-    TORCH_CHECK(grad_lse.sizes() == lse.sizes(), "grad_lse must be [B, H, W]");
-  }
+  if (grad_lse_in) grad_lse = grad_lse_in->contiguous();
   Setup S;
-  setup(S, z, data, sigma, P, mode, boundary, keys, key_logw);
+  setup(S, op, z, data, sigma, o, key_logw);
   PpmProblem& pb = S.pb;
   pb.want_argmax = false;
   pb.z = z.data_ptr();
@@ -365,7 +334,8 @@ at::Tensor patch_posterior_mean_backward_cpu(const at::Tensor& grad, const at::T
                                              c10::string_view boundary, c10::string_view keys,
                                              const std::optional<at::Tensor>& key_logw, const at::Tensor& x0,
                                              const at::Tensor& lse) {
-  return backward_impl(grad, nullptr, z, data, sigma, P, mode, boundary, keys, key_logw, x0, lse);
+  return backward_impl(op_args::kPatchPosteriorMeanBackward, grad, nullptr, z, data, sigma, P, mode, boundary, keys,
+                       key_logw, x0, lse);
 }
 
 at::Tensor patch_posterior_mean_backward_lse_cpu(const at::Tensor& grad, const at::Tensor& grad_lse,
@@ -373,7 +343,8 @@ at::Tensor patch_posterior_mean_backward_lse_cpu(const at::Tensor& grad, const a
                                                  int64_t P, c10::string_view mode, c10::string_view boundary,
                                                  c10::string_view keys, const std::optional<at::Tensor>& key_logw,
                                                  const at::Tensor& x0, const at::Tensor& lse) {
-  return backward_impl(grad, &grad_lse, z, data, sigma, P, mode, boundary, keys, key_logw, x0, lse);
+  return backward_impl(op_args::kPatchPosteriorMeanBackwardLse, grad, &grad_lse, z, data, sigma, P, mode, boundary,
+                       keys, key_logw, x0, lse);
 }
 
 }  // namespace

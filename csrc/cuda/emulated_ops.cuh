@@ -12,83 +12,58 @@
 #include <vector>
 
 #include "cpu_emulation.cuh"
-#include "ideal_kernels.cuh"
+#include "launch_ladder.cuh"
 #include "ops_impl.cuh"
-#include "patch_argmax_attention.cuh"
-#include "patch_kernels.cuh"
 
 namespace cf_emu {
 namespace cfc = creativity_fast::cuda;
 
-// Launch backend of ops_impl.cuh: each kernel launch runs on the emulator.
-struct EmuLaunch {
-  template <typename T>
-  void patch_forward(const cfc::PatchParams<T>& p, int64_t nwork, bool tf32, int cmax) const {
-    const emu_dim3 grid{static_cast<unsigned>(nwork), 1, 1}, block{cfc::kThreads, 1, 1};
-    if constexpr (std::is_same<T, float>::value) {
-      if (tf32) {
-        if (cmax == 1)
-          cf_emu::launch(grid, block, [&] { cfc::detail::forward_kernel<float, 1, true>(p); });
-        else
-          cf_emu::launch(grid, block, [&] { cfc::detail::forward_kernel<float, 4, true>(p); });
-        return;
-      }
-    }
-    if (cmax == 1)
-      cf_emu::launch(grid, block, [&] { cfc::detail::forward_kernel<T, 1, false>(p); });
-    else
-      cf_emu::launch(grid, block, [&] { cfc::detail::forward_kernel<T, 4, false>(p); });
-  }
-  template <typename T>
-  void patch_merge(const cfc::PatchParams<T>& p, T* x0, T* lse, int64_t* best) const {
-    const int64_t n = int64_t(p.B) * p.H * p.W;
-    cf_emu::launch({static_cast<unsigned>((n + 255) / 256), 1, 1}, {256, 1, 1},
-                   [&] { cfc::detail::merge_kernel<T>(p, x0, lse, best); });
-  }
-  template <typename T>
-  void patch_backward(const cfc::PatchParams<T>& p, int64_t nwork, int cmax) const {
-    const emu_dim3 grid{static_cast<unsigned>(nwork), 1, 1}, block{cfc::kThreads, 1, 1};
-    if (cmax == 1)
-      cf_emu::launch(grid, block, [&] { cfc::detail::backward_kernel<T, 1>(p); });
-    else
-      cf_emu::launch(grid, block, [&] { cfc::detail::backward_kernel<T, 4>(p); });
-  }
-  template <typename T>
-  void patch_adjoint(const cfc::PatchParams<T>& p, T* grad_z) const {
-    const int64_t n = int64_t(p.B) * p.C * p.H * p.W;
-    cf_emu::launch({static_cast<unsigned>((n + 255) / 256), 1, 1}, {256, 1, 1},
-                   [&] { cfc::detail::adjoint_kernel<T>(p, grad_z); });
-  }
-  template <typename T>
-  void ideal(const cfc::IdealParams<T>& p, int phase) const {
-    const emu_dim3 grid{static_cast<unsigned>(p.nsplit), static_cast<unsigned>(p.B), 1}, block{cfc::kThreads, 1, 1};
-    if (phase == 0)
-      cf_emu::launch(grid, block, [&] { cfc::detail::ideal_kernel<T, 0>(p); });
-    else if (phase == 1)
-      cf_emu::launch(grid, block, [&] { cfc::detail::ideal_kernel<T, 1>(p); });
-    else
-      cf_emu::launch(grid, block, [&] { cfc::detail::ideal_kernel<T, 2>(p); });
-  }
-  template <typename T>
-  void attention(const cfc::AttentionParams<T>& p, int phase, int64_t nblocks, int64_t smem_bytes) const {
-    const emu_dim3 grid{static_cast<unsigned>(nblocks), 1, 1}, block{cfc::kAttnThreads, 1, 1};
-    const size_t smem = static_cast<size_t>(smem_bytes);
-    if (phase == 0)
-      cf_emu::launch(grid, block, smem, [&] { cfc::detail::attention_kernel<T, 0>(p); });
-    else if (phase == 1)
-      cf_emu::launch(grid, block, smem, [&] { cfc::detail::attention_kernel<T, 1>(p); });
-    else
-      cf_emu::launch(grid, block, smem, [&] { cfc::detail::attention_kernel<T, 2>(p); });
+// Launcher of launch_ladder.cuh: runs the chosen kernel instantiation on the emulator.
+struct EmuLauncher {
+  template <typename... KernelArgs, typename... Args>
+  cudaError_t operator()(void (*kernel)(KernelArgs...), const cfc::ladder::LaunchDims& d, Args&&... args) const {
+    cf_emu::launch({d.grid_x, d.grid_y, 1}, {d.block, 1, 1}, d.smem_bytes, [&] { kernel(args...); });
+    return cudaSuccess;
   }
 };
 
-// patch_posterior_mean / patch_posterior_mean_backward on the emulator; sms and major stand
-// for the GPU's multiprocessor count and compute capability (plan size, tf32 eligibility).
+// Launch backend of ops_impl.cuh: each kernel launch runs on the emulator, through the same
+// ladder as the CUDA launchers (patch_kernels.cu, ideal_kernels.cu, patch_argmax_attention.cu).
+struct EmuLaunch {
+  template <typename T>
+  void patch_forward(const cfc::PatchParams<T>& p, int64_t nwork, bool tf32, int cmax) const {
+    cfc::ladder::patch_forward<T>(EmuLauncher{}, p, nwork, tf32, cmax);
+  }
+  template <typename T>
+  void patch_merge(const cfc::PatchParams<T>& p, T* x0, T* lse, int64_t* best) const {
+    cfc::ladder::patch_merge<T>(EmuLauncher{}, p, x0, lse, best);
+  }
+  template <typename T>
+  void patch_backward(const cfc::PatchParams<T>& p, int64_t nwork, int cmax) const {
+    cfc::ladder::patch_backward<T>(EmuLauncher{}, p, nwork, cmax);
+  }
+  template <typename T>
+  void patch_adjoint(const cfc::PatchParams<T>& p, T* grad_z) const {
+    cfc::ladder::patch_adjoint<T>(EmuLauncher{}, p, grad_z);
+  }
+  template <typename T>
+  void ideal(const cfc::IdealParams<T>& p, int phase) const {
+    cfc::ladder::ideal<T>(EmuLauncher{}, p, phase);
+  }
+  template <typename T>
+  void attention(const cfc::AttentionParams<T>& p, int phase, int64_t nblocks, int64_t smem_bytes) const {
+    cfc::ladder::attention<T>(EmuLauncher{}, p, phase, nblocks, smem_bytes);
+  }
+};
+
+// patch_posterior_mean / patch_posterior_mean_backward / patch_posterior_mean_backward_lse
+// on the emulator; sms and major stand for the GPU's multiprocessor count and compute
+// capability (plan size, tf32 eligibility). Argument names and checks as the operators'.
 inline std::vector<at::Tensor> forward(const at::Tensor& z, const at::Tensor& data, const at::Tensor& sigma, int64_t P,
                                        const std::string& mode, const std::string& boundary, const std::string& keys,
                                        const std::optional<at::Tensor>& key_logw, bool return_argmax, int64_t sms,
                                        int64_t major) {
-  const auto o = cfc::impl::parse_options(P, mode, boundary, keys);
+  const auto o = cfc::impl::parse_options(creativity_fast::op_args::kPatchPosteriorMean, P, mode, boundary, keys);
   const cfc::impl::DeviceInfo dev{static_cast<int>(sms), static_cast<int>(major)};
   auto r = cfc::impl::forward(EmuLaunch{}, dev, z, data, sigma, o, key_logw, return_argmax);
   return {std::get<0>(r), std::get<1>(r), std::get<2>(r)};
@@ -98,9 +73,21 @@ inline at::Tensor backward(const at::Tensor& grad, const at::Tensor& z, const at
                            const at::Tensor& sigma, int64_t P, const std::string& mode, const std::string& boundary,
                            const std::string& keys, const std::optional<at::Tensor>& key_logw, const at::Tensor& x0,
                            const at::Tensor& lse, int64_t sms, int64_t major) {
-  const auto o = cfc::impl::parse_options(P, mode, boundary, keys);
+  const auto o =
+      cfc::impl::parse_options(creativity_fast::op_args::kPatchPosteriorMeanBackward, P, mode, boundary, keys);
   const cfc::impl::DeviceInfo dev{static_cast<int>(sms), static_cast<int>(major)};
   return cfc::impl::backward(EmuLaunch{}, dev, grad, z, data, sigma, o, key_logw, x0, lse);
+}
+
+inline at::Tensor backward_lse(const at::Tensor& grad, const at::Tensor& grad_lse, const at::Tensor& z,
+                               const at::Tensor& data, const at::Tensor& sigma, int64_t P, const std::string& mode,
+                               const std::string& boundary, const std::string& keys,
+                               const std::optional<at::Tensor>& key_logw, const at::Tensor& x0, const at::Tensor& lse,
+                               int64_t sms, int64_t major) {
+  const auto o =
+      cfc::impl::parse_options(creativity_fast::op_args::kPatchPosteriorMeanBackwardLse, P, mode, boundary, keys);
+  const cfc::impl::DeviceInfo dev{static_cast<int>(sms), static_cast<int>(major)};
+  return cfc::impl::backward(EmuLaunch{}, dev, grad, z, data, sigma, o, key_logw, x0, lse, &grad_lse);
 }
 
 // patch_argmax_attention on the emulator; smem_optin stands for the GPU's shared memory per

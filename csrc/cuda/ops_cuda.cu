@@ -1,9 +1,10 @@
 // CUDA registrations of the creativity_fast operators (schemas in csrc/ops.cpp).
 //
-// The host flows live in ops_impl.cuh (checks, plan, buffers, precision policy); this file
-// binds them to the CUDA launchers (patch_kernels.cu, ideal_kernels.cu,
-// patch_argmax_attention.cu), the device guard and the current stream, and registers them
-// for the CUDA dispatch key (patch_argmax_attention's schema: csrc/attention_schema.cpp).
+// The host flows live in ops_impl.cuh (checks: csrc/op_args.h and the CUDA limits; plan,
+// buffers, precision policy); this file binds them to the CUDA launchers (patch_kernels.cu,
+// ideal_kernels.cu, patch_argmax_attention.cu, whose instantiation ladder is
+// launch_ladder.cuh), the device guard and the current stream, and registers them for the
+// CUDA dispatch key.
 //
 // This translation unit is host code only; nvcc's device passes (__CUDA_ARCH__ defined) see
 // an empty file, which roughly halves its compile time (the torch headers are parsed once).
@@ -23,6 +24,7 @@
 namespace creativity_fast {
 namespace cuda {
 namespace {
+
 
 // Launch backend of ops_impl.cuh: the kernels on the current CUDA stream; every launch is
 // checked (the launchers return cudaGetLastError() of the launch).
@@ -62,12 +64,21 @@ impl::DeviceInfo device_info(int device) {
   return d;
 }
 
+// The dispatcher picks the CUDA kernel when any tensor argument is on a CUDA device; the
+// shared checks (ops_impl.cuh) then reject mixed devices, and this one the case they
+// cannot see (z itself on the CPU, with every other tensor on a GPU).
+void check_on_cuda(const char* op, const char* name, const at::Tensor& t) {
+  TORCH_CHECK(t.is_cuda(), op, ": ", name, " is on ", t.device(),
+              " but the other tensors are on a CUDA device; move them to one device");
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> patch_posterior_mean_cuda(
     const at::Tensor& z, const at::Tensor& data, const at::Tensor& sigma, int64_t P, c10::string_view mode,
     c10::string_view boundary, c10::string_view keys, const std::optional<at::Tensor>& key_logw,
     bool return_argmax) {
-  const impl::Options o = impl::parse_options(P, mode, boundary, keys);
-  TORCH_CHECK(z.is_cuda(), "patch_posterior_mean (CUDA): z must be a CUDA tensor");
+  const char* op = op_args::kPatchPosteriorMean;
+  const impl::Options o = impl::parse_options(op, P, mode, boundary, keys);
+  check_on_cuda(op, "z", z);
   const c10::cuda::CUDAGuard guard(z.device());
   const CudaLaunch launch{c10::cuda::getCurrentCUDAStream()};
   return impl::forward(launch, device_info(z.get_device()), z, data, sigma, o, key_logw, return_argmax);
@@ -78,16 +89,32 @@ at::Tensor patch_posterior_mean_backward_cuda(const at::Tensor& grad_x0, const a
                                               c10::string_view boundary, c10::string_view keys,
                                               const std::optional<at::Tensor>& key_logw, const at::Tensor& x0_hat,
                                               const at::Tensor& lse) {
-  const impl::Options o = impl::parse_options(P, mode, boundary, keys);
-  TORCH_CHECK(z.is_cuda(), "patch_posterior_mean_backward (CUDA): z must be a CUDA tensor");
+  const char* op = op_args::kPatchPosteriorMeanBackward;
+  const impl::Options o = impl::parse_options(op, P, mode, boundary, keys);
+  check_on_cuda(op, "z", z);
   const c10::cuda::CUDAGuard guard(z.device());
   const CudaLaunch launch{c10::cuda::getCurrentCUDAStream()};
   return impl::backward(launch, device_info(z.get_device()), grad_x0, z, data, sigma, o, key_logw, x0_hat, lse);
 }
 
+at::Tensor patch_posterior_mean_backward_lse_cuda(const at::Tensor& grad_x0, const at::Tensor& grad_lse,
+                                                  const at::Tensor& z, const at::Tensor& data,
+                                                  const at::Tensor& sigma, int64_t P, c10::string_view mode,
+                                                  c10::string_view boundary, c10::string_view keys,
+                                                  const std::optional<at::Tensor>& key_logw,
+                                                  const at::Tensor& x0_hat, const at::Tensor& lse) {
+  const char* op = op_args::kPatchPosteriorMeanBackwardLse;
+  const impl::Options o = impl::parse_options(op, P, mode, boundary, keys);
+  check_on_cuda(op, "z", z);
+  const c10::cuda::CUDAGuard guard(z.device());
+  const CudaLaunch launch{c10::cuda::getCurrentCUDAStream()};
+  return impl::backward(launch, device_info(z.get_device()), grad_x0, z, data, sigma, o, key_logw, x0_hat, lse,
+                        &grad_lse);
+}
+
 std::tuple<at::Tensor, at::Tensor> patch_argmax_attention_cuda(const at::Tensor& images, const at::Tensor& center,
                                                                int64_t P, int64_t exclude, double tau) {
-  TORCH_CHECK(images.is_cuda(), "patch_argmax_attention (CUDA): images must be a CUDA tensor");
+  check_on_cuda(op_args::kPatchArgmaxAttention, "images", images);
   const c10::cuda::CUDAGuard guard(images.device());
   const CudaLaunch launch{c10::cuda::getCurrentCUDAStream()};
   return impl::attention(launch, device_info(images.get_device()), images, center, P, exclude, tau);
@@ -97,10 +124,20 @@ std::tuple<at::Tensor, at::Tensor> patch_argmax_attention_cuda(const at::Tensor&
 }  // namespace cuda
 }  // namespace creativity_fast
 
+// Every operator of csrc/ops.cpp has a CPU kernel; the CUDA dispatch key registers all of
+// them but one:
 TORCH_LIBRARY_IMPL(creativity_fast, CUDA, m) {
   m.impl("patch_posterior_mean", TORCH_FN(creativity_fast::cuda::patch_posterior_mean_cuda));
   m.impl("patch_posterior_mean_backward", TORCH_FN(creativity_fast::cuda::patch_posterior_mean_backward_cuda));
+  m.impl("patch_posterior_mean_backward_lse",
+         TORCH_FN(creativity_fast::cuda::patch_posterior_mean_backward_lse_cuda));
   m.impl("patch_argmax_attention", TORCH_FN(creativity_fast::cuda::patch_argmax_attention_cuda));
+  // Not registered: masked_local_posterior (no CUDA kernel). A direct
+  // torch.ops.creativity_fast.masked_local_posterior call on CUDA tensors raises torch's
+  // "could not run ... with arguments from the 'CUDA' backend" NotImplementedError;
+  // creativity_fast.peers.masked_local_posterior (backend="auto") checks ops.has_kernel and
+  // runs the pure-torch masked_local_posterior_reference on the GPU instead
+  // (backend="kernel" raises ValueError).
 }
 
 #endif  // !defined(__CUDA_ARCH__)

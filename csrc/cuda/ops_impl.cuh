@@ -1,4 +1,5 @@
-// Host flows of the CUDA operators: input checks, plan upload, buffers, launches, and the
+// Host flows of the CUDA operators: input checks (the shared rules of csrc/op_args.h, then
+// this backend's capability limits), plan upload, buffers, launches, and the
 // small ATen reductions that finish the ideal machine. Written against a launch backend
 // `L` so the same code drives the CUDA kernels (ops_cuda.cu) and, in development, the CPU
 // emulator of the kernels (tests run it when no GPU is present). Host code only.
@@ -36,18 +37,14 @@
 #include <type_traits>
 
 #include "common.cuh"
+#include "op_args.h"
 #include "plan.cuh"
 
 namespace creativity_fast {
 namespace cuda {
 namespace impl {
 
-struct Options {
-  Mode mode;
-  Boundary boundary;
-  Keys keys;
-  int P;
-};
+using Options = op_args::PatchOptions;
 
 struct DeviceInfo {
   int sms;                     // multiprocessors
@@ -55,84 +52,35 @@ struct DeviceInfo {
   int smem_optin = 48 * 1024;  // largest dynamic shared memory per block (opt-in)
 };
 
-inline Options parse_options(int64_t P, c10::string_view mode, c10::string_view boundary, c10::string_view keys) {
-  Options o{};
-  if (mode == "ideal") {
-    o.mode = Mode::Ideal;
-  } else if (mode == "local") {
-    o.mode = Mode::Local;
-  } else if (mode == "els") {
-    o.mode = Mode::Els;
-  } else {
-    TORCH_CHECK(false, "patch_posterior_mean (CUDA): mode must be 'ideal', 'local' or 'els'; got '", std::string(mode),
-                "'");
-  }
-  if (boundary == "zeros") {
-    o.boundary = Boundary::Zeros;
-  } else if (boundary == "circular") {
-    o.boundary = Boundary::Circular;
-  } else {
-    TORCH_CHECK(false, "patch_posterior_mean (CUDA): boundary must be 'zeros' or 'circular'; got '",
-                std::string(boundary), "'");
-  }
-  if (keys == "all") {
-    o.keys = Keys::All;
-  } else if (keys == "valid") {
-    o.keys = Keys::Valid;
-  } else {
-    TORCH_CHECK(false, "patch_posterior_mean (CUDA): keys must be 'all' or 'valid'; got '", std::string(keys), "'");
-  }
-  TORCH_CHECK(P > 0 && P % 2 == 1 && P < (int64_t(1) << 20),
-              "patch_posterior_mean (CUDA): P must be an odd positive int (patch size 2m+1); got ", P);
-  o.P = static_cast<int>(P);
-  return o;
+inline Options parse_options(const char* op, int64_t P, c10::string_view mode, c10::string_view boundary,
+                             c10::string_view keys) {
+  return op_args::parse_patch_options(op, P, mode, boundary, keys);
 }
 
-inline void check_inputs(const at::Tensor& z, const at::Tensor& data, const at::Tensor& sigma,
-                         const std::optional<at::Tensor>& key_logw, const Options& o) {
-  TORCH_CHECK(z.dim() == 4, "patch_posterior_mean (CUDA): z must be [B, C, H, W]; got ", z.sizes());
-  TORCH_CHECK(z.scalar_type() == at::kFloat || z.scalar_type() == at::kDouble,
-              "patch_posterior_mean (CUDA): z must be float32 or float64; got ", z.scalar_type());
-  TORCH_CHECK(data.device() == z.device(), "patch_posterior_mean (CUDA): data is on ", data.device(), " but z is on ",
-              z.device());
-  TORCH_CHECK(data.dim() == 4, "patch_posterior_mean (CUDA): data must be [N, C, H, W]; got ", data.sizes());
-  TORCH_CHECK(data.scalar_type() == z.scalar_type(), "patch_posterior_mean (CUDA): data dtype ", data.scalar_type(),
-              " differs from z dtype ", z.scalar_type());
-  TORCH_CHECK(data.size(1) == z.size(1) && data.size(2) == z.size(2) && data.size(3) == z.size(3),
-              "patch_posterior_mean (CUDA): data images ", data.sizes(), " do not match z ", z.sizes(), " in C, H, W");
-  TORCH_CHECK(data.size(0) > 0, "patch_posterior_mean (CUDA): data is empty");
-  TORCH_CHECK(z.size(1) > 0 && z.size(2) > 0 && z.size(3) > 0, "patch_posterior_mean (CUDA): empty image axis");
+// Capability limits of the CUDA kernels, not of the operator (the CPU kernel has its own,
+// wider ones, beside its kernels), checked after the shared rules of op_args.h.
+inline void check_cuda_limits(const char* op, const at::Tensor& z, const at::Tensor& data, const Options& o) {
+  // 32-bit indices of the kernels.
   TORCH_CHECK(z.size(1) * z.size(2) * z.size(3) < (int64_t(1) << 31) && data.size(0) < (int64_t(1) << 31) &&
                   z.size(0) < (int64_t(1) << 31),
-              "patch_posterior_mean (CUDA): images, batch or data set too large for 32-bit indices");
-  TORCH_CHECK(sigma.device() == z.device() && sigma.dim() == 1 && sigma.size(0) == z.size(0) &&
-                  sigma.scalar_type() == z.scalar_type(),
-              "patch_posterior_mean (CUDA): sigma must be a [B] tensor of z's dtype on z's device; got ",
-              sigma.sizes(), " ", sigma.scalar_type(), " on ", sigma.device());
-  if (key_logw.has_value()) {
-    const at::Tensor& w = *key_logw;
-    TORCH_CHECK(w.device() == z.device() && w.scalar_type() == z.scalar_type(),
-                "patch_posterior_mean (CUDA): key_logw must have z's dtype and device");
-    if (o.mode == Mode::Ideal) {
-      TORCH_CHECK(w.dim() == 1 && w.size(0) == data.size(0),
-                  "patch_posterior_mean (CUDA): key_logw must be [N] for mode 'ideal'; got ", w.sizes());
-    } else {
-      TORCH_CHECK(w.dim() == 3 && w.size(0) == data.size(0) && w.size(1) == z.size(2) && w.size(2) == z.size(3),
-                  "patch_posterior_mean (CUDA): key_logw must be [N, H, W]; got ", w.sizes());
-    }
-  }
-  if (o.keys == Keys::Valid) {
-    TORCH_CHECK(o.mode == Mode::Els && o.boundary == Boundary::Circular,
-                "patch_posterior_mean (CUDA): keys='valid' applies only to mode 'els' with boundary 'circular'");
-    TORCH_CHECK(o.P <= z.size(2) && o.P <= z.size(3),
-                "patch_posterior_mean (CUDA): keys='valid' needs P <= H and P <= W; got P=", o.P);
-  }
+              op, ": the CUDA kernel supports C*H*W, B and N < 2^31 (32-bit indices); got z ", z.sizes(), ", data ",
+              data.sizes());
   if (o.mode == Mode::Ideal) {
-    TORCH_CHECK(z.size(0) <= 65535, "patch_posterior_mean (CUDA): mode 'ideal' supports B <= 65535 per call");
+    // One grid row per sample (gridDim.y <= 65535).
+    TORCH_CHECK(z.size(0) <= 65535, op, ": the CUDA kernel of mode 'ideal' supports B <= 65535 per call; got B=",
+                z.size(0));
   } else {
-    TORCH_CHECK(z.size(1) <= 4, "patch_posterior_mean (CUDA): modes 'local' and 'els' support C <= 4 channels; got C=",
+    // Channels held in registers (cmax 1 or 4).
+    TORCH_CHECK(z.size(1) <= 4, op, ": the CUDA kernel of modes 'local' and 'els' supports C <= 4 channels; got C=",
                 z.size(1), " (use backend='reference')");
   }
+}
+
+// The shared checks of every patch_posterior_mean operator, then the CUDA limits.
+inline void check_inputs(const char* op, const at::Tensor& z, const at::Tensor& data, const at::Tensor& sigma,
+                         const std::optional<at::Tensor>& key_logw, const Options& o) {
+  op_args::check_patch_inputs(op, z, data, sigma, key_logw, o);
+  check_cuda_limits(op, z, data, o);
 }
 
 inline std::string env_string(const char* name, const char* fallback) {
@@ -327,7 +275,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ideal_forward(const L& launch, co
 template <typename T, typename L>
 at::Tensor patch_backward(const L& launch, const at::Tensor& grad, const at::Tensor& z, const at::Tensor& data,
                           const at::Tensor& sigma, const std::optional<at::Tensor>& key_logw, const at::Tensor& x0,
-                          const at::Tensor& lse, const Options& o, const DeviceInfo& dev) {
+                          const at::Tensor& lse, const at::Tensor* grad_lse, const Options& o,
+                          const DeviceInfo& dev) {
   const int B = z.size(0), C = z.size(1), H = z.size(2), W = z.size(3), N = data.size(0);
   const DevicePlan dp = upload_plan(build_plan(B, C, H, W, N, o.P, o.mode, o.boundary, o.keys, Cfg<T>::TQ, Cfg<T>::TK,
                                                target_blocks(dev), int64_t(sizeof(T)), int64_t(sizeof(T)),
@@ -335,7 +284,8 @@ at::Tensor patch_backward(const L& launch, const at::Tensor& grad, const at::Ten
                                     z.device());
   const int64_t E = dp.host.entries;
   const at::Tensor inv2s2 = inv_two_sigma_sq(sigma);
-  const at::Tensor gx0 = (grad * x0).sum(1).contiguous();  // [B, H, W]
+  // [B, H, W] g . x0_hat, minus grad_lse when lse is differentiated too (see backward()).
+  const at::Tensor gx0 = grad_lse ? ((grad * x0).sum(1) - *grad_lse).contiguous() : (grad * x0).sum(1).contiguous();
   const auto opts = z.options();
   at::Tensor pA = at::zeros({E * dp.host.D}, opts), pS = at::empty({E}, opts);
   PatchParams<T> p = patch_params<T>(dp, z, data, inv2s2, key_logw, o);
@@ -353,7 +303,7 @@ at::Tensor patch_backward(const L& launch, const at::Tensor& grad, const at::Ten
 template <typename T, typename L>
 at::Tensor ideal_backward(const L& launch, const at::Tensor& grad, const at::Tensor& z, const at::Tensor& data,
                           const at::Tensor& sigma, const std::optional<at::Tensor>& key_logw, const at::Tensor& x0,
-                          const at::Tensor& lse, const DeviceInfo& dev) {
+                          const at::Tensor& lse, const at::Tensor* grad_lse, const DeviceInfo& dev) {
   const int B = z.size(0), N = data.size(0);
   const int64_t CHW = z.numel() / B;
   const at::Tensor inv2s2 = inv_two_sigma_sq(sigma);
@@ -361,7 +311,10 @@ at::Tensor ideal_backward(const L& launch, const at::Tensor& grad, const at::Ten
   const int64_t slots = int64_t(p.nsplit) * kIdealWarps;
   const auto opts = z.options();
   const at::Tensor lse_b = lse.reshape({B, -1}).select(1, 0).contiguous();  // the same at every pixel
-  const at::Tensor gx0 = (grad * x0).reshape({B, -1}).sum(1).contiguous();
+  // [B] <g, x0_hat>, minus the sum of grad_lse over the pixels (lse is one value per sample).
+  const at::Tensor gx0 =
+      grad_lse ? ((grad * x0).reshape({B, -1}).sum(1) - grad_lse->reshape({B, -1}).sum(1)).contiguous()
+               : (grad * x0).reshape({B, -1}).sum(1).contiguous();
   at::Tensor pacc = at::zeros({slots, B, CHW}, opts), pS = at::empty({slots, B}, opts);
   p.lse = lse_b.data_ptr<T>();
   p.grad = grad.data_ptr<T>();
@@ -376,14 +329,14 @@ at::Tensor ideal_backward(const L& launch, const at::Tensor& grad, const at::Ten
 }
 
 // ------------------------------------------------------------------------------------
-// Operator bodies (devices already checked by the caller).
+// Operator bodies: the shared checks (op_args.h, devices included), the CUDA limits, then the flows.
 
 template <typename L>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const L& launch, const DeviceInfo& dev, const at::Tensor& z_in,
                                                        const at::Tensor& data_in, const at::Tensor& sigma_in,
                                                        const Options& o, const std::optional<at::Tensor>& key_logw_in,
                                                        bool return_argmax) {
-  check_inputs(z_in, data_in, sigma_in, key_logw_in, o);
+  check_inputs(op_args::kPatchPosteriorMean, z_in, data_in, sigma_in, key_logw_in, o);
   const at::Tensor z = z_in.contiguous(), data = data_in.contiguous(), sigma = sigma_in.contiguous();
   std::optional<at::Tensor> key_logw;
   if (key_logw_in.has_value()) key_logw = key_logw_in->contiguous();
@@ -395,33 +348,40 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const L& launch, const De
                                : patch_forward<double>(launch, z, data, sigma, key_logw, o, return_argmax, dev);
 }
 
+// grad_lse == nullptr: patch_posterior_mean_backward, the gradient of <grad_x0, x0_hat>.
+// Else patch_posterior_mean_backward_lse, the gradient of <grad_x0, x0_hat> + <grad_lse, lse>:
+// d lse / d Pi_x z = E_w[K_k - Pi_x z] / sigma^2, so the lse term adds grad_lse to every
+// key's coefficient a_k = w_k (g . c_k - g . x0_hat + grad_lse) of the same backward pass;
+// the kernels read g . x0_hat - grad_lse in place of g . x0_hat (as the CPU kernel, which
+// adds grad_lse to the same coefficient; ppm_kernel.h).
 template <typename L>
 at::Tensor backward(const L& launch, const DeviceInfo& dev, const at::Tensor& grad_in, const at::Tensor& z_in,
                     const at::Tensor& data_in, const at::Tensor& sigma_in, const Options& o,
-                    const std::optional<at::Tensor>& key_logw_in, const at::Tensor& x0_in, const at::Tensor& lse_in) {
-  check_inputs(z_in, data_in, sigma_in, key_logw_in, o);
-  const auto B = z_in.size(0), H = z_in.size(2), W = z_in.size(3);
-  TORCH_CHECK(grad_in.sizes() == z_in.sizes() && x0_in.sizes() == z_in.sizes(),
-              "patch_posterior_mean_backward (CUDA): grad_x0 and x0_hat must have z's shape ", z_in.sizes());
-  TORCH_CHECK(lse_in.dim() == 3 && lse_in.size(0) == B && lse_in.size(1) == H && lse_in.size(2) == W,
-              "patch_posterior_mean_backward (CUDA): lse must be [B, H, W]; got ", lse_in.sizes());
-  for (const at::Tensor* t : {&grad_in, &x0_in, &lse_in})
-    TORCH_CHECK(t->device() == z_in.device() && t->scalar_type() == z_in.scalar_type(),
-                "patch_posterior_mean_backward (CUDA): grad_x0, x0_hat and lse must have z's dtype and device");
+                    const std::optional<at::Tensor>& key_logw_in, const at::Tensor& x0_in, const at::Tensor& lse_in,
+                    const at::Tensor* grad_lse_in = nullptr) {
+  const char* op = grad_lse_in ? op_args::kPatchPosteriorMeanBackwardLse : op_args::kPatchPosteriorMeanBackward;
+  op_args::check_patch_inputs(op, z_in, data_in, sigma_in, key_logw_in, o);
+  op_args::check_patch_backward_inputs(op, z_in, grad_in, x0_in, lse_in, grad_lse_in);
+  check_cuda_limits(op, z_in, data_in, o);
   const at::Tensor z = z_in.contiguous(), data = data_in.contiguous(), sigma = sigma_in.contiguous();
   const at::Tensor grad = grad_in.contiguous(), x0 = x0_in.contiguous(), lse = lse_in.contiguous();
+  at::Tensor gl;
+  if (grad_lse_in) gl = grad_lse_in->contiguous();
+  const at::Tensor* grad_lse = grad_lse_in ? &gl : nullptr;
   std::optional<at::Tensor> key_logw;
   if (key_logw_in.has_value()) key_logw = key_logw_in->contiguous();
   if (z.scalar_type() == at::kFloat) {
-    return o.mode == Mode::Ideal ? ideal_backward<float>(launch, grad, z, data, sigma, key_logw, x0, lse, dev)
-                                 : patch_backward<float>(launch, grad, z, data, sigma, key_logw, x0, lse, o, dev);
+    return o.mode == Mode::Ideal
+               ? ideal_backward<float>(launch, grad, z, data, sigma, key_logw, x0, lse, grad_lse, dev)
+               : patch_backward<float>(launch, grad, z, data, sigma, key_logw, x0, lse, grad_lse, o, dev);
   }
-  return o.mode == Mode::Ideal ? ideal_backward<double>(launch, grad, z, data, sigma, key_logw, x0, lse, dev)
-                               : patch_backward<double>(launch, grad, z, data, sigma, key_logw, x0, lse, o, dev);
+  return o.mode == Mode::Ideal
+             ? ideal_backward<double>(launch, grad, z, data, sigma, key_logw, x0, lse, grad_lse, dev)
+             : patch_backward<double>(launch, grad, z, data, sigma, key_logw, x0, lse, grad_lse, o, dev);
 }
 
 // ------------------------------------------------------------------------------------
-// patch_argmax_attention (SPEC 3.4): kernel patch_argmax_attention.cuh, NOTES.md.
+// patch_argmax_attention (docs/theory.md §3.4): kernel patch_argmax_attention.cuh, NOTES.md.
 //
 // Environment (read on every call; tests use them to force the rarer paths):
 //   CREATIVITY_FAST_CUDA_ATTENTION_SPLITS = n > 0: displacement splits per image (default:
@@ -552,21 +512,13 @@ std::tuple<at::Tensor, at::Tensor> attention_impl(const L& launch, const DeviceI
 
 inline std::tuple<at::Tensor, at::Tensor> attention_checked(const at::Tensor& images_in, const at::Tensor& center_in,
                                                             int64_t P, int64_t exclude) {
-  TORCH_CHECK(images_in.dim() == 4, "patch_argmax_attention (CUDA): images must be [M, C, H, W]; got ",
-              images_in.sizes());
-  TORCH_CHECK(images_in.scalar_type() == at::kFloat || images_in.scalar_type() == at::kDouble,
-              "patch_argmax_attention (CUDA): images must be float32 or float64; got ", images_in.scalar_type());
-  TORCH_CHECK(P > 0 && P % 2 == 1 && P < (int64_t(1) << 20),
-              "patch_argmax_attention (CUDA): P must be an odd positive int; got ", P);
-  TORCH_CHECK(exclude >= 0, "patch_argmax_attention (CUDA): exclude must be >= 0; got ", exclude);
+  const char* op = op_args::kPatchArgmaxAttention;
+  op_args::check_attention_inputs(op, images_in, center_in, P, exclude);
   const int64_t C = images_in.size(1), H = images_in.size(2), W = images_in.size(3);
-  TORCH_CHECK(C > 0 && H > 0 && W > 0, "patch_argmax_attention (CUDA): empty image axis ", images_in.sizes());
-  TORCH_CHECK(center_in.dim() == 3 && center_in.size(0) == C && center_in.size(1) == P && center_in.size(2) == P,
-              "patch_argmax_attention (CUDA): center must be [C, P, P]");
-  TORCH_CHECK(center_in.device() == images_in.device(), "patch_argmax_attention (CUDA): center is on ",
-              center_in.device(), " but images are on ", images_in.device());
+  // Capability limit of the CUDA kernel (32-bit indices), not of the operator.
   TORCH_CHECK(C * H * W < (int64_t(1) << 31) && images_in.size(0) < (int64_t(1) << 31) && C * P * P < (int64_t(1) << 31),
-              "patch_argmax_attention (CUDA): images too large for 32-bit indices");
+              op, ": the CUDA kernel supports C*H*W, M and C*P*P < 2^31 (32-bit indices); got images ",
+              images_in.sizes(), ", P=", P);
   return {images_in.contiguous(), center_in.to(at::kDouble).contiguous()};
 }
 
