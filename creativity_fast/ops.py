@@ -122,8 +122,7 @@ def patch_posterior_mean(
     Returns:
         x0_hat [B, C, H, W], or a ``PatchPosterior(x0_hat, lse, argmax)``.
 
-    Differentiable with respect to ``z`` (and through ``lse`` where the backend has the lse
-    backward; docs/theory.md §4.3).
+    Differentiable with respect to ``z``, through ``x0_hat`` and ``lse`` (docs/theory.md §4.3).
     """
     z, data, sigma, P, mode, boundary, keys, key_logw, backend = check_operator_args(
         z, data, sigma, P, mode, boundary, keys, key_logw, backend)
@@ -264,21 +263,15 @@ def _register() -> None:
         ctx.options = (P, mode, boundary, keys)
 
     def backward_patch(ctx, grad_x0, grad_lse, grad_best):
+        # One streaming pass for both outputs (every backend registers the lse backward), with no
+        # data-dependent branch, so the formula also traces under torch.compile.
         z, data, sigma, key_logw, x0_hat, lse = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
             return (None,) * 9
-        if has_kernel(z.device, "patch_posterior_mean_backward_lse"):
-            # One pass for both outputs (no data-dependent branch, so it also traces under torch.compile).
-            grad_x0 = torch.zeros_like(x0_hat) if grad_x0 is None else grad_x0
-            grad_lse = torch.zeros_like(lse) if grad_lse is None else grad_lse
-            grad_z = torch.ops.creativity_fast.patch_posterior_mean_backward_lse(
-                grad_x0.contiguous(), grad_lse.contiguous(), z, data, sigma, *ctx.options, key_logw, x0_hat, lse)
-        else:  # a backend without the lse backward (csrc/cuda/ops_cuda.cu says which)
-            if grad_lse is not None and bool((grad_lse != 0).any()):
-                raise NotImplementedError("patch_posterior_mean: gradients through lse are not supported "
-                                          f"on {z.device.type}")
-            grad_z = None if grad_x0 is None else torch.ops.creativity_fast.patch_posterior_mean_backward(
-                grad_x0.contiguous(), z, data, sigma, *ctx.options, key_logw, x0_hat, lse)
+        grad_x0 = torch.zeros_like(x0_hat) if grad_x0 is None else grad_x0
+        grad_lse = torch.zeros_like(lse) if grad_lse is None else grad_lse
+        grad_z = torch.ops.creativity_fast.patch_posterior_mean_backward_lse(
+            grad_x0.contiguous(), grad_lse.contiguous(), z, data, sigma, *ctx.options, key_logw, x0_hat, lse)
         return grad_z, None, None, None, None, None, None, None, None
 
     torch.library.register_autograd(lib + "patch_posterior_mean", backward_patch, setup_context=setup_patch)
