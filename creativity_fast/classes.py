@@ -4,7 +4,8 @@ A class-conditional machine restricts its softmax to the training images of the 
 class (docs/theory.md §2). :class:`TrainingClasses` holds a machine's training images,
 their labels and global image ids, hands out per-class subsets and groups a batch by
 the class of each sample. :func:`resolve_class_label` turns an int, a numeric string or
-a class name into an int label (``Dataset.with_class``, ``--class``).
+a class name into an int label, and :func:`class_indices` finds a class's images
+(both also serve ``Dataset.with_class`` and ``--class``).
 """
 
 from __future__ import annotations
@@ -32,8 +33,14 @@ def resolve_class_label(label, class_names: Optional[Sequence[str]] = None, *, a
     return int(label)
 
 
-def _labels_present(labels: torch.Tensor) -> list[int]:
-    return sorted(set(labels.tolist()))
+def class_indices(labels: torch.Tensor, label: int, *, argument: str = "class_label") -> torch.Tensor:
+    """Indices of the entries of ``labels [N]`` equal to ``label``; ValueError naming the labels
+    present when there is none."""
+    index = (labels == int(label)).nonzero().reshape(-1)
+    if index.numel() == 0:
+        raise ValueError(f"{argument} {int(label)} has no training images; "
+                         f"labels present: {sorted(set(labels.tolist()))}")
+    return index
 
 
 class TrainingClasses:
@@ -70,8 +77,10 @@ class TrainingClasses:
         self.sharded = sharded
         self.group = group
         self._subsets: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        if self.class_label is not None:
-            self.check_present([self.class_label])  # fail early on an absent class
+        if self.class_label is not None and sharded:  # fail early on an absent class
+            self.check_present([self.class_label])
+        elif self.class_label is not None:
+            self.subset(self.class_label)
 
     def _require_labels(self) -> torch.Tensor:
         if self.labels is None:
@@ -79,22 +88,23 @@ class TrainingClasses:
         return self.labels
 
     def check_present(self, labels: Sequence[int]) -> None:
-        """ValueError when a class has no training image (on any rank, when sharded: a collective)."""
+        """ValueError, on every rank alike, when a class has no image in any rank's shard (a collective)."""
+        from .distributed.world import all_reduce_sum
+
         have = self._require_labels()
         counts = torch.tensor([int((have == c).sum()) for c in labels], dtype=torch.int64)
-        if self.sharded:
-            from .distributed.world import all_reduce_sum
-            counts = all_reduce_sum(counts, self.group, "the class counts")
+        counts = all_reduce_sum(counts, self.group, "the class counts")
         absent = [c for c, k in zip(labels, counts.tolist()) if k == 0]
         if absent:
-            where = " on any rank" if self.sharded else f"; labels present: {_labels_present(have)}"
-            raise ValueError(f"class_label {absent[0]} has no training images{where}")
+            raise ValueError(f"class_label {absent[0]} has no training images on any rank")
 
     def indices(self, label: Optional[int]) -> Optional[torch.Tensor]:
-        """Local indices of one class's images (None for the whole set)."""
+        """Local indices of one class's images (None for the whole set; may be empty in a shard)."""
         if label is None:
             return None
-        return (self._require_labels() == int(label)).nonzero().reshape(-1)
+        if self.sharded:
+            return (self._require_labels() == int(label)).nonzero().reshape(-1)
+        return class_indices(self._require_labels(), label)
 
     def subset_with_ids(self, label: Optional[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(images, global image ids)`` of one class (the whole set for ``None``)."""
@@ -103,8 +113,6 @@ class TrainingClasses:
         label = int(label)
         if label not in self._subsets:
             index = self.indices(label)
-            if index.numel() == 0 and not self.sharded:
-                self.check_present([label])
             self._subsets[label] = (self.data[index], self.image_ids[index.to(self.image_ids.device)])
         return self._subsets[label]
 

@@ -16,11 +16,15 @@ import torch
 from .. import io
 from ..data import Dataset, load_dataset
 from ..classes import resolve_class_label
-from ..registry import applicable, machine_names, make_denoiser, make_sharded_denoiser
+from ..registry import applicable, get_machine, machine_names, make_denoiser, make_sharded_denoiser
 from ..samplers import SAMPLERS, get_sampler, initial_noise
 from ..schedules import PUBLISHED_PATCH_SCHEDULES, PatchSchedule, cosine_vp_sigmas, karras_sigmas
 
 NOISE_SCHEDULES = ("cosine", "karras")
+# Machine options every command sets from its own flags; --opt may not set them.
+COMMAND_SETTINGS = ("P", "boundary", "keys", "labels", "class_label", "backend", "record_stats")
+# Tensor-valued machine options: from the Python API only.
+TENSOR_OPTIONS = ("key_logw", "mask")
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -65,8 +69,18 @@ def add_machine_options(p: argparse.ArgumentParser, *, default_machine: str = "e
                         f"schedule ({', '.join(PUBLISHED_PATCH_SCHEDULES)}); default: %(default)s")
     g.add_argument("--backend", default="auto", choices=("auto", "kernel", "reference"), help="default: %(default)s")
     g.add_argument("--opt", dest="machine_opts", action="append", default=[], metavar="KEY=VALUE",
-                   help="machine-specific option, repeatable: aels lam=1 gamma=0 tau=... attention_P=...; "
-                        "smoothed s=0.5 J=8 seed=0; pca_locality theta=0.005 tau=1; e.g. --opt lam=1 --opt gamma=0")
+                   help="machine-specific option, repeatable, e.g. --opt lam=1 --opt gamma=0; an option the "
+                        f"machine does not take is an error. Options: {machine_option_summary()}")
+
+
+def machine_option_summary() -> str:
+    """``"aels: lam, gamma, ...; smoothed: s, J, ..."``: each machine's own options (for ``--opt`` help)."""
+    parts = []
+    for name in machine_names():
+        own = [o for o in get_machine(name).options if o not in COMMAND_SETTINGS + TENSOR_OPTIONS]
+        if own:
+            parts.append(f"{name}: {', '.join(own)}")
+    return "; ".join(parts)
 
 
 def parse_machine_opts(items: Sequence[str]) -> dict:
@@ -124,10 +138,6 @@ def noise_sigmas(args) -> torch.Tensor:
     return cosine_vp_sigmas(args.steps)
 
 
-# Options every command sets from its own flags; --opt may not set them.
-COMMAND_SETTINGS = ("P", "boundary", "keys", "labels", "class_label", "backend", "record_stats")
-
-
 def machine_kwargs(machine: str, opts: dict, **settings) -> dict:
     """Keyword arguments for machine ``machine``: the command's ``settings`` it takes, plus ``--opt`` ``opts``.
 
@@ -136,6 +146,9 @@ def machine_kwargs(machine: str, opts: dict, **settings) -> dict:
     clash = sorted(set(opts) & set(COMMAND_SETTINGS))
     if clash:
         raise ValueError(f"--opt {clash[0]}=...: set it with the command's own flag, not --opt")
+    tensors = sorted(set(opts) & set(TENSOR_OPTIONS))
+    if tensors:
+        raise ValueError(f"--opt {tensors[0]}=...: a tensor option, only from the Python API")
     return {**applicable(machine, **settings), **opts}
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from creativity_fast.classes import resolve_class_label
+from creativity_fast.classes import class_indices, resolve_class_label
 
 __all__ = ["Dataset", "shard_bounds"]
 
@@ -92,11 +92,7 @@ class Dataset:
         if self.labels is None:
             raise ValueError(f"dataset {self.name!r} has no labels, so with_class(label={label!r}) cannot select")
         label_id = resolve_class_label(label, self.class_names, argument="label")
-        mask = self.labels == label_id
-        if not bool(mask.any()):
-            present = sorted(set(self.labels.tolist()))
-            raise ValueError(f"label={label!r} does not occur in dataset {self.name!r}; labels present: {present}")
-        return self.subset(mask)
+        return self.subset(class_indices(self.labels, label_id, argument="label"))
 
     def shard(self, rank: int, world_size: int) -> "Dataset":
         """Contiguous part ``rank`` of ``world_size`` near-equal parts (may be empty)."""
