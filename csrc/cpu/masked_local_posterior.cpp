@@ -1,7 +1,7 @@
 // CPU kernel of creativity_fast::masked_local_posterior (schema: csrc/peers_schema.cpp).
 //
-// The local machine with a per-unit mask in place of the square patch (SPEC 3.6):
-// each query unit q has a key support (indices + weights, CSR) on which distances
+// The local machine (docs/theory.md §3.6) with a per-unit mask in place of the square
+// patch: each query unit q has a key support (indices + weights, CSR) on which distances
 // are measured and an output support whose training values are averaged under the
 // softmax. The training set is streamed image by image with an exact online
 // log-sum-exp per (sample, unit): one exp per (sample, unit, image) pair, no

@@ -1,5 +1,5 @@
-// CPU kernel of creativity_fast::patch_argmax_attention (SPEC 3.4, 4); schema in
-// csrc/attention_schema.cpp, reference twin in creativity_fast/attention.py.
+// CPU kernel of creativity_fast::patch_argmax_attention (docs/theory.md §3.4, §4);
+// schema in csrc/attention_schema.cpp, reference twin in creativity_fast/attention.py.
 //
 // Score of a query pixel x and a key pixel y of one image, with zero-extended
 // P x P patches Pi and the embedding e(Pi) = Pi - c:
