@@ -179,7 +179,7 @@ def test_keops(benchmark, case, fmnist, bench_config, results):
             {"first_call_seconds": compile_s, "max_abs_err_vs_float64_reference": err})
 
 
-VARIANTS = [("box", 1), ("box", 0), ("gw", 1), ("direct", 1)]
+VARIANTS = [("auto", 1), ("auto", 0), ("gw", 1), ("direct", 1)]
 
 
 @pytest.mark.parametrize("algo,prune", VARIANTS, ids=[f"{a}-prune{p}" for a, p in VARIANTS])
@@ -188,7 +188,7 @@ VARIANTS = [("box", 1), ("box", 0), ("gw", 1), ("direct", 1)]
 def test_kernel_variants(benchmark, algo, prune, P, sigma, fmnist, bench_config, results, monkeypatch):
     """The algorithm choices behind the kernel's dispatch, on --variant-images (default 50) images.
 
-    box: streaming box filter with sliding double sums (the default); gw: materialised box
+    auto: streaming box filter with sliding double sums (the default); gw: materialised box
     filter with Gil-Werman prefix/suffix sums; direct: explicit O(P^2) patch distances.
     prune: skip keys whose weight provably underflows (exact).
     """

@@ -170,11 +170,13 @@ def markdown(doc, rows, lin):
     if var:
         out += [f"## What wins where (kernel variants, circular, N={cfg.get('variant_n')})", "",
                 "G pairs/s of the distance algorithms and of pruning (`CREATIVITY_FAST_CPU_ALGO`, "
-                "`CREATIVITY_FAST_CPU_PRUNE`; the default is `box` with pruning):", ""]
-        names = [("box", 1), ("box", 0), ("gw", 1), ("direct", 1)]
+                "`CREATIVITY_FAST_CPU_PRUNE`; the default is `auto` with pruning):", ""]
+        names = [("auto", 1), ("auto", 0), ("gw", 1), ("direct", 1)]
         out += ["| P | sigma | " + " | ".join(f"{a}{'' if p else ', no pruning'}" for a, p in names) + " |",
                 "|---|---|" + "---|" * len(names)]
-        cells = {(r["P"], r["sigma"], r["algo"], r["prune"]): r["gpairs_per_s"] for r in var}
+        # "box" was the former name of "auto" (older result files)
+        cells = {(r["P"], r["sigma"], "auto" if r["algo"] == "box" else r["algo"], r["prune"]): r["gpairs_per_s"]
+                 for r in var}
         for P, sigma in sorted({(r["P"], r["sigma"]) for r in var}):
             out.append(f"| {P} | {sigma:g} | " + " | ".join(_fmt_rate(cells.get((P, sigma, a, p))) for a, p in names)
                        + " |")

@@ -1,4 +1,4 @@
-"""The fused CPU kernel of patch_posterior_mean (issue 3): exactness, invariances, gradients.
+"""The fused CPU kernel of patch_posterior_mean: exactness, invariances, gradients.
 
 Every comparison is against the pure-PyTorch reference (itself checked against the
 brute-force oracle in ``tests/oracle.py``). Inputs are tiny so the file runs in seconds.
@@ -157,6 +157,13 @@ def test_unknown_isa_is_an_error(knobs):
         kernel(z, data, s, 3, "els", "zeros", "all")
 
 
+def test_unknown_algo_is_an_error(knobs):
+    knobs(ALGO="box")  # formerly an alias of auto
+    z, data, s, _ = problem()
+    with pytest.raises(RuntimeError, match="CREATIVITY_FAST_CPU_ALGO must be auto, gw or direct"):
+        kernel(z, data, s, 3, "els", "zeros", "all")
+
+
 def test_thread_count_does_not_change_a_bit():
     before = torch.get_num_threads()
     try:
@@ -190,7 +197,7 @@ def test_tiling_algorithms_and_pruning(boundary, P, knobs):
                 else:
                     torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
         expected = ref(z.double(), data.double(), s.double(), P, "els", boundary, "all", lw.double())
-        for algo in ("box", "gw", "direct"):
+        for algo in ("auto", "gw", "direct"):
             knobs(ALGO=algo)
             x, lse, best = kernel(z, data, s, P, "els", boundary, "all", lw)
             tol = 1e-10 if dtype == torch.float64 else 1e-5

@@ -1,6 +1,6 @@
 // CPU kernel of creativity_fast::patch_argmax_attention (docs/theory.md §3.4, §4); schema
 // in csrc/ops.cpp, argument checks in csrc/op_args.h, reference twin in
-// creativity_fast/attention.py.
+// creativity_fast/reference.py.
 //
 // Score of a query pixel x and a key pixel y of one image, with zero-extended
 // P x P patches Pi and the embedding e(Pi) = Pi - c:

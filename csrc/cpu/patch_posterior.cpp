@@ -13,7 +13,7 @@
 // result bit, see ppm_api.h):
 //   CREATIVITY_FAST_CPU_ISA        auto | avx512 | avx2 | generic
 //   CREATIVITY_FAST_CPU_TILE_ROWS  query rows per work unit (default: auto)
-//   CREATIVITY_FAST_CPU_ALGO       auto | box | gw | direct  (see PpmOptions::algo)
+//   CREATIVITY_FAST_CPU_ALGO       auto | gw | direct  (see DistanceAlgo)
 //   CREATIVITY_FAST_CPU_PRUNE      1 | 0   (skip keys whose weight underflows to 0)
 //   CREATIVITY_FAST_CPU_SLIDE_MIN  window length from which box passes use O(1)
 //                                  sliding / Gil-Werman sums (default 4)
@@ -175,17 +175,15 @@ PpmOptions read_options() {
   o.tile_rows = env_int("CREATIVITY_FAST_CPU_TILE_ROWS", 0);
   const std::string algo = env_str("CREATIVITY_FAST_CPU_ALGO");
   if (algo.empty() || algo == "auto")
-    o.algo = 0;
-  else if (algo == "box")
-    o.algo = 1;
-  else if (algo == "direct")
-    o.algo = 2;
+    o.algo = DistanceAlgo::Auto;
   else if (algo == "gw")
-    o.algo = 3;
+    o.algo = DistanceAlgo::Gw;
+  else if (algo == "direct")
+    o.algo = DistanceAlgo::Direct;
   else
-    TORCH_CHECK(false, "CREATIVITY_FAST_CPU_ALGO must be auto, box, gw or direct; got '", algo, "'");
+    TORCH_CHECK(false, "CREATIVITY_FAST_CPU_ALGO must be auto, gw or direct; got '", algo, "'");
   o.prune = env_int("CREATIVITY_FAST_CPU_PRUNE", 1);
-  o.gw_min_len = env_int("CREATIVITY_FAST_CPU_SLIDE_MIN", 4);
+  o.slide_min = env_int("CREATIVITY_FAST_CPU_SLIDE_MIN", 4);
   return o;
 }
 

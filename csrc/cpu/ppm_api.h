@@ -12,19 +12,26 @@
 namespace creativity_fast {
 namespace cpu {
 
-// Work-decomposition and algorithm knobs (CREATIVITY_FAST_CPU_* environment
-// variables, see patch_posterior.cpp). None of them changes a result bit: the
-// per-query reduction order and every partial sum are anchored to absolute
-// positions, whatever the tiling or the thread count.
+// How Unit::distances (ppm_distances.h) computes patch distances; environment variable
+// CREATIVITY_FAST_CPU_ALGO = auto | gw | direct.
+enum class DistanceAlgo : int {
+  Auto,    // streaming box filter with sliding double sums; patches with a whole-axis
+           // part (circular P > size) take Gw, the only filter that handles them
+  Gw,      // materialised box filter with Gil-Werman block prefix/suffix sums
+  Direct,  // explicit O(P^2) patch distances, kept for measurement (forward only: the
+           // backward pass takes Auto's choice)
+};
+
+// Work-decomposition and algorithm knobs, environment variables CREATIVITY_FAST_CPU_*
+// (read by patch_posterior.cpp). tile_rows and prune change no result bit: every
+// partial sum is anchored to absolute positions, whatever the tiling or the thread
+// count. algo and slide_min change the order of the distance sums (rounding only).
 struct PpmOptions {
-  int tile_rows = 0;    // query rows per work unit (0: auto)
-  int algo = 0;         // 0 auto: streaming box filter (sliding double sums);
-                        // 1 the same; 2 direct patch distances (O(P^2) per pair);
-                        // 3 materialised box filter with Gil-Werman block
-                        //   prefix/suffix sums (also used for circular P > size)
-  int prune = 1;        // skip keys whose weight provably underflows (exact)
-  int gw_min_len = 4;   // window length from which box passes use O(1) sums
-                        // (sliding or Gil-Werman) instead of direct window sums
+  int tile_rows = 0;  // TILE_ROWS: query rows per work unit (0: auto)
+  DistanceAlgo algo = DistanceAlgo::Auto;  // ALGO
+  int prune = 1;      // PRUNE: skip keys whose weight provably underflows to 0 (exact)
+  int slide_min = 4;  // SLIDE_MIN: window length from which box passes use O(1) sums
+                      // (sliding or Gil-Werman) instead of direct window sums
 };
 
 // Everything the kernels need to know about one axis, computed once per call from
@@ -88,10 +95,18 @@ struct IsaKernels {
   UnitFn forward_f32, forward_f64, backward_f32, backward_f64;
 };
 
-// Defined in ppm_generic.cpp / ppm_avx2.cpp / ppm_avx512.cpp.
+// Defined in ppm_generic.cpp / ppm_avx2.cpp / ppm_avx512.cpp. Each entry serves every
+// mode; mode "ideal" goes to the one copy below.
 extern const IsaKernels kKernelsGeneric;
 extern const IsaKernels kKernelsAvx2;
 extern const IsaKernels kKernelsAvx512;
+
+// The ideal machine (whole-image softmax; unit = sample b), scalar and compiled once in
+// ppm_ideal.cpp (instantiated for float and double).
+template <class T>
+void forward_ideal(const PpmProblem& pb, int64_t b);
+template <class T>
+void backward_ideal(const PpmProblem& pb, int64_t b);
 
 }  // namespace cpu
 }  // namespace creativity_fast

@@ -1,10 +1,10 @@
-// The kernels' float32 exp, shared by ppm_kernel.h and bench/microbench.cpp (so the
+// The kernels' float32 exp, shared by ppm_simd.h and bench/microbench.cpp (so the
 // benchmark's exp floor is measured on this very code). Include <cstdint> first: this
-// header includes nothing, because ppm_kernel.h is included inside a per-ISA namespace.
+// header includes nothing, because ppm_simd.h is included inside a per-ISA namespace.
 #pragma once
 
 // exp(x) <= kVexpLoF flushes to exactly 0: exp(-87) > FLT_MIN, so no denormals (the
-// pruning contract of ppm_kernel.h relies on this exact 0).
+// pruning contract of ppm_simd.h relies on this exact 0).
 constexpr float kVexpLoF = -87.0f;
 
 // exp for arguments <= 0 on any GCC float vector type VF (Cephes expf polynomial with a
