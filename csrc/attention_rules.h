@@ -1,4 +1,4 @@
-// The arithmetic of the dataset-wide argmax attention (SPEC 3.4), shared by the CPU
+// The arithmetic of the dataset-wide argmax attention (docs/theory.md §3.4), shared by the CPU
 // kernel (cpu/patch_argmax_attention.cpp), the CUDA kernel
 // (cuda/patch_argmax_attention.cuh) and its CPU emulator. Both kernels call these
 // functions for every float64 operation that enters a score, so a score is the same

@@ -65,7 +65,7 @@ CF_HOST_DEVICE bool is_interior(int pos, int size, int P) {
   return pos >= m && pos <= size - 1 - m;
 }
 
-// May a query at position `pos` use a key centred at `key` on this axis? (SPEC 3.2, 3.3)
+// May a query at position `pos` use a key centred at `key` on this axis? (docs/theory.md §3.2, §3.3)
 CF_HOST_DEVICE bool admissible(int pos, int key, int size, int P, Mode mode, Boundary boundary, Keys keys) {
   if (mode == Mode::Local) return key == pos;
   if (boundary == Boundary::Circular) return keys == Keys::All || is_interior(key, size, P);

@@ -6,11 +6,11 @@
 // derived from dictionary.h (the one definition of patch offsets, weights and
 // admissible keys), the choice of instruction set, and the parallel loop over work
 // units (sample, block of query rows) through torch's thread pool. The arithmetic
-// lives in ppm_kernel.h, compiled once per instruction set (ppm_generic.cpp,
-// ppm_avx2.cpp, ppm_avx512.cpp).
+// lives in ppm_kernel.h and the headers it includes, compiled once per instruction set
+// (ppm_generic.cpp, ppm_avx2.cpp, ppm_avx512.cpp; the ideal machine once, ppm_ideal.cpp).
 //
-// Tuning / diagnosis environment variables (read at every call; none changes a
-// result bit, see ppm_api.h):
+// Tuning / diagnosis environment variables (read at every call; what each may change
+// in the last bits is said in ppm_api.h):
 //   CREATIVITY_FAST_CPU_ISA        auto | avx512 | avx2 | generic
 //   CREATIVITY_FAST_CPU_TILE_ROWS  query rows per work unit (default: auto)
 //   CREATIVITY_FAST_CPU_ALGO       auto | gw | direct  (see DistanceAlgo)

@@ -1,4 +1,4 @@
-// Shared declarations of the CUDA kernels of creativity_fast (SPEC 4, 9).
+// Shared declarations of the CUDA kernels of creativity_fast (docs/theory.md §4, §9).
 //
 // The kernels (patch_kernels.cu, ideal_kernels.cu, patch_argmax_attention.cu) include only
 // CUDA headers and csrc/dictionary.h, and take raw pointers; the torch glue (ops_cuda.cu)
@@ -104,7 +104,7 @@ struct IdealParams {
 };
 constexpr int kIdealWarps = kThreads / 32;
 
-// Arguments of the argmax attention kernel (patch_argmax_attention.cuh; SPEC 3.4). Scores,
+// Arguments of the argmax attention kernel (patch_argmax_attention.cuh; docs/theory.md §3.4). Scores,
 // partial states and the centre are float64 whatever the image dtype (as in the CPU kernel).
 constexpr int kAttnThreads = 256;  // threads per block of the attention kernel
 constexpr int kAttnMaxK = 8;       // displacement tables built and consumed per block barrier round

@@ -1,4 +1,4 @@
-// Kernels of the ideal score machine on CUDA (SPEC 3.1): one softmax over whole training images per query.
+// Kernels of the ideal score machine on CUDA (docs/theory.md §3.1): one softmax over whole training images per query.
 //
 // Grid (nsplit, B); each block streams the images [s*per, (s+1)*per) of its split for one
 // query b, one warp per image at a time (lane-strided over the C*H*W pixels, warp-shuffle

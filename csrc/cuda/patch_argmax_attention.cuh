@@ -1,4 +1,4 @@
-// Kernel of the dataset-wide argmax attention on CUDA (SPEC 3.4, 4); the launcher is
+// Kernel of the dataset-wide argmax attention on CUDA (docs/theory.md §3.4, §4); the launcher is
 // patch_argmax_attention.cu, the host flow attention() in ops_impl.cuh, the CPU kernel
 // csrc/cpu/patch_argmax_attention.cpp. See NOTES.md for the design and the cost.
 //

@@ -1,4 +1,4 @@
-// Kernels of the patch posterior mean on CUDA, modes local and els (SPEC 3.2, 3.3, 4).
+// Kernels of the patch posterior mean on CUDA, modes local and els (docs/theory.md §3.2, §3.3, §4).
 //
 // One block = TQ query pixels of a group x the keys [k0, k1) of its work item, streamed
 // in tiles of TK keys. Per tile:
