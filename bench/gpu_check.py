@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""One-shot GPU check of the creativity_fast CUDA kernels (issue 4; SPEC 4, 9).
+"""One-shot GPU check of the creativity_fast CUDA kernels (docs/theory.md §4, §9).
 
 Run once on a machine with an NVIDIA GPU, from anywhere:
 
@@ -19,11 +19,12 @@ Run once on a machine with an NVIDIA GPU, from anywhere:
    IDX files are installed, else the embedded subset tiled to 60,000, else random images of
    that shape) for P in {3, 7, 15}, at a low sigma (exact fp32 path) and a high sigma (where
    the automatic policy picks tf32 tensor cores); prints G pairs/s, useful TFLOP/s
-   (2*D flops per pair, SPEC 9) and the fraction of the GPU's measured fp32 and tf32 matmul
+   (2*D flops per pair, docs/theory.md §9) and the fraction of the GPU's measured fp32 and tf32 matmul
    peaks. Then patch_argmax_attention over the 60,000 training images (the in-degree of
    AELS, once per P) and over a batch of samples: ms, G pairs/s, against the CPU kernel.
 
-Exit status 0 when every check passed.
+Exit status 0 when every check passed. The operator variants, the random input factory and
+the float32 tolerance model are the tests' own (tests/helpers.py).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # helpers.py: operator variants, random inputs, tolerances
 RESULTS: list[tuple[str, bool]] = []
 
 
@@ -79,22 +81,6 @@ def build(kind: str) -> None:
 # 2. Correctness
 
 
-def random_inputs(B, C, H, W, N, sigma, seed, mode="els", logw=False, removed=True):
-    import torch
-
-    g = torch.Generator().manual_seed(seed)
-    data = torch.rand(N, C, H, W, generator=g, dtype=torch.float64) * 2 - 1
-    sig = torch.tensor([sigma[i % len(sigma)] for i in range(B)], dtype=torch.float64)
-    z = data[torch.randint(N, (B,), generator=g)] + sig.view(B, 1, 1, 1) * torch.randn(B, C, H, W, generator=g,
-                                                                                         dtype=torch.float64)
-    key_logw = None
-    if logw:
-        key_logw = torch.randn(*((N,) if mode == "ideal" else (N, H, W)), generator=g, dtype=torch.float64)
-        if removed:  # -inf removes keys (some pixels may lose all keys: NaN x0 there, as in the reference)
-            key_logw.view(-1)[::7] = float("-inf")
-    return z, data, sig, key_logw
-
-
 def max_err(actual, expected):
     """Largest |difference| over finite entries; inf when the non-finite patterns differ."""
     import torch
@@ -106,37 +92,15 @@ def max_err(actual, expected):
     return (a[m] - expected[m]).abs().max().item() if m.any() else 0.0
 
 
-def f32_x0_tol(lse_ref, sumw):
-    """float32 tolerance of x0_hat: 5e-5 plus what float32 rounding of steep logits allows.
-
-    A float32 distance over sumw weighted entries errs by ~2^-24 sqrt(sumw) relative, so a
-    logit l errs by ~2^-24 sqrt(sumw) |l|, and x0_hat (centres within [-1, 1]) by at most
-    twice that; |lse| bounds the size of the logits that carry weight.
-    """
-    import torch
-
-    finite = lse_ref[torch.isfinite(lse_ref)]
-    scale = finite.abs().max().item() if finite.numel() else 0.0
-    return 5e-5 + 4 * 2.0 ** -24 * math.sqrt(sumw) * scale
-
-
-def weighted_dim(C, H, W, P, mode, boundary):
-    """sum of the multiplicities of a patch (creativity_fast.dictionary.patch_offsets)."""
-    if mode == "ideal":
-        return C * H * W
-    if boundary == "circular":
-        return C * P * P
-    return C * min(P, 2 * H - 1) * min(P, 2 * W - 1)
-
-
 def check_forward(name, z, data, sigma, P, machine, dtype, key_logw=None, tol_x=None, tol_l=1e-4):
     import torch
     from creativity_fast.reference import patch_posterior_mean_reference
+    from helpers import float32_x0_atol, patch_weight_sum
 
     mode, boundary, keys = machine
     x_ref, l_ref, b_ref = patch_posterior_mean_reference(z, data, sigma, P, mode, boundary, keys, key_logw)
     if tol_x is None:
-        tol_x = f32_x0_tol(l_ref, weighted_dim(*z.shape[1:], P, mode, boundary))
+        tol_x = float32_x0_atol(l_ref, patch_weight_sum(*z.shape[1:], P, mode, boundary))
     dev = lambda t: None if t is None else t.to("cuda", dtype)  # noqa: E731
     x0, lse, best = torch.ops.creativity_fast.patch_posterior_mean(dev(z), dev(data), dev(sigma), P, mode, boundary,
                                                                    keys, dev(key_logw), True)
@@ -151,8 +115,12 @@ def check_forward(name, z, data, sigma, P, machine, dtype, key_logw=None, tol_x=
 
 def correctness() -> None:
     import torch
-    from creativity_fast.dictionary import OPERATOR_VARIANTS as MACHINES
     from creativity_fast.reference import patch_posterior_mean_reference
+    from helpers import OPERATOR_VARIANTS as MACHINES
+    from helpers import random_inputs
+
+    # inputs: a training image plus sigma * noise; with key_logw, every 7th key removed (-inf:
+    # some pixels may lose all keys, NaN x0 there, as in the reference)
 
     log("\n== correctness against creativity_fast.reference (CPU) ==")
     seed = int(time.time()) % 100000
@@ -162,17 +130,19 @@ def correctness() -> None:
         for P in Ps:
             for C, logw in [(1, False), (3, True)]:
                 seed += 1
-                z, data, sigma, kl = random_inputs(3, C, 12, 10, 40, (0.3, 1.0, 3.0), seed, machine[0], logw)
+                z, data, sigma, kl = random_inputs(B=3, C=C, H=12, W=10, N=40, sigma=(0.3, 1.0, 3.0), seed=seed,
+                                                   mode=machine[0], logw=logw, remove_every=7)
                 check_forward(f"forward {'/'.join(machine)} P={P} C={C} key_logw={logw} f32", z, data, sigma, P,
                               machine, torch.float32, kl)
         seed += 1
-        z, data, sigma, kl = random_inputs(2, 2, 9, 8, 30, (0.5, 2.0), seed, machine[0], True)
+        z, data, sigma, kl = random_inputs(B=2, C=2, H=9, W=8, N=30, sigma=(0.5, 2.0), seed=seed, mode=machine[0],
+                                           logw=True, remove_every=7)
         check_forward(f"forward {'/'.join(machine)} P=3 C=2 f64", z, data, sigma, 3, machine, torch.float64, kl,
                       tol_x=1e-10, tol_l=1e-12)
 
     # Larger problem: many blocks and key splits with the default plan.
     seed += 1
-    z, data, sigma, _ = random_inputs(4, 1, 28, 28, 300, (0.2, 0.7, 2.0, 10.0), seed)
+    z, data, sigma, _ = random_inputs(B=4, C=1, H=28, W=28, N=300, sigma=(0.2, 0.7, 2.0, 10.0), seed=seed)
     for P in (3, 7, 15):
         check_forward(f"forward els/zeros/all 28x28 N=300 P={P} f32 (default plan)", z, data, sigma, P,
                       ("els", "zeros", "all"), torch.float32)
@@ -188,7 +158,8 @@ def correctness() -> None:
                 continue
             seed += 1
             mode, boundary, keys = machine
-            z, data, sigma, kl = random_inputs(2, C, 6, 7, 9, (1.5, 3.0), seed, mode, True, removed=False)
+            z, data, sigma, kl = random_inputs(B=2, C=C, H=6, W=7, N=9, sigma=(1.5, 3.0), seed=seed, mode=mode,
+                                               logw=True)
             zz = z.clone().requires_grad_(True)
             x_ref, _, _ = patch_posterior_mean_reference(zz, data, sigma, P, mode, boundary, keys, kl)
             g = torch.randn(x_ref.shape, dtype=torch.float64)
@@ -206,7 +177,7 @@ def correctness() -> None:
 
     for machine in (MACHINES[0], MACHINES[3], MACHINES[4]):
         seed += 1
-        z, data, sigma, _ = random_inputs(1, 1, 4, 5, 3, (0.9,), seed)
+        z, data, sigma, _ = random_inputs(B=1, C=1, H=4, W=5, N=3, sigma=(0.9,), seed=seed)
         zc = z.cuda().requires_grad_(True)
         fn = lambda x: ops.patch_posterior_mean(x, data.cuda(), sigma.cuda(), 3, mode=machine[0],  # noqa: E731
                                                 boundary=machine[1], keys=machine[2], backend="kernel")
@@ -220,7 +191,7 @@ def correctness() -> None:
     if torch.cuda.get_device_capability()[0] >= 8:
         for P in (3, 7, 15):
             seed += 1
-            z, data, sigma, _ = random_inputs(2, 1, 28, 28, 100, (80.0,), seed)
+            z, data, sigma, _ = random_inputs(B=2, C=1, H=28, W=28, N=100, sigma=(80.0,), seed=seed)
             args = (z.float().cuda(), data.float().cuda(), sigma.float().cuda(), P, "els", "zeros", "all", None, True)
             outs = {}
             for math_path in ("auto", "tf32", "fp32"):
@@ -237,7 +208,7 @@ def correctness() -> None:
                    same and ex_tf <= 2 * est and ex_fp <= 5e-5,
                    f"estimate {est:.1e}, x0 err tf32 {ex_tf:.1e} / fp32 {ex_fp:.1e}")
         seed += 1
-        z, data, sigma, _ = random_inputs(2, 1, 28, 28, 100, (0.2,), seed)
+        z, data, sigma, _ = random_inputs(B=2, C=1, H=28, W=28, N=100, sigma=(0.2,), seed=seed)
         args = (z.float().cuda(), data.float().cuda(), sigma.float().cuda(), 7, "els", "zeros", "all", None, True)
         os.environ["CREATIVITY_FAST_CUDA_MATH"] = "fp32"
         exact = torch.ops.creativity_fast.patch_posterior_mean(*args)

@@ -40,17 +40,6 @@ import torch
 MODES = ("ideal", "local", "els")
 BOUNDARIES = ("zeros", "circular")
 KEY_SETS = ("all", "valid")
-# Every distinct machine the operator computes, as (mode, boundary, keys): the
-# boundary does not change `ideal`, and keys='valid' exists only for circular ELS.
-# Tests and bench/gpu_check.py iterate over it.
-OPERATOR_VARIANTS = (
-    ("ideal", "zeros", "all"),
-    ("local", "zeros", "all"),
-    ("local", "circular", "all"),
-    ("els", "zeros", "all"),
-    ("els", "circular", "all"),
-    ("els", "circular", "valid"),
-)
 
 
 def patch_offsets(P: int, size: int, boundary: str) -> tuple[list[int], list[int]]:

@@ -30,17 +30,16 @@ import torch
 
 from creativity_fast import ops
 from creativity_fast.reference import patch_argmax_attention_reference
-from creativity_fast.dictionary import OPERATOR_VARIANTS
 from creativity_fast.reference import patch_posterior_mean_reference
 
 from emulator import EmulatorRunner, emulator_enabled, emulator_module
+from helpers import OPERATOR_VARIANTS, TOL, float32_x0_tol, patch_weight_sum, random_inputs, variant_id
 
 ROOT = Path(__file__).resolve().parents[1]
 
 # (mode, boundary, keys) of every machine the operator computes.
 MACHINES = OPERATOR_VARIANTS
-MACHINE_IDS = ["-".join(m) for m in MACHINES]
-TOL = {torch.float64: dict(atol=1e-10, rtol=1e-10), torch.float32: dict(atol=5e-5, rtol=2e-5)}
+MACHINE_IDS = [variant_id(m) for m in MACHINES]
 
 
 # ---------------------------------------------------------------------------------------
@@ -110,21 +109,6 @@ def _env(**values):
 # Inputs and comparison
 
 
-def _inputs(B=2, C=1, H=7, W=9, N=5, sigma=(0.5, 1.4), seed=0, logw=False, mode="els", removed=False):
-    """Random float64 CPU inputs: data in [-1, 1], z = a training image + sigma * noise."""
-    g = torch.Generator().manual_seed(seed)
-    data = torch.rand(N, C, H, W, generator=g, dtype=torch.float64) * 2 - 1
-    sig = torch.tensor([sigma[i % len(sigma)] for i in range(B)], dtype=torch.float64)
-    z = data[torch.randint(N, (B,), generator=g)] + sig.view(B, 1, 1, 1) * torch.randn(B, C, H, W, generator=g,
-                                                                                         dtype=torch.float64)
-    key_logw = None
-    if logw:
-        key_logw = torch.randn(*((N,) if mode == "ideal" else (N, H, W)), generator=g, dtype=torch.float64)
-        if removed:
-            key_logw.view(-1)[::4] = float("-inf")
-    return z, data, sig, key_logw
-
-
 def _to(runner, dtype, *tensors):
     return [None if t is None else t.to(device=runner.device, dtype=dtype) for t in tensors]
 
@@ -138,27 +122,6 @@ def _assert_close(actual, expected, dtype, what, tol=None):
     torch.testing.assert_close(actual[finite], expected[finite], **(tol or TOL[dtype]), msg=lambda m: f"{what}: {m}")
 
 
-def _weighted_dim(C, H, W, P, mode, boundary):
-    """Sum of the multiplicities of a patch (dictionary.patch_offsets); C*H*W for the ideal machine."""
-    if mode == "ideal":
-        return C * H * W
-    if boundary == "circular":
-        return C * P * P
-    return C * min(P, 2 * H - 1) * min(P, 2 * W - 1)
-
-
-def _x0_tol(dtype, lse_ref, sumw):
-    """x0_hat tolerance: float32 rounding of a distance over sumw entries errs by ~2^-24 sqrt(sumw)
-    relative, so a logit l by ~2^-24 sqrt(sumw) |l| and x0_hat (centres in [-1, 1]) by at most twice
-    that; |lse| bounds the logits that carry weight."""
-    tol = dict(TOL[dtype])
-    if dtype == torch.float32:
-        finite = lse_ref[torch.isfinite(lse_ref)]
-        scale = finite.abs().max().item() if finite.numel() else 0.0
-        tol["atol"] += 4 * 2.0 ** -24 * math.sqrt(sumw) * scale
-    return tol
-
-
 def _check_forward(runner, z, data, sigma, P, machine, dtype, key_logw=None, best_agreement=None):
     mode, boundary, keys = machine
     x_ref, lse_ref, best_ref = patch_posterior_mean_reference(z, data, sigma, P, mode, boundary, keys, key_logw)
@@ -166,7 +129,8 @@ def _check_forward(runner, z, data, sigma, P, machine, dtype, key_logw=None, bes
                                    *_to(runner, dtype, key_logw), True)
     assert x0.dtype == dtype and lse.dtype == dtype and best.dtype == torch.int64
     assert x0.shape == z.shape and lse.shape == z.shape[:1] + z.shape[2:] and best.shape == lse.shape
-    _assert_close(x0, x_ref, dtype, "x0_hat", _x0_tol(dtype, lse_ref, _weighted_dim(*z.shape[1:], P, mode, boundary)))
+    sumw = patch_weight_sum(*z.shape[1:], P, mode, boundary)
+    _assert_close(x0, x_ref, dtype, "x0_hat", float32_x0_tol(dtype, lse_ref, sumw))
     _assert_close(lse, lse_ref, dtype, "lse")
     agree = (best.cpu() == best_ref).double().mean().item()
     needed = best_agreement if best_agreement is not None else (1.0 if dtype == torch.float64 else 0.97)
@@ -194,7 +158,7 @@ FORWARD_CASES = [
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("machine,P", FORWARD_CASES)
 def test_forward_matches_reference(runner, machine, P, dtype):
-    z, data, sigma, _ = _inputs(C=1, seed=P)
+    z, data, sigma, _ = random_inputs(C=1, seed=P)
     _check_forward(runner, z, data, sigma, P, machine, dtype)
 
 
@@ -203,12 +167,13 @@ def test_forward_matches_reference(runner, machine, P, dtype):
 def test_forward_channels_and_key_logw(runner, machine, dtype):
     """C = 3 (the 4-channel register path), a log prior per key with removed (-inf) keys."""
     for C, removed in [(3, False), (2, True)]:
-        z, data, sigma, key_logw = _inputs(C=C, seed=10 + C, logw=True, mode=machine[0], removed=removed)
+        z, data, sigma, key_logw = random_inputs(C=C, seed=10 + C, logw=True, mode=machine[0],
+                                                 remove_every=4 if removed else 0)
         _check_forward(runner, z, data, sigma, 3, machine, dtype, key_logw)
 
 
 def test_return_argmax_false_gives_empty_best(runner):
-    z, data, sigma, _ = _inputs()
+    z, data, sigma, _ = random_inputs()
     for mode in ("ideal", "els"):
         x0, lse, best = runner.forward(*_to(runner, torch.float32, z, data, sigma), 3, mode, "zeros", "all", None, False)
         assert best.dtype == torch.int64 and best.numel() == 0
@@ -218,7 +183,7 @@ def test_return_argmax_false_gives_empty_best(runner):
 @pytest.mark.parametrize("machine", [MACHINES[0], MACHINES[1], MACHINES[3], MACHINES[4]], ids=lambda m: "-".join(m))
 def test_many_key_splits_merge_exactly(runner, machine):
     """One key tile per block: many partial states per query, merged in key order."""
-    z, data, sigma, _ = _inputs(B=3, C=2, H=9, W=10, N=37, sigma=(0.3, 0.8, 2.0), seed=1)
+    z, data, sigma, _ = random_inputs(B=3, C=2, H=9, W=10, N=37, sigma=(0.3, 0.8, 2.0), seed=1)
     for tiles in ("1", "0"):
         with _env(CREATIVITY_FAST_CUDA_TILES_PER_BLOCK=tiles):
             for dtype in (torch.float64, torch.float32):
@@ -230,7 +195,7 @@ def test_many_key_splits_merge_exactly(runner, machine):
 def test_ties_go_to_the_lowest_key_id(runner, mode, math_path):
     if math_path == "tf32" and (mode == "ideal" or not runner.tf32_capable()):
         pytest.skip("the tf32 path exists for local/els on sm_80+")
-    z, data, sigma, _ = _inputs(C=1, H=6, W=6, N=4, seed=2)
+    z, data, sigma, _ = random_inputs(C=1, H=6, W=6, N=4, seed=2)
     data = torch.cat([data, data, data])  # images mu, mu + 4, mu + 8 are identical
     with _env(CREATIVITY_FAST_CUDA_MATH=math_path):
         for dtype in (torch.float64, torch.float32):
@@ -242,7 +207,7 @@ def test_ties_go_to_the_lowest_key_id(runner, mode, math_path):
 
 def test_sigma_to_zero_gives_nearest_admissible_centre(runner):
     """docs/theory.md §3.3 limit: as sigma -> 0 each pixel is the centre of its nearest admissible patch."""
-    z, data, _, _ = _inputs(B=2, C=1, H=8, W=8, N=6, seed=3)
+    z, data, _, _ = random_inputs(B=2, C=1, H=8, W=8, N=6, seed=3)
     sigma = torch.full((2,), 1e-3, dtype=torch.float64)
     x_ref, _, best_ref = patch_posterior_mean_reference(z, data, sigma, 3, "els", "zeros", "all")
     x0, _, best = runner.forward(*_to(runner, torch.float32, z, data, sigma), 3, "els", "zeros", "all", None, True)
@@ -251,7 +216,7 @@ def test_sigma_to_zero_gives_nearest_admissible_centre(runner):
 
 
 def test_deterministic(runner):
-    z, data, sigma, _ = _inputs(B=2, C=1, H=9, W=9, N=20, seed=4)
+    z, data, sigma, _ = random_inputs(B=2, C=1, H=9, W=9, N=20, seed=4)
     args = (*_to(runner, torch.float32, z, data, sigma), 5, "els", "zeros", "all", None, True)
     first = runner.forward(*args)
     second = runner.forward(*args)
@@ -260,7 +225,7 @@ def test_deterministic(runner):
 
 
 def test_input_errors(runner):
-    z, data, sigma, _ = _inputs(C=1)
+    z, data, sigma, _ = random_inputs(C=1)
     zc, dc, sc = _to(runner, torch.float32, z, data, sigma)
     with pytest.raises(RuntimeError, match="P must be an odd"):
         runner.forward(zc, dc, sc, 4, "els", "zeros", "all", None, False)
@@ -270,7 +235,7 @@ def test_input_errors(runner):
         runner.forward(zc, dc, sc, 3, "els", "zeros", "valid", None, False)
     with pytest.raises(RuntimeError, match="dtype"):
         runner.forward(zc, dc.double(), sc, 3, "els", "zeros", "all", None, False)
-    z5, d5, s5, _ = _inputs(C=5)
+    z5, d5, s5, _ = random_inputs(C=5)
     with pytest.raises(RuntimeError, match="C <= 4"):
         runner.forward(*_to(runner, torch.float32, z5, d5, s5), 3, "els", "zeros", "all", None, False)
 
@@ -290,8 +255,8 @@ BACKWARD_CASES = [
 def test_backward_matches_reference_autograd(runner, machine, P, C):
     """grad z of <g, x0_hat>: the kernels' second streaming pass vs autograd through the reference."""
     mode, boundary, keys = machine
-    z, data, sigma, key_logw = _inputs(B=2, C=C, H=5, W=6, N=7, sigma=(1.5, 3.0), seed=20 + P + C, logw=True,
-                                       mode=mode)
+    z, data, sigma, key_logw = random_inputs(B=2, C=C, H=5, W=6, N=7, sigma=(1.5, 3.0), seed=20 + P + C, logw=True,
+                                             mode=mode)
     zz = z.clone().requires_grad_(True)
     x_ref, _, _ = patch_posterior_mean_reference(zz, data, sigma, P, mode, boundary, keys, key_logw)
     g = torch.randn(x_ref.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
@@ -316,8 +281,8 @@ def test_backward_lse_matches_reference_autograd_and_cpu_kernel(runner, machine)
     """patch_posterior_mean_backward_lse: grad z of <g, x0_hat> + <g_lse, lse> vs autograd through the
     reference and vs the CPU kernel's; with g_lse = 0 it is patch_posterior_mean_backward bit for bit."""
     mode, boundary, keys = machine
-    z, data, sigma, key_logw = _inputs(B=2, C=2 if mode != "ideal" else 1, H=5, W=6, N=7, sigma=(1.5, 3.0), seed=31,
-                                       logw=True, mode=mode)
+    z, data, sigma, key_logw = random_inputs(B=2, C=2 if mode != "ideal" else 1, H=5, W=6, N=7, sigma=(1.5, 3.0),
+                                             seed=31, logw=True, mode=mode)
     gen = torch.Generator().manual_seed(6)
     zz = z.clone().requires_grad_(True)
     x_ref, lse_ref, _ = patch_posterior_mean_reference(zz, data, sigma, 3, mode, boundary, keys, key_logw)
@@ -359,7 +324,7 @@ class _KernelFunction(torch.autograd.Function):
 @pytest.mark.parametrize("machine", MACHINES, ids=MACHINE_IDS)
 def test_gradcheck_float64(runner, machine):
     mode, boundary, keys = machine
-    z, data, sigma, _ = _inputs(B=1, C=1, H=4, W=5, N=3, sigma=(0.9,), seed=6)
+    z, data, sigma, _ = random_inputs(B=1, C=1, H=4, W=5, N=3, sigma=(0.9,), seed=6)
     zd, dd, sd = _to(runner, torch.float64, z, data, sigma)
     zd.requires_grad_(True)
     fn = lambda x: _KernelFunction.apply(x, runner, dd, sd, 3, mode, boundary, keys, None)  # noqa: E731
@@ -372,7 +337,7 @@ def test_public_api_autograd_on_cuda(machine):
     if not _cuda_kernel_available():
         pytest.skip("needs a CUDA device and the CUDA kernels")
     mode, boundary, keys = machine
-    z, data, sigma, _ = _inputs(B=1, C=1, H=4, W=5, N=3, sigma=(0.9,), seed=7)
+    z, data, sigma, _ = random_inputs(B=1, C=1, H=4, W=5, N=3, sigma=(0.9,), seed=7)
     zd, dd, sd = (t.cuda() for t in (z, data, sigma))
     zd.requires_grad_(True)
     fn = lambda x: ops.patch_posterior_mean(x, dd, sd, 3, mode=mode, boundary=boundary, keys=keys,  # noqa: E731
@@ -389,7 +354,7 @@ def test_public_api_autograd_on_cuda(machine):
 def test_opcheck_on_cuda():
     if not _cuda_kernel_available():
         pytest.skip("needs a CUDA device and the CUDA kernels")
-    z, data, sigma, _ = _inputs(B=2, C=1, H=6, W=6, N=4, seed=8)
+    z, data, sigma, _ = random_inputs(B=2, C=1, H=6, W=6, N=4, seed=8)
     zc, dc, sc = (t.float().cuda() for t in (z, data, sigma))
     torch.library.opcheck(torch.ops.creativity_fast.patch_posterior_mean.default,
                           (zc, dc, sc, 3, "els", "zeros", "all", None, True),
@@ -409,7 +374,7 @@ def _tf32_logit_error(sumw, qmax, kmax, sigma_min):
 def test_precision_policy_high_sigma_uses_tf32_within_tolerance(runner, P):
     if not runner.tf32_capable():
         pytest.skip("tf32 needs sm_80 or newer")
-    z, data, sigma, _ = _inputs(B=2, C=1, H=9, W=9, N=30, sigma=(40.0,), seed=9)
+    z, data, sigma, _ = random_inputs(B=2, C=1, H=9, W=9, N=30, sigma=(40.0,), seed=9)
     est = _tf32_logit_error(P * P, z.abs().max().item(), data.abs().max().item(), 40.0)
     assert est <= 1e-3, "the test input should be on the tf32 side of the policy"
     args = (*_to(runner, torch.float32, z, data, sigma), P, "els", "zeros", "all", None, True)
@@ -430,7 +395,7 @@ def test_precision_policy_high_sigma_uses_tf32_within_tolerance(runner, P):
 
 @pytest.mark.parametrize("P", [3, 7])
 def test_precision_policy_low_sigma_stays_fp32(runner, P):
-    z, data, sigma, _ = _inputs(B=2, C=1, H=9, W=9, N=30, sigma=(0.2,), seed=10)
+    z, data, sigma, _ = random_inputs(B=2, C=1, H=9, W=9, N=30, sigma=(0.2,), seed=10)
     args = (*_to(runner, torch.float32, z, data, sigma), P, "els", "zeros", "all", None, True)
     with _env(CREATIVITY_FAST_CUDA_MATH="auto"):
         auto = runner.forward(*args)
@@ -448,7 +413,7 @@ def test_precision_policy_low_sigma_stays_fp32(runner, P):
 
 
 def test_float64_never_uses_tf32(runner):
-    z, data, sigma, _ = _inputs(B=2, C=1, H=9, W=9, N=10, sigma=(40.0,), seed=11)
+    z, data, sigma, _ = random_inputs(B=2, C=1, H=9, W=9, N=10, sigma=(40.0,), seed=11)
     args = (*_to(runner, torch.float64, z, data, sigma), 5, "els", "zeros", "all", None, True)
     with _env(CREATIVITY_FAST_CUDA_MATH="tf32"):
         forced = runner.forward(*args)

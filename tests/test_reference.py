@@ -1,4 +1,7 @@
-"""The pure-PyTorch reference against the brute-force float64 oracle and the limits of SPEC 3.3."""
+"""The pure-PyTorch reference against the brute-force float64 oracle and the limits of docs/theory.md §3.3.
+
+Inputs come from ``helpers.random_inputs`` with ``QUERIES``.
+"""
 
 import itertools
 
@@ -6,18 +9,16 @@ import pytest
 import torch
 
 import creativity_fast as cf
-from creativity_fast.dictionary import OPERATOR_VARIANTS
 from creativity_fast.reference import patch_posterior_mean_reference as reference
 
+from helpers import OPERATOR_VARIANTS, random_inputs, stable_seed
 from oracle import oracle
 
 CASES = OPERATOR_VARIANTS  # (mode, boundary, keys)
 
 
-def random_inputs(gen, B, N, C, H, W, dtype=torch.float64):
-    z = torch.randn(B, C, H, W, generator=gen, dtype=dtype) * 1.5
-    data = torch.rand(N, C, H, W, generator=gen, dtype=dtype) * 2 - 1
-    return z, data
+# queries unrelated to the data: 1.5 times standard Gaussian noise (data uniform in [-1, 1])
+QUERIES = dict(query="gaussian", query_scale=1.5)
 
 
 @pytest.mark.parametrize("mode,boundary,keys", CASES)
@@ -27,11 +28,9 @@ def test_reference_matches_oracle(mode, boundary, keys, P, shape):
     B, N, C, H, W = shape
     if keys == "valid" and (P > H or P > W):
         pytest.skip("keys='valid' needs a patch that fits")
-    gen = torch.Generator().manual_seed(hash((mode, boundary, keys, P, shape)) % 2**31)
-    z, data = random_inputs(gen, B, N, C, H, W)
-    sigma = torch.tensor([0.3, 4.0][:B], dtype=torch.float64)
-    key_logw = torch.randn(N, generator=gen, dtype=torch.float64) if mode == "ideal" else \
-        torch.randn(N, H, W, generator=gen, dtype=torch.float64)
+    seed = stable_seed(mode, boundary, keys, P, shape)  # the same in every process, unlike hash()
+    z, data, sigma, key_logw = random_inputs(B=B, C=C, H=H, W=W, N=N, seed=seed, sigma=(0.3, 4.0), **QUERIES,
+                                             logw=True, mode=mode)
     for logw in (None, key_logw):
         want, want_lse, want_best = oracle(z, data, sigma, P, mode, boundary, keys, logw)
         got = cf.patch_posterior_mean(z, data, sigma, P, mode=mode, boundary=boundary, keys=keys,
@@ -43,8 +42,7 @@ def test_reference_matches_oracle(mode, boundary, keys, P, shape):
 
 @pytest.mark.parametrize("mode,boundary,keys", CASES)
 def test_chunk_size_invariance(mode, boundary, keys):
-    gen = torch.Generator().manual_seed(1)
-    z, data = random_inputs(gen, 3, 9, 2, 7, 6, dtype=torch.float32)
+    z, data, _, _ = random_inputs(B=3, C=2, H=7, W=6, N=9, seed=1, **QUERIES, dtype=torch.float32)
     runs = [reference(z, data, torch.full((3,), 0.5), 3, mode, boundary, keys, chunk_size=c) for c in (1, 4, 9)]
     for x0, lse, best in runs[1:]:
         torch.testing.assert_close(x0, runs[0][0], rtol=0, atol=1e-6)
@@ -53,8 +51,7 @@ def test_chunk_size_invariance(mode, boundary, keys):
 
 
 def test_memory_budget_picks_chunks_without_changing_result():
-    gen = torch.Generator().manual_seed(2)
-    z, data = random_inputs(gen, 2, 6, 1, 5, 5)
+    z, data, _, _ = random_inputs(B=2, C=1, H=5, W=5, N=6, seed=2, **QUERIES)
     sigma = torch.full((2,), 0.7, dtype=torch.float64)
     a = reference(z, data, sigma, 3, "els", "zeros", memory_budget=1)  # one image per chunk
     b = reference(z, data, sigma, 3, "els", "zeros", memory_budget=2**30)
@@ -62,8 +59,7 @@ def test_memory_budget_picks_chunks_without_changing_result():
 
 
 def test_circular_els_commutes_with_cyclic_shifts():
-    gen = torch.Generator().manual_seed(3)
-    z, data = random_inputs(gen, 2, 4, 3, 6, 7)
+    z, data, _, _ = random_inputs(B=2, C=3, H=6, W=7, N=4, seed=3, **QUERIES)
     for P in (3, 5, 9):
         out = cf.patch_posterior_mean(z, data, 0.8, P, mode="els", boundary="circular", backend="reference")
         for shift in [(1, 0), (2, 3), (-1, 5)]:
@@ -87,8 +83,7 @@ def test_zero_boundary_els_commutes_with_interior_shifts():
 
 
 def test_local_equals_ideal_for_huge_patches():
-    gen = torch.Generator().manual_seed(5)
-    z, data = random_inputs(gen, 2, 5, 2, 4, 6)
+    z, data, _, _ = random_inputs(B=2, C=2, H=4, W=6, N=5, seed=5, **QUERIES)
     ideal = cf.patch_posterior_mean(z, data, 1.3, 1, mode="ideal", backend="reference")
     for P in (2 * 6 - 1, 31):
         local = cf.patch_posterior_mean(z, data, 1.3, P, mode="local", backend="reference")
@@ -97,8 +92,7 @@ def test_local_equals_ideal_for_huge_patches():
 
 @pytest.mark.parametrize("mode,boundary,keys", CASES)
 def test_outputs_are_convex_combinations_of_training_pixels(mode, boundary, keys):
-    gen = torch.Generator().manual_seed(6)
-    z, data = random_inputs(gen, 2, 4, 3, 5, 6)
+    z, data, _, _ = random_inputs(B=2, C=3, H=5, W=6, N=4, seed=6, **QUERIES)
     out = cf.patch_posterior_mean(z, data, 2.0, 3, mode=mode, boundary=boundary, keys=keys, backend="reference")
     lo = data.amin(dim=(0, 2, 3)).reshape(1, -1, 1, 1)
     hi = data.amax(dim=(0, 2, 3)).reshape(1, -1, 1, 1)
@@ -111,8 +105,7 @@ def test_outputs_are_convex_combinations_of_training_pixels(mode, boundary, keys
 
 @pytest.mark.parametrize("mode,boundary,keys", CASES)
 def test_small_sigma_gives_nearest_admissible_patch_centre(mode, boundary, keys):
-    gen = torch.Generator().manual_seed(7)
-    z, data = random_inputs(gen, 2, 3, 1, 5, 6)
+    z, data, _, _ = random_inputs(B=2, C=1, H=5, W=6, N=3, seed=7, **QUERIES)
     P = 3
     _, _, best = oracle(z, data, torch.ones(2, dtype=torch.float64), P, mode, boundary, keys)
     out = cf.patch_posterior_mean(z, data, 1e-4, P, mode=mode, boundary=boundary, keys=keys, backend="reference")
@@ -122,8 +115,7 @@ def test_small_sigma_gives_nearest_admissible_patch_centre(mode, boundary, keys)
 
 
 def test_sigma_per_sample_matches_separate_calls():
-    gen = torch.Generator().manual_seed(8)
-    z, data = random_inputs(gen, 3, 4, 1, 5, 5)
+    z, data, _, _ = random_inputs(B=3, C=1, H=5, W=5, N=4, seed=8, **QUERIES)
     sigma = torch.tensor([0.2, 1.0, 5.0], dtype=torch.float64)
     both = cf.patch_posterior_mean(z, data, sigma, 3, backend="reference")
     for b in range(3):
@@ -132,15 +124,14 @@ def test_sigma_per_sample_matches_separate_calls():
 
 
 def test_reference_is_differentiable_in_float64():
-    gen = torch.Generator().manual_seed(9)
-    z, data = random_inputs(gen, 1, 3, 1, 4, 5)
+    z, data, _, _ = random_inputs(B=1, C=1, H=4, W=5, N=3, seed=9, **QUERIES)
     for mode, boundary, keys in CASES:
         fn = lambda zz: cf.patch_posterior_mean(zz, data, 0.9, 3, mode=mode, boundary=boundary, keys=keys,  # noqa
                                                 backend="reference")
         assert torch.autograd.gradcheck(fn, (z.clone().requires_grad_(),), eps=1e-6, atol=1e-7)
 
 
-# --- SPEC 10: bad inputs ---------------------------------------------------------------
+# --- docs/theory.md §10: bad inputs ------------------------------------------------------
 
 def _ok():
     return torch.zeros(2, 1, 5, 5), torch.zeros(3, 1, 5, 5)
