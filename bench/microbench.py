@@ -39,8 +39,11 @@ def build(cache_dir: str | os.PathLike | None = None) -> Path:
     lib = out_dir / f"microbench_{digest}.so"
     if not lib.exists():
         tmp = lib.with_suffix(f".{os.getpid()}.tmp")
-        subprocess.run([cxx, "-O3", "-march=native", "-std=c++17", "-fopenmp", "-shared", "-fPIC",
-                        "-I", str(CSRC), str(SOURCE), "-o", str(tmp)], check=True, capture_output=True, text=True)
+        cmd = [cxx, "-O3", "-march=native", "-std=c++17", "-fopenmp", "-shared", "-fPIC",
+               "-I", str(CSRC), str(SOURCE), "-o", str(tmp)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:  # the compiler's own message, for the smoke test's failure report
+            raise RuntimeError(f"{' '.join(cmd)} failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
         os.replace(tmp, lib)
     return lib
 
