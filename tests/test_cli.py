@@ -105,3 +105,24 @@ def test_machine_options_reach_the_machine(tmp_path):
     assert settings["machine_opts"] == ["lam=1", "gamma=0"]
     proc = run_cli("sample", "--machine", "els", "--opt", "lam=1", "--limit", "5", "--out", str(tmp_path / "x"))
     assert proc.returncode == 2 and "does not take the option 'lam'" in proc.stderr
+
+
+def test_attention_options_change_the_samples(tmp_path):
+    """``--opt lam=...`` and ``--opt gamma=...`` change what the AELS machine computes, not only the
+    settings JSON: lam (attention prior) and gamma (sample-time attention) each change the samples,
+    and ``lam=0 gamma=0`` gives ELS's samples exactly (docs/theory.md §3.4)."""
+    common = ["sample", "--limit", "20", "--steps", "3", "--seeds", "0-1", "--patch-schedule", "3", "--no-progress"]
+
+    def samples(name, *args):
+        out = tmp_path / name
+        assert main(common + list(args) + ["--out", str(out)]) == 0
+        return np.load(out / "samples.npz")["samples"]
+
+    els = samples("els", "--machine", "els")
+    off = samples("off", "--machine", "aels", "--opt", "lam=0", "--opt", "gamma=0")
+    prior = samples("prior", "--machine", "aels", "--opt", "lam=5", "--opt", "gamma=0")
+    attend = samples("attend", "--machine", "aels", "--opt", "lam=0", "--opt", "gamma=0.5")
+    np.testing.assert_array_equal(off, els)
+    for changed in (prior, attend):
+        assert np.abs(changed - off).max() > 1e-3
+    assert np.abs(prior - attend).max() > 1e-3
