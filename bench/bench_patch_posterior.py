@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python -m pytest bench/bench_patch_posterior.py --benchmark-group-by=group -q
 
-Cases (issue 3): B = 8 queries, N = 1000 training images (the first 1000 of the
+Cases: B = 8 queries, N = 1000 training images (the first 1000 of the
 embedded Fashion-MNIST subset), P in {3, 7, 15}, sigma in {0.05, 1, 10}, zero and
 circular boundaries; queries are test images plus sigma * noise (a diffusion step).
 
@@ -13,7 +13,7 @@ circular boundaries; queries are test images plus sigma * noise (a diffusion ste
   also timed at 4x that N to show it); a full N=1000 sweep of it would take hours here.
   ``--ref-images 1000`` runs it literally.
 - ``keops``: the same reduction written with pykeops LazyTensors (softmax-weighted sum
-  over every key patch; the zero-boundary admissibility of SPEC 3.3 as a mask), CPU,
+  over every key patch; the zero-boundary admissibility of docs/theory.md §3.3 as a mask), CPU,
   on ``--keops-images`` images, only at sigma = 1: it has no pruning, so its time does
   not depend on sigma. Skipped (with the reason recorded) when pykeops is missing.
 
@@ -84,7 +84,7 @@ def keops_fn(z, data, sigma, P, boundary):
     inv = 1.0 / (2.0 * sigma * sigma)
     Q, K, V = LazyTensor(q[:, None, :]), LazyTensor(k[None, :, :]), LazyTensor(centres[None, :, :])
     logits = -inv * ((Q - K) ** 2).sum(-1)
-    if boundary == "zeros":  # SPEC 3.3: interior pixels see interior keys, edge pixels their own row/column
+    if boundary == "zeros":  # docs/theory.md §3.3: interior pixels see interior keys, edge pixels their own row/column
         m = (P - 1) // 2
         pos = torch.stack(torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij"), -1).reshape(-1, 2)
         inner = ((pos >= m) & (pos <= torch.tensor([H - 1 - m, W - 1 - m]))).float()

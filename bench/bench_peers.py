@@ -1,4 +1,4 @@
-"""Benchmarks of the peer machines (SPEC 3.6, 9): one case per machine, kernel beside reference.
+"""Benchmarks of the peer machines (docs/theory.md §3.6, §9): one case per machine, kernel beside reference.
 
     PYTHONPATH=. python -m pytest bench/bench_peers.py --benchmark-group-by=group -q
     PYTHONPATH=. python bench/bench_peers.py            # a side-by-side table, no pytest

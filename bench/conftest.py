@@ -1,6 +1,6 @@
 """Options, data and result collection for bench/bench_patch_posterior.py.
 
-The full suite (issue 3):
+The full suite:
 
     PYTHONPATH=. python -m pytest bench/bench_patch_posterior.py --benchmark-group-by=group -q
 

@@ -151,7 +151,7 @@ def markdown(doc, rows, lin):
     if ko:
         out += [f"KeOps computes the same softmax-weighted sum with LazyTensors on N={cfg['keops_n']} images, "
                 "at sigma=1 only (no pruning: its time does not depend on sigma). It evaluates every key of "
-                "every image for every query, with the zero-boundary admissibility of SPEC 3.3 as a mask, and "
+                "every image for every query, with the zero-boundary admissibility of docs/theory.md §3.3 as a mask, and "
                 "each pair costs the full P*P*C distance; pairs are counted the same way for all three.", "",
                 "| P | boundary | kernel G pairs/s (sigma=1) | KeOps G pairs/s | kernel / KeOps |", "|---|---|---|---|---|"]
         for r in ko:
@@ -187,13 +187,13 @@ def markdown(doc, rows, lin):
 
 
 DESIGN = [
-    "## Design (csrc/cpu/ppm_kernel.h)", "",
+    "## Design (csrc/cpu/ppm_kernel.h and the headers it includes)", "",
     "- **Layout.** Lanes are training images: a group of V images (8 with AVX-512, 4 with AVX2, 2 baseline) "
     "is packed pixel-major, so every pixel of the group is one register and all work is vertical SIMD "
     "with scalar addressing (any image size, boundary or key set; no gathers). Work units are (sample, "
     "block of query rows), run through torch's thread pool; one unit owns its queries' reductions, so the "
     "thread count changes no bit.",
-    "- **Distances at O(1) per pair whatever P** (SPEC 9). For one displacement delta = y - x, "
+    "- **Distances at O(1) per pair whatever P** (docs/theory.md §9). For one displacement delta = y - x, "
     "d(x) = sum_o w(o) e(x + o) with e(p) = sum_c (z(p) - phi(p + delta))^2: a separable box filter of one "
     "product image. The default streams output rows: one new e row per output row, a horizontal sliding "
     "window, a ring of the last P filtered rows and a vertical sliding window; sums are in double (a "
@@ -211,7 +211,7 @@ DESIGN = [
     "fixed order. Distances, logits and running maxima are double, exps and inner sums float32 (flushed "
     "into double every displacement row): the float32 kernel agrees with the float64 reference to "
     "output rounding (column `max abs err`).",
-    "- **Backward** (SPEC 4): a second pass recomputes each weight from the saved lse, forms "
+    "- **Backward** (docs/theory.md §4): a second pass recomputes each weight from the saved lse, forms "
     "a(x) = w_k (g(x).(c_k - x0_hat(x)) + g_lse(x)) and scatters (phi(p + delta) - z(p)) * A(p), A being "
     "the (self-adjoint) box filter of a, into per-unit double buffers summed in unit order.",
     "- **Instruction sets.** One binary carries baseline, AVX2+FMA and AVX-512 builds of the same source "

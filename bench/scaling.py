@@ -1,4 +1,4 @@
-"""Scaling-out measurements (issue 7, docs/scaling.md): 1 process vs torchrun ranks, peak RSS per rank.
+"""Scaling-out measurements (docs/scaling.md): 1 process vs torchrun ranks, peak RSS per rank.
 
     # a memory-mapped .npy training set (full Fashion-MNIST train if installed, else the embedded subset tiled)
     python bench/scaling.py data /tmp/fmnist.npy [--n 60000]

@@ -1,4 +1,4 @@
-"""Brute-force float64 oracle written literally from SPEC 3.1-3.3 (tiny inputs only).
+"""Brute-force float64 oracle written literally from the definitions of docs/theory.md §3.1-3.3 (tiny inputs only).
 
 Deliberately shares no code with the package: patches are read pixel by pixel with
 the zero-extension / wrap rule, and the admissible set is the spec's sentence.
@@ -31,7 +31,7 @@ def patch_distance(a, x, b, y, P, boundary):
 
 
 def admissible_keys(x, H, W, P, mode, boundary, keys):
-    """Key centres y admissible for query pixel x (SPEC 3.2, 3.3)."""
+    """Key centres y admissible for query pixel x (docs/theory.md §3.2, §3.3)."""
     m = (P - 1) // 2
     r, c = x
     if mode == "local":

@@ -1,4 +1,4 @@
-"""Dataset-wide argmax attention (kernel and reference against a brute-force oracle) and AELS (SPEC 3.4)."""
+"""Dataset-wide argmax attention (kernel and reference against a brute-force oracle) and AELS (docs/theory.md §3.4)."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Calibration and comparison against networks (SPEC 6)."""
+"""Calibration and comparison against networks (docs/theory.md §6)."""
 
 import json
 

@@ -1,10 +1,8 @@
-"""Tests of data loading, synthetic sets, file I/O and image grids (fast, CPU only)."""
+"""Tests of data loading: file formats, value conventions, datasets and shards (fast, CPU only)."""
 
 from __future__ import annotations
 
 import gzip
-import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +11,6 @@ import torch
 from PIL import Image
 
 from creativity_fast import io as cf_io
-from creativity_fast import viz
 from creativity_fast.data import loaders, synthetic
 from creativity_fast.data.loaders import Dataset, load_dataset, read_idx, shard_bounds, write_idx
 
@@ -24,82 +21,6 @@ def small_uint8_images(n: int = 7, h: int = 4, w: int = 5, seed: int = 0) -> np.
 
 def expected_unit(images_uint8: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images_uint8.astype(np.float32) / 127.5 - 1.0)
-
-
-# ---------------------------------------------------------------------------
-# io
-# ---------------------------------------------------------------------------
-
-
-def test_npz_round_trip_with_tensors_and_strings(tmp_path):
-    path = tmp_path / "sub" / "arrays.npz"
-    cf_io.save_npz(path, a=torch.arange(6).reshape(2, 3), names=np.array(["x", "yy"]), s=np.float32(1.5))
-    loaded = cf_io.load_npz(path)
-    assert sorted(loaded) == ["a", "names", "s"]
-    np.testing.assert_array_equal(loaded["a"], np.arange(6).reshape(2, 3))
-    assert loaded["names"].tolist() == ["x", "yy"]
-    assert float(loaded["s"]) == 1.5
-    assert os.listdir(path.parent) == ["arrays.npz"]  # no temp files left behind
-
-
-def test_save_npz_refuses_object_arrays(tmp_path):
-    with pytest.raises(TypeError, match="'bad'"):
-        cf_io.save_npz(tmp_path / "x.npz", bad=np.array([{"a": 1}], dtype=object))
-
-
-def test_load_npz_malformed_files_raise_value_error_naming_path(tmp_path):
-    good = tmp_path / "good.npz"
-    cf_io.save_npz(good, a=np.arange(1000))
-    truncated = tmp_path / "truncated.npz"
-    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
-    with pytest.raises(ValueError, match="truncated.npz"):
-        cf_io.load_npz(truncated)
-
-    garbage = tmp_path / "garbage.npz"
-    garbage.write_bytes(b"this is not a zip archive at all")
-    with pytest.raises(ValueError, match="garbage.npz"):
-        cf_io.load_npz(garbage)
-
-    pickled = tmp_path / "pickled.npz"
-    np.savez(pickled, a=np.array([{"code": 1}], dtype=object))  # needs pickle to read
-    with pytest.raises(ValueError, match="pickled.npz"):
-        cf_io.load_npz(pickled)
-
-    single = tmp_path / "single.npy"
-    np.save(single, np.arange(3))
-    with pytest.raises(ValueError, match="single.npy"):
-        cf_io.load_npz(single)
-
-    with pytest.raises(FileNotFoundError):
-        cf_io.load_npz(tmp_path / "missing.npz")
-
-
-def test_atomic_open_keeps_old_file_on_failure(tmp_path):
-    path = tmp_path / "result.json"
-    cf_io.save_json(path, {"old": 1})
-    with pytest.raises(RuntimeError):
-        with cf_io.atomic_open(path, "w") as handle:
-            handle.write('{"new": ')
-            raise RuntimeError("killed mid-write")
-    assert json.loads(path.read_text()) == {"old": 1}
-    assert os.listdir(tmp_path) == ["result.json"]
-
-
-def test_save_json_handles_numpy_and_torch_scalars(tmp_path):
-    path = tmp_path / "metrics.json"
-    cf_io.save_json(path, {"a": np.float32(0.5), "b": torch.tensor(3), "c": np.arange(3), "d": tmp_path})
-    assert json.loads(path.read_text()) == {"a": 0.5, "b": 3, "c": [0, 1, 2], "d": str(tmp_path)}
-    assert "\n  " in path.read_text()  # indented
-
-
-def test_save_png_round_trip_and_validation(tmp_path):
-    array = np.arange(12, dtype=np.uint8).reshape(3, 4) * 20
-    path = cf_io.save_png(tmp_path / "a.png", array)
-    np.testing.assert_array_equal(np.asarray(Image.open(path)), array)
-    with pytest.raises(TypeError, match="array_uint8"):
-        cf_io.save_png(tmp_path / "b.png", array.astype(np.float32))
-    with pytest.raises(ValueError, match="array_uint8"):
-        cf_io.save_png(tmp_path / "c.png", np.zeros((2, 2, 2), dtype=np.uint8))
 
 
 # ---------------------------------------------------------------------------
@@ -465,109 +386,3 @@ def test_embedded_subset_matches_full_fashion_mnist():
 def test_full_fashion_mnist_missing_says_how_to_install(tmp_path):
     with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
         loaders.load_fashion_mnist_full(tmp_path)
-
-
-# ---------------------------------------------------------------------------
-# Synthetic sets
-# ---------------------------------------------------------------------------
-
-
-def test_black_white_toy():
-    toy = synthetic.black_white_toy(H=3, W=5, C=2)
-    assert toy.images.shape == (2, 2, 3, 5)
-    assert torch.all(toy.images[0] == -1) and torch.all(toy.images[1] == 1)
-    assert toy.labels.tolist() == [0, 1]
-    with pytest.raises(ValueError, match="H"):
-        synthetic.black_white_toy(H=0)
-
-
-def test_glyph_alphabet_is_distinct_and_shift_free():
-    glyphs = synthetic.GLYPHS
-    assert glyphs.shape[0] >= 4 and glyphs.shape[1:] == (5, 5)
-    for glyph in glyphs:
-        # Touching all four sides of the box means no shift of it fits in the box.
-        assert glyph[0].any() and glyph[-1].any() and glyph[:, 0].any() and glyph[:, -1].any()
-    for a in range(len(glyphs)):
-        for b in range(a + 1, len(glyphs)):
-            # Far apart, so one wrong pixel never turns one glyph into another.
-            assert np.sum(glyphs[a] != glyphs[b]) >= 3
-
-
-def test_twin_glyphs_hold_two_copies_of_one_glyph():
-    dataset = synthetic.twin_glyphs(40, alphabet=4, seed=1)
-    assert dataset.images.shape == (40, 1, 16, 16)
-    assert set(torch.unique(dataset.images).tolist()) == {-1.0, 1.0}
-    assert set(dataset.labels.tolist()) == {0, 1, 2, 3}
-    stroke_pixels = (dataset.images > 0).sum(dim=(1, 2, 3))
-    glyph_pixels = torch.from_numpy(synthetic.GLYPHS.sum(axis=(1, 2)))[dataset.labels]
-    assert torch.equal(stroke_pixels, 2 * glyph_pixels)
-    found = synthetic.find_glyphs(dataset.images, alphabet=4)
-    assert found == [[label, label] for label in dataset.labels.tolist()]
-    torch.testing.assert_close(synthetic.twin_glyphs(40, alphabet=4, seed=1).images, dataset.images)
-    assert not torch.equal(synthetic.twin_glyphs(40, alphabet=4, seed=2).images, dataset.images)
-    with pytest.raises(ValueError, match="alphabet"):
-        synthetic.twin_glyphs(2, alphabet=99)
-    with pytest.raises(ValueError, match="H, W"):
-        synthetic.twin_glyphs(2, H=8, W=8)
-
-
-def test_find_glyphs_detects_mixed_glyphs_and_tolerates_one_flipped_pixel():
-    strokes = torch.from_numpy(synthetic.GLYPHS.astype(np.float32) * 2 - 1)
-    image = torch.full((3, 1, 14, 14), -1.0)
-    image[0, 0, 1:6, 2:7] = strokes[0]
-    image[0, 0, 8:13, 8:13] = strokes[2]
-    image[1, 0, 0:5, 0:5] = strokes[3] * 0.7  # faded strokes still have the right signs
-    image[1, 0, 9:14, 9:14] = strokes[3]
-    image[1, 0, 11, 11] *= -1  # one flipped pixel
-    found = synthetic.find_glyphs(image, alphabet=4)
-    assert found[0] == [0, 2] and len(set(found[0])) == 2  # inconsistent
-    assert found[1] == [3, 3]
-    assert found[2] == []  # blank image: nothing detected
-    located = synthetic.locate_glyphs(image, alphabet=4)
-    assert located[0] == [(0, 1, 2), (2, 8, 8)]
-    assert synthetic.find_glyphs(image, alphabet=4, threshold=1.0)[1] == [3]
-    # A glyph outside the alphabet searched is not reported.
-    assert synthetic.find_glyphs(image, alphabet=2)[0] == [0]
-
-
-def test_digits8x8_needs_sklearn():
-    try:
-        import sklearn  # noqa: F401
-    except ImportError:
-        with pytest.raises(ImportError, match="scikit-learn"):
-            synthetic.digits8x8()
-    else:
-        digits = synthetic.digits8x8()
-        assert digits.images.shape[1:] == (1, 8, 8)
-        assert digits.images.min() >= -1 and digits.images.max() <= 1
-
-
-# ---------------------------------------------------------------------------
-# Image grids
-# ---------------------------------------------------------------------------
-
-
-def test_image_grid_layout_and_values():
-    images = torch.full((5, 1, 3, 4), -1.0)
-    images[4] = 1.0
-    grid = viz.image_grid(images, nrow=2, padding=1, scale=2)
-    # 3 rows of 2 tiles, each tile 6x8 after upscaling, 1-pixel padding around.
-    assert grid.shape == (3 * (6 + 1) + 1, 2 * (8 + 1) + 1) and grid.dtype == np.uint8
-    assert grid[0, 0] == 255 and grid[1, 1] == 0  # padding, then first (black) tile
-    assert np.all(grid[15:21, 1:9] == 255)  # fifth tile (white) at row 2, column 0
-    assert np.all(grid[15:21, 10:18] == 255)  # empty cell is padding colour
-    rgb = viz.image_grid(torch.zeros(4, 3, 2, 2))
-    assert rgb.shape == (2 * (2 + 2) + 2, 2 * (2 + 2) + 2, 3) and rgb[2, 2, 1] == 128
-    with pytest.raises(ValueError, match="channels"):
-        viz.image_grid(torch.zeros(1, 2, 3, 3))
-    with pytest.raises(ValueError, match="images"):
-        viz.image_grid(torch.zeros(0, 1, 3, 3))
-
-
-def test_save_image_grid_writes_png(tmp_path):
-    images = torch.rand(6, 1, 28, 28) * 2 - 1
-    path = viz.save_image_grid(images, tmp_path / "out" / "grid.png", nrow=3, scale=4)
-    with Image.open(path) as png:
-        assert png.format == "PNG"
-        assert png.size == (3 * (28 * 4 + 2) + 2, 2 * (28 * 4 + 2) + 2)
-    assert os.listdir(path.parent) == ["grid.png"]

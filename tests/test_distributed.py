@@ -1,4 +1,4 @@
-"""The training set sharded over ranks (SPEC 9, issue 7): exact merges, sharded machines, torchrun CLI.
+"""The training set sharded over ranks (docs/theory.md §4.2, §9): exact merges, sharded machines, torchrun CLI.
 
 Multi-process tests start 2 gloo ranks on 127.0.0.1 (free ports; ``torch.multiprocessing``
 with the spawn method, or ``torchrun --standalone``). Every one has a deadline, and the

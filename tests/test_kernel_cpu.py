@@ -170,7 +170,7 @@ def test_unknown_isa_is_an_error(knobs):
 
 def test_unknown_algo_is_an_error(knobs):
     knobs(ALGO="box")  # formerly an alias of auto
-    z, data, s, _ = problem()
+    z, data, s, _ = random_inputs(B=2, C=1, H=6, W=5, N=3, sigma=(0.8, 1.2), query="gaussian")
     with pytest.raises(RuntimeError, match="CREATIVITY_FAST_CPU_ALGO must be auto, gw or direct"):
         kernel(z, data, s, 3, "els", "zeros", "all")
 

@@ -1,4 +1,4 @@
-"""Metrics (SPEC 7) on constructed cases with known answers."""
+"""Metrics (docs/theory.md §7) on constructed cases with known answers."""
 
 import json
 

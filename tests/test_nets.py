@@ -1,4 +1,4 @@
-"""Reference networks (SPEC 6): shapes, receptive field, padding, the VP -> sigma-space wrapper,
+"""Reference networks (docs/theory.md §6): shapes, receptive field, padding, the VP -> sigma-space wrapper,
 checkpoints (weights_only, clear errors) and the training loop (loss falls, exact resume)."""
 
 import fractions

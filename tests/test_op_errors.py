@@ -2,7 +2,7 @@
 ``torch.ops.creativity_fast.*`` with the same exception type and the same one-line message.
 
 Backends: the CPU kernels (``torch.ops.creativity_fast.<op>`` on CPU tensors), the CUDA
-operators' host code on the CPU emulator (tests/emulator.py; skipped with
+operators' host code on the CPU emulator (tests/cuda_backends.py; skipped with
 ``CREATIVITY_FAST_CUDA_EMULATOR=0``) and, when a GPU is present, the CUDA kernels. Where the
 Python layer (creativity_fast._validate) has the same check, its ValueError text is the
 C++ message without the operator prefix.
@@ -16,7 +16,7 @@ import torch
 import creativity_fast as cf
 from creativity_fast import ops
 
-from emulator import EmulatorRunner, emulator_enabled
+from cuda_backends import EmulatorRunner, emulator_enabled
 
 pytestmark = pytest.mark.skipif(not ops.has_kernel("cpu"), reason="CPU kernel not built")
 

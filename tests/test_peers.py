@@ -1,4 +1,4 @@
-"""Peer machines (SPEC 3.6): nearest, smoothed, pca_locality, pspc, and the masked-local operator.
+"""Peer machines (docs/theory.md §3.6): nearest, smoothed, pca_locality, pspc, and the masked-local operator.
 
 Oracles are brute-force float64 loops written from the spec's sentences and share no
 code with the package (numpy for the covariance algebra, Python loops for the softmaxes).
@@ -52,7 +52,7 @@ def softmax_mean(logits, values):
 
 
 def oracle_ideal(z, data, sigma):
-    """SPEC 3.1 for one sample z [C,H,W]."""
+    """docs/theory.md §3.1 for one sample z [C,H,W]."""
     logits = [-float(((z - d) ** 2).sum()) / (2 * sigma ** 2) for d in data]
     return softmax_mean(logits, [d.double() for d in data])
 

@@ -1,4 +1,4 @@
-"""Tests for creativity_fast.schedules and creativity_fast.samplers (SPEC 5)."""
+"""Tests for creativity_fast.schedules and creativity_fast.samplers (docs/theory.md §5)."""
 
 import math
 

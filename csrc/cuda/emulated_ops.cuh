@@ -1,7 +1,7 @@
 // The CUDA operators run on the CPU emulator (cpu_emulation.cuh): the same host flows
 // (ops_impl.cuh), plan and kernels as the CUDA build, on CPU tensors, with a chosen number
 // of multiprocessors and compute capability. For tests on machines without a GPU
-// (tests/test_cuda.py builds it with torch.utils.cpp_extension.load_inline); never part of
+// (tests/cuda_backends.py builds it with torch.utils.cpp_extension.load_inline); never part of
 // the extension. Include after the torch headers, with CF_CUDA_EMULATION defined.
 #pragma once
 

@@ -1,4 +1,9 @@
-"""The CPU emulator of the CUDA operators, shared by the tests (test_cuda.py, test_op_errors.py).
+"""The two backends of the CUDA kernel sources for the tests: the GPU and the CPU emulator.
+
+Shared by test_cuda.py, test_cuda_attention.py and test_op_errors.py; ``tests/conftest.py``
+turns :func:`backend_runner` into the ``runner`` fixture.
+
+``CudaRunner`` calls the compiled CUDA operators through ``torch.ops.creativity_fast``.
 
 ``emulator_module()`` compiles ``csrc/cuda/emulated_ops.cuh`` (the CUDA host flows, launch
 ladder and kernels of csrc/cuda, on the CPU emulator of ``cpu_emulation.cuh``) with
@@ -10,10 +15,14 @@ disk by torch under a name that hashes every header under csrc/, the source and 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
 from pathlib import Path
+
+import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 CSRC = ROOT / "csrc"
@@ -63,8 +72,6 @@ class EmulatorRunner:
     SMEM = 100 * 1024  # dynamic shared memory per block (the attention kernel's scratch)
 
     def __init__(self, module=None):
-        import torch
-
         self.device = torch.device("cpu")
         self.module = module if module is not None else emulator_module()
 
@@ -85,3 +92,59 @@ class EmulatorRunner:
 
     def attention(self, images, center, P, exclude, tau):
         return tuple(self.module.attention(images, center, P, exclude, tau, self.SMS, self.MAJOR, self.SMEM))
+
+
+class CudaRunner:
+    """The compiled CUDA operators, with the same methods as ``EmulatorRunner``."""
+
+    name = "cuda"
+    device = torch.device("cuda")
+
+    def forward(self, z, data, sigma, P, mode, boundary, keys, key_logw=None, return_argmax=True):
+        return torch.ops.creativity_fast.patch_posterior_mean(z, data, sigma, P, mode, boundary, keys, key_logw,
+                                                              return_argmax)
+
+    def backward(self, grad, z, data, sigma, P, mode, boundary, keys, key_logw, x0, lse):
+        return torch.ops.creativity_fast.patch_posterior_mean_backward(grad, z, data, sigma, P, mode, boundary, keys,
+                                                                       key_logw, x0, lse)
+
+    def backward_lse(self, grad, grad_lse, z, data, sigma, P, mode, boundary, keys, key_logw, x0, lse):
+        return torch.ops.creativity_fast.patch_posterior_mean_backward_lse(grad, grad_lse, z, data, sigma, P, mode,
+                                                                           boundary, keys, key_logw, x0, lse)
+
+    def tf32_capable(self):
+        return torch.cuda.get_device_capability()[0] >= 8
+
+    def attention(self, images, center, P, exclude, tau):
+        return torch.ops.creativity_fast.patch_argmax_attention(images, center, P, exclude, tau)
+
+
+def backend_runner(name: str):
+    """The runner of backend ``"cuda"`` or ``"emulator"``, or a pytest skip saying why it is absent."""
+    from creativity_fast import ops
+
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            pytest.skip("no CUDA device")
+        if not ops.has_kernel("cuda"):
+            pytest.skip("creativity_fast was built without CUDA kernels")
+        return CudaRunner()
+    if not emulator_enabled():
+        pytest.skip("CPU emulator of the CUDA kernels disabled (CREATIVITY_FAST_CUDA_EMULATOR=0)")
+    return EmulatorRunner(emulator_module())
+
+
+@contextlib.contextmanager
+def set_env(**values):
+    """Environment variables set for the duration of a ``with`` block (the operators read them per call)."""
+    old = {k: os.environ.get(k) for k in values}
+    try:
+        for k, v in values.items():
+            os.environ[k] = str(v)
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
