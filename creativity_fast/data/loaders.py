@@ -22,10 +22,25 @@ Sources ``load_dataset`` understands (detected from the path):
 - a folder of PNG/JPEG images; if it has sub-folders, each sub-folder is a
   class (sorted by name). A folder with ``train``/``test`` sub-folders is
   treated as split into those parts.
+- the CIFAR-10 binary release: the folder ``cifar-10-batches-bin`` (holding
+  ``data_batch_1.bin`` .. ``data_batch_5.bin``, ``test_batch.bin``,
+  ``batches.meta.txt``) or a folder holding it; batch files are memory-mapped
+  and only the selected records are read (``data/cifar.py``).
+- CelebA: the ``img_align_celeba`` folder or a folder holding it, unlabelled;
+  with ``list_eval_partition.txt`` beside it, train is partition 0 and test
+  partition 2 (the validation partition 1 is in neither) (``data/celeba.py``).
+- a Hugging Face ``datasets`` folder written by ``save_to_disk``
+  (``state.json`` + ``dataset_info.json``, or ``dataset_dict.json`` with one
+  folder per split); needs the optional ``datasets`` package
+  (``data/hf_datasets.py``).
+
+Folders are recognised in this order: CIFAR-10, CelebA, Hugging Face, IDX,
+image folder.
 
 ``split`` selects a part only where the source has parts (embedded data, IDX
 directories, npz archives with test keys, image folders with train/test
-sub-folders); a single file or a plain folder *is* the data set.
+sub-folders, CIFAR-10, CelebA with a partition file, Hugging Face
+``DatasetDict`` folders); a single file or a plain folder *is* the data set.
 
 Array layouts: ``[N, H, W]`` becomes ``[N, 1, H, W]``; ``[N, H, W, 1|3]``
 (channels-last) becomes ``[N, 1|3, H, W]``; other 4-D arrays are taken as
@@ -36,13 +51,18 @@ Pixel values (``value_range=None``, automatic):
 - uint8 and other integer arrays are taken as 0..255;
 - bool arrays as 0..1;
 - float arrays as ``[-1, 1]`` if they have a negative value, else as ``[0, 255]``
-  if they have a value above 1, else as ``[0, 1]``. For a memory-mapped
-  The decision is made on the first 4096 rows of the whole array (the same
-  rows for every shard, so every rank converts the same way, and a memory-mapped
-  ``.npy`` is not read in full).
+  if they have a value above 1, else as ``[0, 1]``. The decision is made on
+  the first 4096 rows of the whole array (the same rows for every shard, so
+  every rank converts the same way, and a memory-mapped ``.npy`` is not read in
+  full).
 
 The chosen range is mapped linearly onto ``[-1, 1]``; a loaded value outside it
 is a ValueError (pass ``value_range=(low, high)`` to state the range instead).
+
+``resize=S`` makes every image ``S x S`` by bilinear interpolation after the
+values are mapped onto ``[-1, 1]``: antialiased when downsampling, plain
+bilinear when upsampling, clamped to ``[-1, 1]``; rows are read, converted and
+resized in chunks (``data/resize.py``; docs/theory.md §8).
 """
 
 from __future__ import annotations
@@ -56,8 +76,13 @@ import torch
 
 from creativity_fast.classes import resolve_class_label
 from creativity_fast.data.arrays import as_labels, as_nchw, auto_value_range, to_unit_range
+from creativity_fast.data.celeba import celeba_files, find_celeba_dir
+from creativity_fast.data.cifar import cifar10_source, find_cifar10_dir
 from creativity_fast.data.dataset import Dataset, shard_bounds
+from creativity_fast.data.hf_datasets import hf_source, is_hf_dataset_dir
 from creativity_fast.data.idx import IDX_SPLIT_PREFIX, find_idx_file, has_idx_files, read_idx, write_idx
+from creativity_fast.data.images import IMAGE_SUFFIXES, image_files, image_source
+from creativity_fast.data.resize import RowSource, check_resize, convert_rows
 from creativity_fast.io import load_npz
 
 __all__ = [
@@ -87,7 +112,6 @@ FASHION_MNIST_CLASSES: tuple[str, ...] = (
 )
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 SPLITS = ("train", "test")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 # Rows of a memory-mapped array inspected to decide its value range.
 _PROBE_ROWS = 4096
 
@@ -162,18 +186,39 @@ def _dataset_from_arrays(
     shard: tuple[int, int] | None,
     value_range: tuple[float, float] | None,
     what: str,
+    resize: int | None = None,
 ) -> Dataset:
     images = as_nchw(images, what=what)
     if labels is not None:
         labels = as_labels(labels, images.shape[0], what=f"labels of {what}")
-    rows = _select_rows(images.shape[0], labels, class_names, classes=classes, limit=limit, shard=shard)
-    if value_range is None:
-        # Decide on a fixed leading block, so every shard of a data set converts the same way.
-        value_range = auto_value_range(np.asarray(images[:_PROBE_ROWS]), what=what)
-    tensor = to_unit_range(_take_rows(images, rows), value_range, what=what)
-    label_tensor = None if labels is None else torch.from_numpy(labels[rows])
-    names = None if class_names is None else [str(item) for item in class_names]
-    return Dataset(tensor.contiguous(), label_tensor, names, name, source)
+    # Decide on a fixed leading block, so every shard of a data set converts the same way.
+    stored_range = None if value_range is not None else auto_value_range(np.asarray(images[:_PROBE_ROWS]), what=what)
+    rows_source = RowSource(
+        images.shape[0], lambda rows: _take_rows(images, rows), labels, class_names, name, source, what, stored_range
+    )
+    return _dataset_from_source(
+        rows_source, classes=classes, limit=limit, shard=shard, value_range=value_range, resize=resize
+    )
+
+
+def _dataset_from_source(
+    rows_source: RowSource,
+    *,
+    classes: Any,
+    limit: int | None,
+    shard: tuple[int, int] | None,
+    value_range: tuple[float, float] | None,
+    resize: int | None,
+) -> Dataset:
+    """Select rows (classes, limit, shard), then read, convert and resize them in chunks."""
+    src = rows_source
+    rows = _select_rows(src.num_items, src.labels, src.class_names, classes=classes, limit=limit, shard=shard)
+    if src.prepare is not None:
+        src.prepare(rows)
+    tensor = convert_rows(src.fetch, rows, value_range or src.value_range, size=resize, what=src.what)
+    label_tensor = None if src.labels is None else torch.from_numpy(np.asarray(src.labels, dtype=np.int64)[rows])
+    names = None if src.class_names is None else [str(item) for item in src.class_names]
+    return Dataset(tensor.contiguous(), label_tensor, names, src.name, src.source)
 
 
 # ---------------------------------------------------------------------------
@@ -256,10 +301,7 @@ def _image_folder_files(root: Path) -> tuple[list[Path], list[int] | None, list[
     paths: list[Path] = []
     labels: list[int] = []
     for label, class_dir in enumerate(class_dirs):
-        class_files = sorted(
-            entry for entry in class_dir.iterdir()
-            if entry.is_file() and entry.suffix.lower() in IMAGE_SUFFIXES and not entry.name.startswith(".")
-        )
+        class_files = image_files(class_dir)
         paths.extend(class_files)
         labels.extend([label] * len(class_files))
     if not paths:
@@ -267,60 +309,26 @@ def _image_folder_files(root: Path) -> tuple[list[Path], list[int] | None, list[
     return paths, labels, [class_dir.name for class_dir in class_dirs]
 
 
-def _read_images(paths: Sequence[Path]) -> np.ndarray:
-    """Decode image files into a uint8 array [N, H, W] (all grey) or [N, H, W, 3]."""
-    from PIL import Image, UnidentifiedImageError
-
-    grey_modes = {"1", "L", "LA"}
-    try:
-        modes = []
-        for path in paths:
-            with Image.open(path) as image:  # opening reads only the header
-                modes.append(image.mode)
-    except (UnidentifiedImageError, OSError) as exc:
-        raise ValueError(f"cannot read image file: {exc}") from exc
-    target_mode = "L" if all(mode in grey_modes for mode in modes) else "RGB"
-    decoded: list[np.ndarray] = []
-    for path in paths:
-        try:
-            with Image.open(path) as image:
-                pixels = np.asarray(image.convert(target_mode), dtype=np.uint8)
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
-            raise ValueError(f"cannot read image file {path}: {exc}") from exc
-        if decoded and pixels.shape != decoded[0].shape:
-            raise ValueError(
-                f"image {path} has size {pixels.shape[:2]}, but {paths[0]} has {decoded[0].shape[:2]}; "
-                "all images of a data set must have the same size"
-            )
-        decoded.append(pixels)
-    if not decoded:
-        return np.zeros((0, 1, 1), dtype=np.uint8)
-    return np.stack(decoded)
+def _image_paths_source(
+    paths: Sequence[Path], labels: Sequence[int] | None, class_names: Sequence[str] | None, *, name: str, source: str
+) -> RowSource:
+    # Rows are selected before decoding, so a shard only reads its own files.
+    return image_source(
+        lambda rows: [paths[row] for row in rows], len(paths),
+        None if labels is None else np.asarray(labels, dtype=np.int64), class_names,
+        name=name, source=source, what=f"images in {source}",
+    )
 
 
-def _load_image_folder(
-    root: Path, split: str, *, classes: Any, limit: int | None, shard: tuple[int, int] | None,
-    value_range: tuple[float, float] | None,
-) -> Dataset:
+def _load_image_folder(root: Path, split: str, **selection: Any) -> Dataset:
     name = root.name
     if any((root / part).is_dir() for part in SPLITS):
         if not (root / split).is_dir():
             raise ValueError(f"{root} has split sub-folders but none for split={split!r}")
         root, name = root / split, f"{root.name}:{split}"
     paths, labels, class_names = _image_folder_files(root)
-    label_array = None if labels is None else np.asarray(labels, dtype=np.int64)
-    # Select before decoding, so a shard only reads its own files.
-    rows = _select_rows(len(paths), label_array, class_names, classes=classes, limit=limit, shard=shard)
-    # Decoded pictures are [N, H, W] or [N, H, W, 3]: channels-last, whatever their sizes.
-    pixels = as_nchw(_read_images([paths[row] for row in rows]), what=f"images in {root}", channels_last=True)
-    images = to_unit_range(pixels, value_range or (0.0, 255.0), what=f"images in {root}")
-    return Dataset(
-        images.contiguous(),
-        None if label_array is None else torch.from_numpy(label_array[rows]),
-        class_names,
-        name,
-        str(root),
-    )
+    return _dataset_from_source(_image_paths_source(paths, labels, class_names, name=name, source=str(root)),
+                                **selection)
 
 
 def _load_idx_directory(
@@ -348,11 +356,14 @@ def load_dataset(
     limit: int | None = None,
     shard: tuple[int, int] | None = None,
     value_range: tuple[float, float] | None = None,
+    resize: int | None = None,
 ) -> Dataset:
     """Load a training (or test) set as images [N, C, H, W] float32 in [-1, 1].
 
     path: None for the embedded Fashion-MNIST subset, else an IDX directory or
-        file, an ``.npz``, an ``.npy`` or an image folder (see the module docstring).
+        file, an ``.npz``, an ``.npy``, an image folder, the CIFAR-10 binary
+        release, a CelebA folder or a Hugging Face ``save_to_disk`` folder (see
+        the module docstring).
     split: "train" or "test"; used where the source has parts.
     classes: a label, a class name, or a list of them; keeps only those images
         (labels keep their original values).
@@ -361,9 +372,17 @@ def load_dataset(
         rows (after ``limit``), as ``Dataset.shard`` does; may be empty.
     value_range: (low, high) of the stored pixel values; None decides it
         from the dtype and values.
+    resize: None, or S to make every image S x S with
+        ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)``
+        after mapping the values onto [-1, 1]: ``antialias=True`` when
+        downsampling (S below the height or the width), ``antialias=False`` when
+        upsampling (e.g. 28 -> 32, where antialiasing would change nothing but
+        float rounding); the result is clamped to [-1, 1] (the antialiased
+        filter can overshoot by one float ulp). Non-square images are stretched.
+        Rows are converted and resized in chunks (docs/theory.md §8).
     """
     split = _check_split(split)
-    selection = dict(classes=classes, limit=limit, shard=shard, value_range=value_range)
+    selection = dict(classes=classes, limit=limit, shard=shard, value_range=value_range, resize=check_resize(resize))
     if path is None:
         embedded = embedded_dataset_path()
         if not embedded.is_file():
@@ -381,6 +400,14 @@ def load_dataset(
     if not path.exists():
         raise FileNotFoundError(f"no such file or directory: {path}")
     if path.is_dir():
+        cifar_root = find_cifar10_dir(path)
+        if cifar_root is not None:
+            return _dataset_from_source(cifar10_source(cifar_root, split), **selection)
+        if find_celeba_dir(path) is not None:
+            paths, name, source = celeba_files(path, split)
+            return _dataset_from_source(_image_paths_source(paths, None, None, name=name, source=source), **selection)
+        if is_hf_dataset_dir(path):
+            return _dataset_from_source(hf_source(path, split), **selection)
         if has_idx_files(path):
             return _load_idx_directory(path, split, **selection)
         return _load_image_folder(path, split, **selection)
@@ -423,6 +450,7 @@ def load_fashion_mnist_full(
     classes: int | str | Iterable[int | str] | None = None,
     limit: int | None = None,
     shard: tuple[int, int] | None = None,
+    resize: int | None = None,
 ) -> Dataset:
     """The full Fashion-MNIST set (60,000 train / 10,000 test images, 1x28x28) from its IDX files.
 
@@ -439,7 +467,8 @@ def load_fashion_mnist_full(
             "and pass their directory as root"
         )
     dataset = _load_idx_directory(
-        root, split, class_names=FASHION_MNIST_CLASSES, classes=classes, limit=limit, shard=shard, value_range=None
+        root, split, class_names=FASHION_MNIST_CLASSES, classes=classes, limit=limit, shard=shard, value_range=None,
+        resize=check_resize(resize),
     )
     dataset.name = f"fashion_mnist:{split}"
     return dataset
