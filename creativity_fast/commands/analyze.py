@@ -36,6 +36,8 @@ def register(sub) -> None:
                    help="training set (default: the one named in the file's settings)")
     p.add_argument("--limit", type=int, default=None, help="use only the first LIMIT training images "
                    "(default: the file's setting)")
+    p.add_argument("--resize", type=int, default=None, metavar="S",
+                   help="resize the training images to S x S (default: the file's setting; docs/theory.md §8)")
     p.add_argument("--heldout", default=None, metavar="PATH",
                    help="held-out real images for novelty (default: the test split of the training source, if any)")
     p.add_argument("--no-heldout", action="store_true", help="skip the held-out comparison")
@@ -83,12 +85,15 @@ def glyph_alphabet(data, requested: Optional[int]) -> int:
     return DEFAULT_ALPHABET
 
 
-def heldout_images(data_path, heldout_path=None) -> Optional[torch.Tensor]:
-    """Held-out real images: ``heldout_path`` if given, else the test split of ``data_path`` (None if absent)."""
+def heldout_images(data_path, heldout_path=None, *, resize: Optional[int] = None) -> Optional[torch.Tensor]:
+    """Held-out real images: ``heldout_path`` if given, else the test split of ``data_path`` (None if absent).
+
+    ``resize``: the training set's ``--resize``, applied to the held-out images too.
+    """
     if heldout_path is not None:
-        return load_dataset(heldout_path).images
+        return load_dataset(heldout_path, resize=resize).images
     try:
-        return load_dataset(data_path, split="test").images
+        return load_dataset(data_path, split="test", resize=resize).images
     except (ValueError, FileNotFoundError):
         return None
 
@@ -114,7 +119,8 @@ def analyze_file(args) -> dict:
     arrays, settings = read_results(args.results)
     data_path = args.data if args.data is not None else settings.get("data")
     limit = args.limit if args.limit is not None else settings.get("limit")
-    data = load_dataset(data_path, limit=limit)
+    resize = args.resize if args.resize is not None else settings.get("resize")
+    data = load_dataset(data_path, limit=limit, resize=resize)
     samples = torch.from_numpy(np.asarray(arrays["samples"], dtype=np.float32))
     if tuple(samples.shape[1:]) != data.image_shape:
         raise ValueError(f"samples are {list(samples.shape[1:])} but the training set {data.name} holds "
@@ -128,14 +134,15 @@ def analyze_file(args) -> dict:
             raise ValueError(f"provenance has shape {list(provenance.shape)}; expected [B, H, W, 2]")
         provenance_source = "recorded at the sampler's last step"
     glyphs = args.glyphs == "on" or (args.glyphs == "auto" and is_twin_glyphs(data, settings))
-    heldout = None if args.no_heldout else heldout_images(data_path, args.heldout)
+    heldout = None if args.no_heldout else heldout_images(data_path, args.heldout, resize=resize)
     result = analyze_samples(samples, data.images, P=P, mode=mode, boundary=boundary, keys=keys,
                              provenance=provenance, heldout=heldout, glyphs=glyphs,
                              alphabet=glyph_alphabet(data, args.alphabet) if glyphs else None, tol=args.tol,
                              backend=args.backend, return_provenance=True)
     provenance = result.pop("provenance")
     result["inputs"] = {"results": str(args.results), "data": data.source or data.name, "n_train": len(data),
-                        "heldout": None if heldout is None else int(heldout.shape[0]), "mode": mode, "P": P,
+                        "heldout": None if heldout is None else int(heldout.shape[0]), "resize": resize,
+                        "mode": mode, "P": P,
                         "boundary": boundary, "keys": keys, "provenance": provenance_source, "settings": settings}
     out = Path(args.out) if args.out else Path(args.results).resolve().parent
     out.mkdir(parents=True, exist_ok=True)

@@ -81,7 +81,7 @@ def run(args) -> int:
                                boundary=args.boundary, keys=args.keys,
                                steps=args.steps, noise_schedule=args.noise_schedule, sampler=args.sampler,
                                eta=args.eta, seeds=seeds, candidates=candidates, metric=args.metric,
-                               data=data.name, n_train=len(data)), sort_keys=True)
+                               data=data.name, n_train=len(data), resize=args.resize), sort_keys=True)
     partial = common.partial_results_path(out, "calibrate")
     done = {}
     if partial.exists():
@@ -107,7 +107,7 @@ def run(args) -> int:
                           net_clip=not args.no_clip, machine=args.machine, machine_opts=opts, boundary=args.boundary,
                           keys=args.keys,
                           noise_schedule=args.noise_schedule, sampler=args.sampler, data=data.name,
-                          n_train=len(data), seconds=round(seconds, 1))
+                          n_train=len(data), resize=args.resize, seconds=round(seconds, 1))
     png = calibration_figure(result, out / "calibration.png")
     common.remove_quietly(partial)
     print("patch sizes (highest noise first):", " ".join(map(str, result.patch_sizes)))

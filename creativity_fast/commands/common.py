@@ -51,11 +51,15 @@ def parse_seeds(text: str) -> list[int]:
 def add_data_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--data", metavar="PATH", default=None,
-                   help="training set: IDX directory/file, .npz, .npy or image folder "
+                   help="training set: IDX directory/file, .npz, .npy, image folder, CIFAR-10 binary "
+                        "folder, CelebA folder or Hugging Face save_to_disk folder "
                         "(default: the embedded Fashion-MNIST subset)")
     g.add_argument("--class", dest="class_label", metavar="LABEL", default=None,
                    help="class-conditional: sample this class (a label or class name)")
     g.add_argument("--limit", type=int, default=None, help="use only the first LIMIT training images")
+    g.add_argument("--resize", type=int, default=None, metavar="S",
+                   help="resize every image to S x S (bilinear, antialiased when downsampling; "
+                        "docs/theory.md §8); default: keep the stored size")
 
 
 def add_machine_options(p: argparse.ArgumentParser, *, default_machine: str = "els") -> None:
@@ -117,7 +121,10 @@ def load_training_set(args, shard: Optional[tuple[int, int]] = None) -> Dataset:
     """The training set; ``shard=(rank, world_size)`` loads only that rank's contiguous part (torchrun)."""
     if args.limit is not None and args.limit <= 0:
         raise ValueError(f"--limit must be a positive int; got {args.limit}")
-    data = load_dataset(args.data, limit=args.limit, shard=shard)
+    resize = getattr(args, "resize", None)
+    if resize is not None and resize <= 0:
+        raise ValueError(f"--resize must be a positive int; got {resize}")
+    data = load_dataset(args.data, limit=args.limit, shard=shard, resize=resize)
     return data
 
 
@@ -222,7 +229,7 @@ def stack_results(results: dict, seeds: Sequence[int]):
 
 def settings_json(args, **extra) -> str:
     keys = ("machine", "machine_opts", "boundary", "keys", "patch_schedule", "backend", "steps", "sampler", "eta",
-            "noise_schedule", "data", "class_label", "limit")
+            "noise_schedule", "data", "class_label", "limit", "resize")
     settings = {k: getattr(args, k) for k in keys if hasattr(args, k)}
     settings.update(extra)
     return json.dumps(settings, sort_keys=True)

@@ -64,8 +64,8 @@ def load_net_and_data(args):
     elif args.boundary != padding:
         print(f"note: the network uses {padding} padding but --boundary is {args.boundary}", file=sys.stderr)
     trained = info.get("data") or {}
-    if args.data is None and args.limit is None:
-        args.data, args.limit = trained.get("path"), trained.get("limit")
+    if args.data is None and args.limit is None and args.resize is None:
+        args.data, args.limit, args.resize = trained.get("path"), trained.get("limit"), trained.get("resize")
     data = common.load_training_set(args)
     n_train = info.get("n_train")
     if (trained.get("name") and trained["name"] != data.name) or (n_train is not None and n_train != len(data)):
@@ -156,7 +156,8 @@ def run(args) -> int:
         net_clip=not args.no_clip, machines=names, patch_schedule=schedule_spec, patch_sizes=patch_sizes,
         boundary=args.boundary,
         keys=args.keys, backend=args.backend, kernel=bool(has_kernel()), noise_schedule=args.noise_schedule,
-        steps=args.steps, data=data.name, data_source=data.source, n_train=len(data), seconds=round(seconds, 1))
+        steps=args.steps, data=data.name, data_source=data.source, n_train=len(data), resize=args.resize,
+        seconds=round(seconds, 1))
     js = io.save_json(out / "compare.json", result.to_json())
     arrays = {f"samples_{k}": v.numpy() for k, v in result.samples.items()}
     io.save_npz(out / "compare_samples.npz", seeds=np.array(seeds), **arrays)

@@ -233,7 +233,7 @@ def run(args) -> int:
     base_settings.pop("machine", None)
     glyphs = args.glyphs == "on" or (args.glyphs == "auto" and is_twin_glyphs(data, base_settings))
     alphabet = glyph_alphabet(data, None) if glyphs else None
-    heldout = None if args.no_heldout else heldout_images(args.data)
+    heldout = None if args.no_heldout else heldout_images(args.data, resize=args.resize)
     rows = []
     bar = tqdm(points, desc="sweep", disable=args.no_progress)
     for point in bar:

@@ -62,7 +62,7 @@ def run(args) -> int:
     out = common.ensure_out_dir(args.out)
     if not args.fresh and (out / LAST_CHECKPOINT).exists():
         print(f"resuming from {out / LAST_CHECKPOINT}")
-    info = dict(name=data.name, source=data.source, path=args.data, limit=args.limit)
+    info = dict(name=data.name, source=data.source, path=args.data, limit=args.limit, resize=args.resize)
     result = train(data.images, out, cfg, resume=not args.fresh, progress=not args.no_progress,
                    time_limit=None if args.time_limit is None else 60.0 * args.time_limit,
                    data_info=info, device=args.device)
