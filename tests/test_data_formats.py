@@ -288,6 +288,10 @@ def test_cli_sample_records_resize(tmp_path):
     assert arrays["samples"].shape == (1, 3, 8, 8)
     settings = json.loads(str(arrays["settings"]))
     assert settings["resize"] == 8 and settings["data_name"] == "cifar10:train" and settings["n_train"] == 10
+    # analyze reloads the training set (and the test split as held-out images) at the recorded size.
+    assert main(["analyze", str(out / "samples.npz"), "--out", str(out / "analysis")]) == 0
+    metrics = json.loads((out / "analysis" / "samples_metrics.json").read_text())
+    assert metrics["inputs"]["resize"] == 8 and metrics["inputs"]["n_train"] == 10 and metrics["inputs"]["heldout"] == 4
 
 
 def test_cli_resize_must_be_positive(tmp_path, capsys):

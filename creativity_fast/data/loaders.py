@@ -455,6 +455,7 @@ def load_fashion_mnist_full(
     """The full Fashion-MNIST set (60,000 train / 10,000 test images, 1x28x28) from its IDX files.
 
     On Debian and Ubuntu the files come with ``apt-get install dataset-fashion-mnist``.
+    ``resize`` as for ``load_dataset``.
     """
     split = _check_split(split)
     root = Path(root).expanduser()
