@@ -6,7 +6,11 @@ folder per split (``split`` picks ``train`` or ``test``). The image column is th
 first column of feature type ``Image``, else one named ``image`` or ``img``
 (``Image`` columns are decoded here with Pillow, other columns are taken as pixel
 arrays); the label column is the first ``ClassLabel`` column, else one named
-``label`` or ``labels``. Class names come from the ``ClassLabel`` feature.
+``label`` or ``labels``. Class names come from the ``ClassLabel`` feature; a
+label column that is -1 (no label) on every row leaves the set unlabelled.
+
+``tests/test_data_formats.py`` round-trips a set through ``save_to_disk`` when
+``datasets`` is installed and skips that test otherwise.
 """
 
 from __future__ import annotations
@@ -69,10 +73,12 @@ def hf_source(path: Path, split: str) -> RowSource:
     label_column = _pick(features, datasets.ClassLabel, LABEL_NAMES)
     labels = class_names = None
     if label_column is not None:
-        labels = np.asarray(table[label_column])
+        labels = np.asarray(list(table[label_column]))
         feature = features[label_column]
         if isinstance(feature, datasets.ClassLabel):
             class_names = list(feature.names)
+        if labels.size and (labels < 0).all():  # ClassLabel's -1 "no label" on every row (e.g. a test split)
+            labels = None
     what = f"images in {path} (column {image_column!r})"
     if isinstance(features[image_column], datasets.Image):
         encoded = table.select_columns([image_column]).cast_column(image_column, datasets.Image(decode=False))
