@@ -443,7 +443,7 @@ def load_diffusers_unet(path: Union[str, os.PathLike], *, device=None):
     if kind == "checkpoint":
         raise ValueError(f"{path} is a file, not a diffusers folder")
     unet_dir = p / "unet" if kind == "diffusers_pipeline" else p
-    unet = diffusers.UNet2DModel.from_pretrained(str(unet_dir), local_files_only=True,
+    unet = diffusers.UNet2DModel.from_pretrained(str(unet_dir), local_files_only=True, low_cpu_mem_usage=False,
                                                  use_safetensors=True if _has_safetensors(unet_dir) else None)
     if kind == "diffusers_pipeline" and (p / "scheduler").is_dir():
         sched_dir = p / "scheduler"

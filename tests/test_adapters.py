@@ -393,6 +393,7 @@ def diffusers_folders(tmp_path_factory):
     v_sched = diffusers.DDPMScheduler(prediction_type="v_prediction", beta_schedule="squaredcos_cap_v2")
     diffusers.DDPMPipeline(unet=unet, scheduler=v_sched).save_pretrained(root / "pipe_v")
     unet.save_pretrained(root / "bare")
+    unet.save_pretrained(root / "bare_bin", safe_serialization=False)  # a torch .bin file, loaded weights-only
     return root, unet
 
 
@@ -404,7 +405,8 @@ def test_diffusers_folders_are_detected_and_loaded(diffusers_folders):
     assert list((root / "bare").glob("*.safetensors"))
     z = torch.randn(2, 1, 28, 28)
     want = DiffusersUNetDenoiser(unet, ABAR, clip=(-1, 1))(z, torch.tensor([0.5, 5.0]))
-    for name in ("pipe", "bare"):
+    assert not list((root / "bare_bin").glob("*.safetensors"))
+    for name in ("pipe", "bare", "bare_bin"):
         den, info = load_denoiser(root / name)
         assert isinstance(den, DiffusersUNetDenoiser) and den.prediction_type == "epsilon"
         assert torch.allclose(den.alphas_cumprod, ABAR.float().double())  # DDPMScheduler's float32 table
@@ -442,3 +444,15 @@ def test_compare_and_calibrate_take_a_diffusers_folder(diffusers_folders, tmp_pa
     (tmp_path / "junk").mkdir()
     assert main(["compare", "--net", str(tmp_path / "junk"), *common, "--out", str(tmp_path / "j")]) == 2
     assert "neither a diffusers pipeline" in capsys.readouterr().err
+
+
+def test_a_diffusers_folder_without_diffusers_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    from creativity_fast.cli import main
+    folder = tmp_path / "bare"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"_class_name": "UNet2DModel", "sample_size": 28}))
+    monkeypatch.setitem(sys.modules, "diffusers", None)  # as if it were not installed
+    assert main(["compare", "--net", str(folder), "--limit", "4", "--steps", "1", "--seeds", "0",
+                 "--no-progress", "--out", str(tmp_path / "o")]) == 2
+    assert "creativity_fast[diffusers]" in capsys.readouterr().err
+

@@ -63,7 +63,11 @@ def load_net_and_data(args):
     machines use the data set the network was trained on (as recorded in its checkpoint);
     a different data set gets a warning (the comparison is only fair on the same set).
     """
-    den, info = load_denoiser(args.net, batch_size=args.net_batch_size, clip=None if args.no_clip else (-1.0, 1.0))
+    try:
+        den, info = load_denoiser(args.net, batch_size=args.net_batch_size,
+                                  clip=None if args.no_clip else (-1.0, 1.0))
+    except ImportError as exc:  # a diffusers folder without diffusers installed: one line, not a traceback
+        raise ValueError(str(exc)) from None
     padding = info["config"].get("padding", "zeros")
     if args.boundary is None:
         args.boundary = padding
