@@ -45,7 +45,9 @@ setup(
     packages=find_packages(include=["creativity_fast", "creativity_fast.*"]),
     package_data={"creativity_fast": ["data/embedded/*", "checkpoints/*"]},
     install_requires=["torch>=2.4", "numpy", "tqdm", "pillow", "matplotlib"],
-    extras_require={"test": ["pytest", "pytest-benchmark"], "bench": ["pytest-benchmark", "pykeops"]},
+    extras_require={"test": ["pytest", "pytest-benchmark"], "bench": ["pytest-benchmark", "pykeops"],
+                    # --net with a local diffusers folder (creativity_fast.adapters); the core never imports it
+                    "diffusers": ["diffusers", "safetensors", "huggingface_hub"]},
     entry_points={"console_scripts": ["creativity-fast=creativity_fast.cli:main"]},
     ext_modules=[extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},

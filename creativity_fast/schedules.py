@@ -17,6 +17,13 @@ eps-prediction network trained on the VP schedule as a sigma-space denoiser::
     eps_hat = net(x_t, sigma_to_t(sigma))
     x0_hat = z - sigma[:, None, None, None] * eps_hat
 
+Discrete-time models (DDPM, DDIM and the diffusers schedulers) index their noise
+levels by an integer timestep ``t = 0 .. T-1`` with a table ``alphas_cumprod [T]``:
+:func:`discrete_sigmas` turns the table into ``sigmas [T]`` and
+:func:`discrete_sigma_to_t` / :func:`discrete_t_to_sigma` interpolate between them
+piecewise linearly in ``log sigma`` (docs/theory.md §11). :func:`eps_to_x0`,
+:func:`v_to_x0` and :func:`edm_preconditioning` are the output parametrisations.
+
 A *patch-size schedule* gives the ELS patch size ``P`` per sampling step: see
 :func:`patch_sizes_for_steps` and :class:`PatchSchedule`.
 """
@@ -37,6 +44,15 @@ __all__ = [
     "abar_to_sigma",
     "sigma_to_t",
     "t_to_sigma",
+    "ddpm_linear_alphas_cumprod",
+    "discrete_sigmas",
+    "discrete_sigma_to_t",
+    "discrete_t_to_sigma",
+    "eps_to_x0",
+    "x0_to_eps",
+    "v_to_x0",
+    "x0_to_v",
+    "edm_preconditioning",
     "PUBLISHED_PATCH_SCHEDULES",
     "patch_sizes_for_steps",
     "resample_steps",
@@ -221,6 +237,154 @@ def sigma_to_t(sigma: SigmaLike, s: float = COSINE_S) -> SigmaLike:
     if is_t:
         return (s / math.pi) * torch.atan(x)
     return (s / math.pi) * math.atan(x)
+
+
+# --------------------------------------------------------------------------- #
+# discrete-time schedules and network parametrisations (docs/theory.md §11)
+# --------------------------------------------------------------------------- #
+
+def ddpm_linear_alphas_cumprod(num_train_timesteps: int = 1000, beta_start: float = 1e-4,
+                               beta_end: float = 0.02) -> torch.Tensor:
+    """``alphas_cumprod [T]`` of DDPM's linear beta schedule (float64).
+
+    ``beta_t = beta_start + t/(T-1) (beta_end - beta_start)``, ``abar_t = prod_{s<=t} (1 - beta_s)``;
+    the defaults are DDPM's (Ho et al. 2020) and diffusers' ``DDPMScheduler``'s.
+    """
+    n = _check_n(num_train_timesteps, "num_train_timesteps")
+    beta_start = _check_real(beta_start, "beta_start")
+    beta_end = _check_real(beta_end, "beta_end")
+    if not (beta_start < 1 and beta_end < 1):
+        raise ValueError(f"betas must be < 1; got beta_start={beta_start}, beta_end={beta_end}")
+    betas = torch.linspace(beta_start, beta_end, n, dtype=torch.float64)
+    return torch.cumprod(1.0 - betas, dim=0)
+
+
+def discrete_sigmas(alphas_cumprod) -> torch.Tensor:
+    """``sigmas [T]`` (float64, increasing with t) of a discrete schedule ``alphas_cumprod [T]``.
+
+    ``sigma_t = sqrt((1 - abar_t) / abar_t)`` (:func:`abar_to_sigma`). The table must be
+    strictly decreasing in ``(0, 1)``, so that the sigmas are strictly increasing and positive.
+    """
+    try:
+        abar = torch.as_tensor(alphas_cumprod).detach().to(device="cpu", dtype=torch.float64)
+    except Exception as exc:  # noqa: BLE001 - re-raised with the argument's name
+        raise TypeError(f"alphas_cumprod must be a 1-D tensor or sequence of floats; "
+                        f"got {type(alphas_cumprod).__name__}") from exc
+    if abar.dim() != 1 or abar.numel() < 2:
+        raise ValueError(f"alphas_cumprod must be 1-D with at least 2 entries; got shape {tuple(abar.shape)}")
+    _check_range(abar, True, "alphas_cumprod", 0.0, 1.0, True, True, "in (0, 1) (exclusive)")
+    if not bool((abar[1:] < abar[:-1]).all()):
+        raise ValueError("alphas_cumprod must be strictly decreasing in t")
+    return abar_to_sigma(abar)
+
+
+def discrete_sigma_to_t(sigma: SigmaLike, sigmas: torch.Tensor) -> SigmaLike:
+    """Fractional timestep of ``sigma`` on a discrete schedule ``sigmas [T]`` (increasing).
+
+    Piecewise linear in ``log sigma`` between neighbouring timesteps, as k-diffusion's
+    ``DiscreteSchedule.sigma_to_t``: for ``sigmas[i] <= sigma <= sigmas[i+1]``,
+    ``t = i + (log sigma - log sigmas[i]) / (log sigmas[i+1] - log sigmas[i])``. Clamped at
+    the ends: ``sigma <= sigmas[0]`` (``sigma = 0`` included) gives ``t = 0``,
+    ``sigma >= sigmas[T-1]`` gives ``t = T - 1``. ``sigma_t`` maps to ``t`` exactly.
+
+    Args:
+        sigma: float or tensor of any shape, ``>= 0``.
+        sigmas: ``[T]``, e.g. :func:`discrete_sigmas` of a scheduler's ``alphas_cumprod``.
+    Returns: same type and shape (a tensor in float64).
+    """
+    x, is_t = _as_tensor_or_float(sigma, "sigma")
+    _check_range(x, is_t, "sigma", 0.0, math.inf, False, False, ">= 0")
+    table = torch.as_tensor(sigmas, dtype=torch.float64).detach().cpu()
+    if table.dim() != 1 or table.numel() < 2:
+        raise ValueError(f"sigmas must be 1-D with at least 2 entries; got shape {tuple(table.shape)}")
+    log_table = table.log()
+    xs = torch.as_tensor(x, dtype=torch.float64)
+    device = xs.device
+    log_x = xs.detach().cpu().log().clamp(min=log_table[0].item(), max=log_table[-1].item())
+    low = (torch.searchsorted(log_table, log_x.contiguous(), right=True) - 1).clamp(0, table.numel() - 2)
+    lo, hi = log_table[low], log_table[low + 1]
+    t = low.to(torch.float64) + ((log_x - lo) / (hi - lo)).clamp(0.0, 1.0)
+    return t.to(device) if is_t else float(t)
+
+
+def discrete_t_to_sigma(t: SigmaLike, sigmas: torch.Tensor) -> SigmaLike:
+    """Inverse of :func:`discrete_sigma_to_t`: ``log sigma`` linear between the integer timesteps.
+
+    Args:
+        t: float or tensor of any shape, in ``[0, T-1]``.
+        sigmas: ``[T]`` increasing.
+    Returns: same type and shape (a tensor in float64).
+    """
+    x, is_t = _as_tensor_or_float(t, "t")
+    table = torch.as_tensor(sigmas, dtype=torch.float64).detach().cpu()
+    if table.dim() != 1 or table.numel() < 2:
+        raise ValueError(f"sigmas must be 1-D with at least 2 entries; got shape {tuple(table.shape)}")
+    _check_range(x, is_t, "t", 0.0, table.numel() - 1.0, False, False, f"in [0, {table.numel() - 1}]")
+    xs = torch.as_tensor(x, dtype=torch.float64)
+    device = xs.device
+    xs = xs.detach().cpu()
+    low = xs.floor().long().clamp(0, table.numel() - 2)
+    w = xs - low.to(torch.float64)
+    log_table = table.log()
+    out = ((1.0 - w) * log_table[low] + w * log_table[low + 1]).exp()
+    return out.to(device) if is_t else float(out)
+
+
+def _bcast(sigma: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``sigma`` (0-d or ``[B]``) broadcast over ``like [B, ...]``."""
+    sigma = torch.as_tensor(sigma, dtype=like.dtype, device=like.device)
+    if sigma.dim() == 1 and like.dim() > 1:
+        sigma = sigma.reshape(-1, *([1] * (like.dim() - 1)))
+    return sigma
+
+
+def eps_to_x0(z: torch.Tensor, sigma, eps: torch.Tensor) -> torch.Tensor:
+    """``x0 = z - sigma * eps`` for a sigma-space state ``z = x0 + sigma * eps`` (docs/theory.md §2).
+
+    With ``x_t = sqrt(abar) z`` this is the VP formula ``x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar)``.
+    ``sigma``: float, 0-d or ``[B]`` tensor.
+    """
+    return z - _bcast(sigma, z) * eps
+
+
+def x0_to_eps(z: torch.Tensor, sigma, x0: torch.Tensor) -> torch.Tensor:
+    """``eps = (z - x0) / sigma`` (inverse of :func:`eps_to_x0`; ``sigma > 0``)."""
+    return (z - x0) / _bcast(sigma, z)
+
+
+def v_to_x0(z: torch.Tensor, sigma, v: torch.Tensor) -> torch.Tensor:
+    """``x0`` from a v-prediction ``v = sqrt(abar) eps - sqrt(1 - abar) x0`` (Salimans & Ho 2022).
+
+    ``x0 = sqrt(abar) x_t - sqrt(1 - abar) v`` with ``x_t = sqrt(abar) z``, i.e.
+    ``x0 = abar z - sqrt(1 - abar) v``, ``abar = 1 / (1 + sigma^2)``, ``sqrt(1 - abar) = sigma sqrt(abar)``.
+    """
+    s = _bcast(sigma, z)
+    abar = 1.0 / (1.0 + s * s)
+    return abar * z - s * abar.sqrt() * v
+
+
+def x0_to_v(z: torch.Tensor, sigma, x0: torch.Tensor) -> torch.Tensor:
+    """``v = sqrt(abar) eps - sqrt(1 - abar) x0`` with ``eps = (z - x0) / sigma`` (inverse of :func:`v_to_x0`)."""
+    s = _bcast(sigma, z)
+    abar = 1.0 / (1.0 + s * s)
+    return abar.sqrt() * ((z - x0) / s - s * x0)
+
+
+def edm_preconditioning(sigma, sigma_data: float = 0.5):
+    """EDM's ``(c_skip, c_out, c_in, c_noise)`` (Karras et al. 2022, Table 1).
+
+    ``c_skip = sd^2 / (sigma^2 + sd^2)``, ``c_out = sigma sd / sqrt(sigma^2 + sd^2)``,
+    ``c_in = 1 / sqrt(sigma^2 + sd^2)``, ``c_noise = log(sigma) / 4``; the denoiser is
+    ``x0 = c_skip z + c_out F(c_in z, c_noise)``. ``sigma``: float or tensor (> 0 for ``c_noise``).
+    """
+    sd = _check_real(sigma_data, "sigma_data")
+    x, is_t = _as_tensor_or_float(sigma, "sigma")
+    _check_range(x, is_t, "sigma", 0.0, math.inf, False, True, "finite and >= 0")
+    if is_t:
+        root = torch.sqrt(x * x + sd * sd)
+        return sd * sd / (x * x + sd * sd), x * sd / root, 1.0 / root, torch.log(x) / 4.0
+    root = math.sqrt(x * x + sd * sd)
+    return sd * sd / (x * x + sd * sd), x * sd / root, 1.0 / root, (math.log(x) / 4.0 if x > 0 else -math.inf)
 
 
 # --------------------------------------------------------------------------- #

@@ -20,7 +20,8 @@ import numpy as np
 from .. import io
 from ..calibration import agreement_figure, compare, default_schedule_path, resolve_patch_schedule
 from ..registry import machine_names
-from ..nets import NetworkDenoiser, default_network_path, load_network
+from ..adapters import DEFAULT_SCHEDULER, load_denoiser
+from ..nets import default_network_path
 from . import common
 
 DEFAULT_MACHINES = "els,local,ideal"
@@ -38,9 +39,13 @@ def _action(p: argparse.ArgumentParser, dest: str) -> argparse.Action:
 def add_network_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("network")
     g.add_argument("--net", metavar="PATH", default=None,
-                   help=f"network checkpoint from `creativity-fast train` (OUT/model.pt); default: the shipped "
+                   help=f"network: a checkpoint from `creativity-fast train` (OUT/model.pt), or a local diffusers "
+                        "folder (needs diffusers): a pipeline saved by save_pretrained (model_index.json, unet/, "
+                        "scheduler/) or a bare UNet2DModel folder, which gets diffusers' DDPMScheduler defaults "
+                        f"(linear betas {DEFAULT_SCHEDULER['beta_start']:g}..{DEFAULT_SCHEDULER['beta_end']:g}, "
+                        f"{DEFAULT_SCHEDULER['num_train_timesteps']} steps, eps prediction); default: the shipped "
                         f"{default_network_path().name}. Without --data/--limit the machines use the data set "
-                        "the network was trained on")
+                        "a project checkpoint was trained on")
     g.add_argument("--net-batch-size", type=int, default=256, help="network batch size (default: %(default)s)")
     g.add_argument("--no-clip", action="store_true",
                    help="use the network's raw x0 estimate z - sigma*eps_hat (default: clipped to [-1, 1], "
@@ -53,11 +58,16 @@ def add_network_options(p: argparse.ArgumentParser) -> None:
 def load_net_and_data(args):
     """``(network denoiser, checkpoint info, training set)`` for ``calibrate`` and ``compare``.
 
+    ``--net`` is a project checkpoint or a local diffusers folder (``adapters.load_denoiser``).
     ``--boundary`` defaults to the network's padding. Without ``--data`` and ``--limit`` the
     machines use the data set the network was trained on (as recorded in its checkpoint);
     a different data set gets a warning (the comparison is only fair on the same set).
     """
-    net, info = load_network(args.net)
+    try:
+        den, info = load_denoiser(args.net, batch_size=args.net_batch_size,
+                                  clip=None if args.no_clip else (-1.0, 1.0))
+    except ImportError as exc:  # a diffusers folder without diffusers installed: one line, not a traceback
+        raise ValueError(str(exc)) from None
     padding = info["config"].get("padding", "zeros")
     if args.boundary is None:
         args.boundary = padding
@@ -72,7 +82,14 @@ def load_net_and_data(args):
         print(f"warning: the network was trained on {trained.get('name', '?')} ({n_train} images) but the machines "
               f"use {data.name} ({len(data)} images); pass the same --data/--limit as `train` for a fair test",
               file=sys.stderr)
-    den = NetworkDenoiser(net, batch_size=args.net_batch_size, clip=None if args.no_clip else (-1.0, 1.0))
+    channels = info["config"].get("channels")
+    if channels is not None and channels != data.image_shape[0]:
+        raise ValueError(f"the network takes {channels}-channel images but {data.name} has {data.image_shape[0]} "
+                         "channels; pass a matching --data")
+    size = (info["config"].get("unet") or {}).get("sample_size")
+    if isinstance(size, int) and tuple(data.image_shape[1:]) != (size, size):
+        print(f"note: the network was built for {size}x{size} images; the data are "
+              f"{data.image_shape[1]}x{data.image_shape[2]}", file=sys.stderr)
     return den, info, data
 
 
