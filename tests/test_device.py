@@ -122,13 +122,16 @@ def test_cuda_where_there_is_none_is_one_line_through_the_cli(name, capsys, tmp_
     assert not (tmp_path / "o").exists()  # refused before any output is made
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
 def test_sample_with_device_cpu_writes_the_same_samples(tmp_path, capsys):
-    base = ["sample", "--limit", "30", "--steps", "3", "--seeds", "0-2", "--patch-schedule", "3",
-            "--eta", "0.5", "--no-progress"]
-    assert main(base + ["--out", str(tmp_path / "plain")]) == 0
-    assert "device: cpu" in capsys.readouterr().err
-    assert main(base + ["--device", "cpu", "--out", str(tmp_path / "cpu")]) == 0
-    assert capsys.readouterr().err.strip().splitlines()[0] == "device: cpu"
+    base = ["sample", "--limit", "30", "--steps", "3", "--seeds", "0-2", "--patch-schedule", "3", "--eta", "0.5"]
+    assert main(base + ["--out", str(tmp_path / "plain")]) == 0  # with the progress output: a line on stderr
+    captured = capsys.readouterr()
+    assert captured.err.splitlines()[0] == "device: cpu (--device auto)"
+    assert ", cpu, " in captured.out  # the closing line names the device
+    assert main(base + ["--device", "cpu", "--no-progress", "--out", str(tmp_path / "cpu")]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and ", cpu, " in captured.out
     a = np.load(tmp_path / "plain" / "samples.npz")
     b = np.load(tmp_path / "cpu" / "samples.npz")
     for key in ("samples", "provenance", "seeds", "sigmas", "patch_sizes", "settings"):

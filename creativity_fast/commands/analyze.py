@@ -118,7 +118,6 @@ def analyze_file(args) -> dict:
     data_path = args.data if args.data is not None else settings.get("data")
     limit = args.limit if args.limit is not None else settings.get("limit")
     data = load_dataset(data_path, limit=limit)
-    common.report_device(device, args.device)
     data = common.images_to(data, device)
     samples = torch.from_numpy(np.asarray(arrays["samples"], dtype=np.float32))
     if tuple(samples.shape[1:]) != data.image_shape:
@@ -184,5 +183,5 @@ def run(args) -> int:
                      f"[{g['consistent']['ci95'][0]:.3f}, {g['consistent']['ci95'][1]:.3f}], "
                      f"twin {g['twin']['fraction']:.3f}, mixed {g['mixed']['fraction']:.3f}")
     print("\n".join(lines))
-    print("wrote " + ", ".join(result["files"].values()))
+    print(f"on {result['inputs']['device']}, wrote " + ", ".join(result["files"].values()))
     return 0

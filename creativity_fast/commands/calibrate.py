@@ -71,7 +71,6 @@ def run(args) -> int:
     device = common.resolve_device(args.device)
     out = common.ensure_out_dir(args.out)
     net, info, data = load_net_and_data(args)
-    common.report_device(device, args.device)
     common.network_to(net, device)  # the network and the training images move to the device once
     data = common.images_to(data, device)
     sigmas = common.noise_sigmas(args)
@@ -104,6 +103,7 @@ def run(args) -> int:
         io.save_npz(partial, steps=np.array(steps), tables=np.stack([tables[i] for i in steps]),
                     settings=np.array(settings))
 
+    common.report_device(device, args.device, show=not args.no_progress)
     result = calibrate(net, factory, data.images, sigmas, candidates, seeds, metric=args.metric,
                        sampler=args.sampler, eta=args.eta, batch_size=args.batch_size,
                        progress=not args.no_progress, done=done, checkpoint=checkpoint)
@@ -117,5 +117,5 @@ def run(args) -> int:
     common.remove_quietly(partial)
     print("patch sizes (highest noise first):", " ".join(map(str, result.patch_sizes)))
     print("best median", args.metric, "per step:", " ".join(f"{v:.3f}" for v in result.best_scores))
-    print(f"wrote {js} and {png} ({seconds:.1f} s); use it with --patch-schedule {js}")
+    print(f"wrote {js} and {png} ({seconds:.1f} s on {device}); use it with --patch-schedule {js}")
     return 0

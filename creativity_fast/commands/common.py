@@ -327,8 +327,11 @@ def resolve_device(text: str, *, local_rank: Optional[int] = None) -> torch.devi
     return torch.device("cuda", index)
 
 
-def report_device(device: torch.device, requested: str = "auto") -> None:
-    """One line on stderr: the device the command runs on (and what ``--device`` asked for, if different)."""
+def report_device(device: torch.device, requested: str = "auto", *, show: bool = True) -> None:
+    """With the progress output (``show``), one line on stderr as the work starts: the device it runs on
+    (and what ``--device`` asked for, if different). Each command's closing line names the device too."""
+    if not show:
+        return
     asked = "" if str(requested).strip().lower() == str(device) else f" (--device {requested})"
     print(f"device: {device}{asked}", file=sys.stderr, flush=True)
 

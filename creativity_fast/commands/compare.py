@@ -118,7 +118,6 @@ def run(args) -> int:
     device = common.resolve_device(args.device)
     out = common.ensure_out_dir(args.out)
     net, info, data = load_net_and_data(args)
-    common.report_device(device, args.device)
     common.network_to(net, device)  # the network and the training images move to the device once
     data = common.images_to(data, device)
     sigmas = common.noise_sigmas(args)
@@ -131,6 +130,7 @@ def run(args) -> int:
         margs.machine = name
         machines[name], schedule = common.build_machine(margs, data, sigmas)
         patch_sizes[name] = schedule.sizes
+    common.report_device(device, args.device, show=not args.no_progress)
     net_path = info["path"]
     partials = []
 
@@ -172,5 +172,5 @@ def run(args) -> int:
     print(f"{'machine':<10} {'median r':>9} {'median R2':>10}   ({len(seeds)} seeds, {args.steps} steps)")
     for name in names:
         print(f"{name:<10} {result.median_r[name]:>9.3f} {result.median_r2[name]:>10.3f}")
-    print(f"wrote {js}, {png} and {out / 'compare_samples.npz'} ({seconds:.1f} s)")
+    print(f"wrote {js}, {png} and {out / 'compare_samples.npz'} ({seconds:.1f} s on {device})")
     return 0

@@ -61,8 +61,6 @@ def _run(args, world=None) -> int:
     shard = distributed.locate_shard(len(data)) if sharded else None
     if world is not None and device.type == "cuda":
         torch.cuda.set_device(device)  # NCCL collectives run on the current device
-    if lead:
-        common.report_device(device, args.device)
     data = common.images_to(data, device)
     if world is not None and not sharded and lead:
         print(f"note: --machine {args.machine} has no sharded form; each of the {world.size} ranks computes it "
@@ -71,6 +69,8 @@ def _run(args, world=None) -> int:
     denoiser, schedule = common.build_machine(args, data, sigmas, shard=shard)
     settings = common.settings_json(args, data_name=data.name, n_train=len(data) if shard is None else shard.total,
                                     device=device.type)
+    if lead:
+        common.report_device(device, args.device, show=not args.no_progress)
     partial = common.partial_results_path(out, "samples")
     done = common.load_partial(partial, settings) if lead else {}
     if world is not None:  # every rank must run the same remaining seeds (its collectives pair up)
@@ -93,6 +93,6 @@ def _run(args, world=None) -> int:
     png = save_image_grid(samples, out / "samples.png")
     common.remove_quietly(partial)
     ranks = "" if world is None else f", {world.size} ranks"
-    print(f"wrote {png} and {npz} ({len(seeds)} samples, {args.machine}, {args.steps} steps{ranks}, "
+    print(f"wrote {png} and {npz} ({len(seeds)} samples, {args.machine}, {args.steps} steps{ranks}, {device}, "
           f"{time.perf_counter() - start:.1f} s)")
     return 0

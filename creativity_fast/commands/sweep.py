@@ -231,7 +231,6 @@ def run(args) -> int:
     device = common.resolve_device(args.device)
     out = common.ensure_out_dir(args.out)
     data = common.load_training_set(args)
-    common.report_device(device, args.device)
     data = common.images_to(data, device)
     sigmas = common.noise_sigmas(args)
     base_settings = json.loads(common.settings_json(args, data_name=data.name, n_train=len(data),
@@ -242,6 +241,7 @@ def run(args) -> int:
     heldout = None if args.no_heldout else heldout_images(args.data)
     heldout = None if heldout is None else heldout.to(device)
     rows = []
+    common.report_device(device, args.device, show=not args.no_progress)
     bar = tqdm(points, desc="sweep", disable=args.no_progress)
     for point in bar:
         bar.set_postfix_str(point_id(point))
@@ -259,6 +259,6 @@ def run(args) -> int:
     if not params:
         params = ["P"]
     paths.append(plot_sweep(rows, params, metrics, out / "sweep.png"))
-    print(f"{len(points)} grid points, {len(seeds)} samples each, {time.perf_counter() - start:.1f} s")
+    print(f"{len(points)} grid points, {len(seeds)} samples each, {time.perf_counter() - start:.1f} s on {device}")
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0

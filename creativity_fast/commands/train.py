@@ -61,14 +61,15 @@ def run(args) -> int:
     device = common.resolve_device(args.device)
     data = common.load_training_set(args)
     out = common.ensure_out_dir(args.out)
-    common.report_device(device, args.device)
     if not args.fresh and (out / LAST_CHECKPOINT).exists():
         print(f"resuming from {out / LAST_CHECKPOINT}")
+    common.report_device(device, args.device, show=not args.no_progress)
     info = dict(name=data.name, source=data.source, path=args.data, limit=args.limit)
     result = train(data.images, out, cfg, resume=not args.fresh, progress=not args.no_progress,
                    time_limit=None if args.time_limit is None else 60.0 * args.time_limit,
                    data_info=info, device=device)
     state = "finished" if result.step >= cfg.steps else "stopped (rerun to continue)"
     print(f"{state} at step {result.step}/{cfg.steps}, loss {result.last_loss:.4f}, "
-          f"{result.seconds:.0f} s this run, {result.total_seconds:.0f} s in all; wrote {out / 'model.pt'}")
+          f"{result.seconds:.0f} s this run on {device}, {result.total_seconds:.0f} s in all; "
+          f"wrote {out / 'model.pt'}")
     return 0
