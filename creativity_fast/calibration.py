@@ -113,10 +113,11 @@ def _make_factory(machine_factory, machine_options: Optional[dict]):
 
 def sample_seeds(denoiser: Denoiser, seeds: Sequence[int], shape_chw, sigmas: torch.Tensor, *,
                  sampler: str = "ddim", eta: float = 0.0, batch_size: int = 16, progress: bool = False,
-                 callback: Optional[Callable[[List[int], dict], None]] = None) -> torch.Tensor:
+                 callback: Optional[Callable[[List[int], dict], None]] = None, device=None) -> torch.Tensor:
     """One final sample per seed, ``[B, C, H, W]``, from ``initial_noise(seeds)`` (per-seed generators).
 
-    ``callback(batch_seeds, info)`` receives the sampler's per-step info for each batch.
+    ``callback(batch_seeds, info)`` receives the sampler's per-step info for each batch. ``device``: where
+    the sampler runs (the noise is drawn on the CPU and moved there); the samples come back on the CPU.
     """
     seeds = _check_seeds(seeds)
     if batch_size <= 0:
@@ -125,13 +126,13 @@ def sample_seeds(denoiser: Denoiser, seeds: Sequence[int], shape_chw, sigmas: to
     out = []
     for start in range(0, len(seeds), batch_size):
         batch = seeds[start:start + batch_size]
-        z, gens = initial_noise(batch, shape_chw, float(sigmas[0]))
+        z, gens = initial_noise(batch, shape_chw, float(sigmas[0]), device=device)
         kwargs = dict(generator=gens, progress=progress)
         if callback is not None:
             kwargs["callback"] = lambda info, batch=batch: callback(batch, info)
         if sampler == "ddim":
             kwargs["eta"] = eta
-        out.append(fn(denoiser, z, sigmas, **kwargs))
+        out.append(fn(denoiser, z, sigmas, **kwargs).cpu())
     return torch.cat(out)
 
 
@@ -197,7 +198,8 @@ def calibrate(net_denoiser: Denoiser, machine_factory, data, sigmas, candidates:
         net_denoiser: the network as a denoiser ``(z, sigma) -> x0_hat`` (e.g. ``nets.NetworkDenoiser``).
         machine_factory: ``(data, P) -> denoiser``, or a registered machine name (built with
             ``make_denoiser(name, data, P=P, **machine_options)``).
-        data: the training set, ``[N, C, H, W]`` or a ``Dataset``.
+        data: the training set, ``[N, C, H, W]`` or a ``Dataset``; the network's trajectory and the
+            machines run on its device (the trajectory is kept on the CPU).
         sigmas: ``[n+1]`` sampling schedule (highest noise first).
         candidates: odd patch sizes to try.
         seeds: one trajectory per seed (``initial_noise`` generators).
@@ -217,9 +219,10 @@ def calibrate(net_denoiser: Denoiser, machine_factory, data, sigmas, candidates:
     sig = s.to(torch.float32)
     n_steps = s.numel() - 1
     factory = _make_factory(machine_factory, machine_options)
+    device = images.device
 
     # 1. the network's own trajectory: the state z_i before step i, for every seed
-    states = torch.empty((n_steps, len(seeds)) + tuple(images.shape[1:]), dtype=images.dtype)
+    states = torch.empty((n_steps, len(seeds)) + tuple(images.shape[1:]), dtype=images.dtype)  # on the CPU
     net_x0 = torch.empty_like(states)
     offset = 0
 
@@ -235,7 +238,7 @@ def calibrate(net_denoiser: Denoiser, machine_factory, data, sigmas, candidates:
         z0, _ = initial_noise(batch, images.shape[1:], float(sig[0]))
         states[0, start:start + len(batch)] = z0
         sample_seeds(net_denoiser, batch, images.shape[1:], sig, sampler=sampler, eta=eta, batch_size=len(batch),
-                     callback=record)
+                     callback=record, device=device)
 
     # 2. every candidate machine at every state
     tables: Dict[int, np.ndarray] = {int(k): np.asarray(v, dtype=np.float64) for k, v in (done or {}).items()}
@@ -253,7 +256,7 @@ def calibrate(net_denoiser: Denoiser, machine_factory, data, sigmas, candidates:
             for start in range(0, len(seeds), batch_size):
                 sl = slice(start, start + batch_size)
                 z = states[i, sl]
-                mx = machines[P](z, sig[i].expand(z.shape[0]))
+                mx = machines[P](z.to(device), sig[i].expand(z.shape[0]).to(device)).cpu()
                 table[j, sl] = _agreement_per_seed(net_x0[i, sl], mx, z, metric)
             bar.update(1)
         tables[i] = table

@@ -244,8 +244,8 @@ def local_consistency(samples: torch.Tensor, data: torch.Tensor, P: int, *, mode
     ok = ((samples - centres.to(samples.dtype)).abs().amax(1) <= tol)
     frac = ok.reshape(B, -1).to(torch.float64).mean(1)
     return {"fraction": frac, "consistent": ok,
-            "summary": {"pixel_fraction": _distribution(frac.numpy()),
-                        "fully_consistent": fraction_summary((frac == 1).numpy())}}
+            "summary": {"pixel_fraction": _distribution(frac.cpu().numpy()),
+                        "fully_consistent": fraction_summary((frac == 1).cpu().numpy())}}
 
 
 # --------------------------------------------------------------------------- #
@@ -292,7 +292,8 @@ def analyze_samples(samples: torch.Tensor, data: torch.Tensor, *, P: Optional[in
     ``provenance`` is given). Returns ``{"summary": {...}, "per_sample": {...}}``; both
     are JSON-serialisable through ``io.save_json``. ``return_provenance`` adds the
     ``[B, H, W, 2]`` provenance used (given, or the nearest admissible patches) under
-    ``"provenance"``.
+    ``"provenance"``. The tensors go in on one device (the computation runs there); the
+    per-sample tensors come back on it, the summary is plain numbers.
     """
     samples = check_images("samples", samples)
     data = check_images("data", data).to(samples.dtype)
@@ -300,7 +301,7 @@ def analyze_samples(samples: torch.Tensor, data: torch.Tensor, *, P: Optional[in
     per: dict = {}
     mem = memorization(samples, data)
     summary["memorization"] = mem["summary"]
-    summary["nn_ratio"] = _distribution(mem["ratio"].numpy())
+    summary["nn_ratio"] = _distribution(mem["ratio"].cpu().numpy())
     per.update(nn_ratio=mem["ratio"], memorized=mem["memorized"], nn_index=mem["nn_index"][:, 0],
                nn_distance=mem["nn_distance"][:, 0])
     nov = novelty(samples, data, heldout)
@@ -318,7 +319,7 @@ def analyze_samples(samples: torch.Tensor, data: torch.Tensor, *, P: Optional[in
         summary["provenance"] = prov["summary"]
         per.update(n_sources=prov["n_sources"], moved_fraction=prov["moved_fraction"])
     if glyphs:
-        glob = global_consistency(samples, alphabet=alphabet)
+        glob = global_consistency(samples.cpu(), alphabet=alphabet)
         summary["global_consistency"] = glob["summary"]
         per.update(glyphs=[list(map(int, g)) for g in glob["glyphs"]], globally_consistent=glob["consistent"],
                    twin=glob["twin"], mixed=glob["mixed"])

@@ -193,7 +193,8 @@ def train(data: torch.Tensor, out_dir: Union[str, os.PathLike], config: Optional
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
     step, total_before = 0, 0.0
-    meta = {"data": dict(data_info or {}), "n_train": int(data.shape[0]), "image_shape": list(data.shape[1:])}
+    meta = {"data": dict(data_info or {}), "n_train": int(data.shape[0]), "image_shape": list(data.shape[1:]),
+            "train_device": device.type}
 
     if resume and last_path.exists():
         ckpt = load_checkpoint(last_path)

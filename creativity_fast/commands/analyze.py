@@ -24,6 +24,7 @@ import torch
 from .. import io
 from ..data import load_dataset
 from ..data.synthetic import DEFAULT_ALPHABET, GLYPH_NAMES
+from . import common
 
 MODE_OF_MACHINE = {"ideal": "ideal", "local": "local", "els": "els", "aels": "els"}
 
@@ -49,6 +50,7 @@ def register(sub) -> None:
     p.add_argument("--tol", type=float, default=0.05, help="local-consistency tolerance (default: %(default)s)")
     p.add_argument("--rows", type=int, default=8, help="samples in the provenance figure (default: %(default)s)")
     p.add_argument("--backend", default="auto", choices=("auto", "kernel", "reference"))
+    common.add_device_option(p)
     p.set_defaults(func=run)
 
 
@@ -116,11 +118,13 @@ def analyze_file(args) -> dict:
     from ..figures import plot_nn_distances, save_provenance_png
     from ..metrics import analyze_samples
 
+    device = common.resolve_device(args.device)
     arrays, settings = read_results(args.results)
     data_path = args.data if args.data is not None else settings.get("data")
     limit = args.limit if args.limit is not None else settings.get("limit")
     resize = args.resize if args.resize is not None else settings.get("resize")
     data = load_dataset(data_path, limit=limit, resize=resize)
+    data = common.images_to(data, device)
     samples = torch.from_numpy(np.asarray(arrays["samples"], dtype=np.float32))
     if tuple(samples.shape[1:]) != data.image_shape:
         raise ValueError(f"samples are {list(samples.shape[1:])} but the training set {data.name} holds "
@@ -135,15 +139,18 @@ def analyze_file(args) -> dict:
         provenance_source = "recorded at the sampler's last step"
     glyphs = args.glyphs == "on" or (args.glyphs == "auto" and is_twin_glyphs(data, settings))
     heldout = None if args.no_heldout else heldout_images(data_path, args.heldout, resize=resize)
-    result = analyze_samples(samples, data.images, P=P, mode=mode, boundary=boundary, keys=keys,
-                             provenance=provenance, heldout=heldout, glyphs=glyphs,
+    on_device = common.to_device((samples, provenance, heldout), device)
+    result = analyze_samples(on_device[0], data.images, P=P, mode=mode, boundary=boundary, keys=keys,
+                             provenance=on_device[1], heldout=on_device[2], glyphs=glyphs,
                              alphabet=glyph_alphabet(data, args.alphabet) if glyphs else None, tol=args.tol,
                              backend=args.backend, return_provenance=True)
+    result = common.to_device(result, "cpu")  # what is saved and plotted
     provenance = result.pop("provenance")
     result["inputs"] = {"results": str(args.results), "data": data.source or data.name, "n_train": len(data),
                         "heldout": None if heldout is None else int(heldout.shape[0]), "resize": resize,
                         "mode": mode, "P": P,
-                        "boundary": boundary, "keys": keys, "provenance": provenance_source, "settings": settings}
+                        "boundary": boundary, "keys": keys, "provenance": provenance_source, "settings": settings,
+                        "device": device.type}
     out = Path(args.out) if args.out else Path(args.results).resolve().parent
     out.mkdir(parents=True, exist_ok=True)
     stem = Path(args.results).stem
@@ -153,7 +160,7 @@ def analyze_file(args) -> dict:
     held_d = None
     if heldout is not None:
         from ..metrics import nearest_neighbours
-        held_d = nearest_neighbours(heldout, data.images, 1)[0][:, 0].numpy()
+        held_d = nearest_neighbours(on_device[2], data.images, 1)[0][:, 0].cpu().numpy()
     files["nn_distances"] = plot_nn_distances(np.asarray(nn), held_d, out / f"{stem}_nn_distances.png",
                                               title=f"{settings.get('machine', '?')} on {data.name}")
     result["files"] = {k: str(v) for k, v in files.items()}
@@ -183,5 +190,5 @@ def run(args) -> int:
                      f"[{g['consistent']['ci95'][0]:.3f}, {g['consistent']['ci95'][1]:.3f}], "
                      f"twin {g['twin']['fraction']:.3f}, mixed {g['mixed']['fraction']:.3f}")
     print("\n".join(lines))
-    print("wrote " + ", ".join(result["files"].values()))
+    print(f"on {result['inputs']['device']}, wrote " + ", ".join(result["files"].values()))
     return 0

@@ -51,6 +51,7 @@ def register(sub) -> None:
     _action(p, "patch_schedule").help = argparse.SUPPRESS  # calibration chooses P itself
     add_network_options(p)
     common.add_sampling_options(p, default_seeds="0-7")
+    common.add_device_option(p)
     p.add_argument("--candidates", default="3-27",
                    help="patch sizes to try: '3-27' (odd) or '3,5,7' (default: %(default)s)")
     p.add_argument("--metric", default="cosine", choices=METRICS,
@@ -67,8 +68,11 @@ def run(args) -> int:
         raise ValueError("calibrate uses an unconditional network: --class is not supported")
     if args.batch_size <= 0:
         raise ValueError(f"--batch-size must be a positive int; got {args.batch_size}")
+    device = common.resolve_device(args.device)
     out = common.ensure_out_dir(args.out)
     net, info, data = load_net_and_data(args)
+    common.network_to(net, device)  # the network and the training images move to the device once
+    data = common.images_to(data, device)
     sigmas = common.noise_sigmas(args)
 
     opts = common.parse_machine_opts(getattr(args, "machine_opts", []))
@@ -81,7 +85,8 @@ def run(args) -> int:
                                boundary=args.boundary, keys=args.keys,
                                steps=args.steps, noise_schedule=args.noise_schedule, sampler=args.sampler,
                                eta=args.eta, seeds=seeds, candidates=candidates, metric=args.metric,
-                               data=data.name, n_train=len(data), resize=args.resize), sort_keys=True)
+                               data=data.name, n_train=len(data), resize=args.resize,
+                               device=device.type), sort_keys=True)
     partial = common.partial_results_path(out, "calibrate")
     done = {}
     if partial.exists():
@@ -99,6 +104,7 @@ def run(args) -> int:
         io.save_npz(partial, steps=np.array(steps), tables=np.stack([tables[i] for i in steps]),
                     settings=np.array(settings))
 
+    common.report_device(device, args.device, show=not args.no_progress)
     result = calibrate(net, factory, data.images, sigmas, candidates, seeds, metric=args.metric,
                        sampler=args.sampler, eta=args.eta, batch_size=args.batch_size,
                        progress=not args.no_progress, done=done, checkpoint=checkpoint)
@@ -107,10 +113,10 @@ def run(args) -> int:
                           net_clip=not args.no_clip, machine=args.machine, machine_opts=opts, boundary=args.boundary,
                           keys=args.keys,
                           noise_schedule=args.noise_schedule, sampler=args.sampler, data=data.name,
-                          n_train=len(data), resize=args.resize, seconds=round(seconds, 1))
+                          n_train=len(data), resize=args.resize, device=device.type, seconds=round(seconds, 1))
     png = calibration_figure(result, out / "calibration.png")
     common.remove_quietly(partial)
     print("patch sizes (highest noise first):", " ".join(map(str, result.patch_sizes)))
     print("best median", args.metric, "per step:", " ".join(f"{v:.3f}" for v in result.best_scores))
-    print(f"wrote {js} and {png} ({seconds:.1f} s); use it with --patch-schedule {js}")
+    print(f"wrote {js} and {png} ({seconds:.1f} s on {device}); use it with --patch-schedule {js}")
     return 0

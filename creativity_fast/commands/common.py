@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -188,11 +189,14 @@ class SampleRun:
 
 def sample_images(denoiser, seeds: Sequence[int], shape_chw, sigmas: torch.Tensor, *, sampler: str = "ddim",
                   eta: float = 0.0, batch_size: int = 16, progress: bool = True,
-                  checkpoint: Optional[Callable[[dict], None]] = None, done: Optional[dict] = None) -> dict:
+                  checkpoint: Optional[Callable[[dict], None]] = None, done: Optional[dict] = None,
+                  device: Optional[torch.device] = None) -> dict:
     """Sample one image per seed in batches; returns ``{seed: (sample [C,H,W], provenance or None)}``.
 
     ``done`` holds already finished seeds (resume); ``checkpoint(results)`` is called after each batch so
-    that an interrupted run loses at most one batch.
+    that an interrupted run loses at most one batch. ``device``: where the batches run (the denoiser's
+    data must be there); the per-seed noise is drawn on the CPU and moved, and the results come back
+    on the CPU.
     """
     if batch_size <= 0:
         raise ValueError(f"--batch-size must be a positive int; got {batch_size}")
@@ -201,7 +205,7 @@ def sample_images(denoiser, seeds: Sequence[int], shape_chw, sigmas: torch.Tenso
     todo = [s for s in seeds if s not in results]
     for start in range(0, len(todo), batch_size):
         batch = todo[start:start + batch_size]
-        z, generators = initial_noise(batch, shape_chw, float(sigmas[0]))
+        z, generators = initial_noise(batch, shape_chw, float(sigmas[0]), device=device)
         last = {}
 
         def remember_last(info, last=last):
@@ -210,10 +214,11 @@ def sample_images(denoiser, seeds: Sequence[int], shape_chw, sigmas: torch.Tenso
         kwargs = dict(generator=generators, callback=remember_last, progress=progress)
         if sampler == "ddim":
             kwargs["eta"] = eta
-        out = sample_fn(denoiser, z, sigmas, **kwargs)
+        out = sample_fn(denoiser, z, sigmas, **kwargs).cpu()
         stats = last.get("stats")
+        argmax = stats.argmax.cpu() if stats is not None and stats.argmax.shape[0] == len(batch) else None
         for j, seed in enumerate(batch):
-            prov = stats.argmax[j] if stats is not None and stats.argmax.shape[0] == len(batch) else None
+            prov = argmax[j] if argmax is not None else None
             results[seed] = (out[j], prov)
         if checkpoint is not None:
             checkpoint(results)
@@ -280,3 +285,85 @@ def remove_quietly(path: Path) -> None:
         os.remove(path)
     except FileNotFoundError:
         pass
+
+
+# --------------------------------------------------------------------------- #
+# --device: where a command computes (docs/theory.md §11)
+
+DEVICE_HELP = ("where to compute: auto (CUDA when torch sees a GPU and the CUDA kernels are built, else CPU), "
+               "cpu, cuda or cuda:N (default: %(default)s)")
+
+
+def add_device_option(p: argparse.ArgumentParser) -> None:
+    """``--device auto|cpu|cuda|cuda:N`` (default ``auto``); read it with :func:`resolve_device`."""
+    p.add_argument("--device", default="auto", metavar="auto|cpu|cuda[:N]", help=DEVICE_HELP)
+
+
+def resolve_device(text: str, *, local_rank: Optional[int] = None) -> torch.device:
+    """The ``--device`` value as a ``torch.device`` with its index (``cuda`` -> ``cuda:K``).
+
+    ``auto``: CUDA when ``torch.cuda.is_available()`` and the compiled CUDA kernels are registered
+    (``ops.has_kernel("cuda")``), else the CPU. Plain ``cuda`` is the current CUDA device, or
+    ``cuda:local_rank`` (modulo the device count) for a rank launched by torchrun. A malformed value,
+    CUDA asked for where there is none, or an index past the device count is a ``ValueError``.
+    """
+    from .. import ops
+
+    value = str(text).strip().lower()
+    kind, sep, index_text = value.partition(":")
+    index: Optional[int] = None
+    if sep:
+        if not index_text.isdigit():
+            kind = ""
+        else:
+            index = int(index_text)
+    if kind not in ("auto", "cpu", "cuda") or (sep and kind != "cuda"):
+        raise ValueError(f"--device must be auto, cpu, cuda or cuda:N (N a device index); got {text!r}")
+    if kind == "auto":
+        kind = "cuda" if torch.cuda.is_available() and ops.has_kernel("cuda") else "cpu"
+    if kind == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ValueError(f"--device {text}: torch has no CUDA device here (torch.cuda.is_available() is False)")
+    count = torch.cuda.device_count()
+    if index is None:
+        index = local_rank % count if local_rank is not None else torch.cuda.current_device()
+    elif index >= count:
+        raise ValueError(f"--device {text}: there is no CUDA device {index}; torch sees {count} "
+                         f"(cuda:0{'' if count == 1 else f' to cuda:{count - 1}'})")
+    return torch.device("cuda", index)
+
+
+def report_device(device: torch.device, requested: str = "auto", *, show: bool = True) -> None:
+    """With the progress output (``show``), one line on stderr as the work starts: the device it runs on
+    (and what ``--device`` asked for, if different). Each command's closing line names the device too."""
+    if not show:
+        return
+    asked = "" if str(requested).strip().lower() == str(device) else f" (--device {requested})"
+    print(f"device: {device}{asked}", file=sys.stderr, flush=True)
+
+
+def images_to(data: Dataset, device: torch.device) -> Dataset:
+    """``data`` with its images moved to ``device`` once (labels stay on the CPU); ``data`` itself if already there."""
+    if data.images.device == device:
+        return data
+    return replace(data, images=data.images.to(device))
+
+
+def network_to(denoiser, device: torch.device):
+    """Move a network denoiser's module (its ``net``, or the denoiser itself if it is one) to ``device`` once."""
+    module = getattr(denoiser, "net", denoiser)
+    if isinstance(module, torch.nn.Module):
+        module.to(device)
+    return denoiser
+
+
+def to_device(value, device):
+    """``value`` with every tensor in it (nested dicts, lists, tuples) moved to ``device``; ``None`` stays."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: to_device(v, device) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_device(v, device) for v in value)
+    return value

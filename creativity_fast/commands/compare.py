@@ -118,6 +118,7 @@ def register(sub) -> None:
         "JSON from `creativity-fast calibrate`, or 'calibrated' (the shipped one); default: %(default)s")
     add_network_options(p)
     common.add_sampling_options(p, default_seeds="0-31")
+    common.add_device_option(p)
     p.add_argument("--columns", type=int, default=16, help="seeds per figure row block (default: %(default)s)")
     p.add_argument("--out", default="out/compare", help="output directory (default: %(default)s)")
     p.set_defaults(func=run)
@@ -131,8 +132,11 @@ def run(args) -> int:
         raise ValueError("compare uses an unconditional network: --class is not supported")
     if args.columns <= 0:
         raise ValueError(f"--columns must be a positive int; got {args.columns}")
+    device = common.resolve_device(args.device)
     out = common.ensure_out_dir(args.out)
     net, info, data = load_net_and_data(args)
+    common.network_to(net, device)  # the network and the training images move to the device once
+    data = common.images_to(data, device)
     sigmas = common.noise_sigmas(args)
     schedule_spec = args.patch_schedule
     args.patch_schedule = resolve_patch_schedule(schedule_spec, args.steps)
@@ -143,6 +147,7 @@ def run(args) -> int:
         margs.machine = name
         machines[name], schedule = common.build_machine(margs, data, sigmas)
         patch_sizes[name] = schedule.sizes
+    common.report_device(device, args.device, show=not args.no_progress)
     net_path = info["path"]
     partials = []
 
@@ -150,7 +155,7 @@ def run(args) -> int:
         margs = copy.copy(args)
         margs.machine = name
         settings = common.settings_json(margs, data_name=data.name, n_train=len(data), net=net_path,
-                                        net_clip=not args.no_clip, seeds_all=seeds)
+                                        net_clip=not args.no_clip, seeds_all=seeds, device=device.type)
         partial = common.partial_results_path(out, f"compare_{name}")
         partials.append(partial)
         done = common.load_partial(partial, settings)
@@ -160,7 +165,7 @@ def run(args) -> int:
             print(f"sampling {name} ...")
         results = common.sample_images(denoiser, seeds, data.image_shape, sigmas, sampler=args.sampler, eta=args.eta,
                                        batch_size=args.batch_size, progress=not args.no_progress, done=done,
-                                       checkpoint=lambda r: common.save_partial(partial, r, settings))
+                                       checkpoint=lambda r: common.save_partial(partial, r, settings), device=device)
         return common.stack_results(results, seeds)[0]
 
     result = compare(net, machines, seeds, sigmas, data.image_shape, sampler=args.sampler, eta=args.eta,
@@ -172,8 +177,9 @@ def run(args) -> int:
         net_meta={k: v for k, v in info.items() if k not in ("config", "path")},
         net_clip=not args.no_clip, machines=names, patch_schedule=schedule_spec, patch_sizes=patch_sizes,
         boundary=args.boundary,
-        keys=args.keys, backend=args.backend, kernel=bool(has_kernel()), noise_schedule=args.noise_schedule,
+        keys=args.keys, backend=args.backend, kernel=bool(has_kernel(device)), noise_schedule=args.noise_schedule,
         steps=args.steps, data=data.name, data_source=data.source, n_train=len(data), resize=args.resize,
+        device=device.type,
         seconds=round(seconds, 1))
     js = io.save_json(out / "compare.json", result.to_json())
     arrays = {f"samples_{k}": v.numpy() for k, v in result.samples.items()}
@@ -184,5 +190,5 @@ def run(args) -> int:
     print(f"{'machine':<10} {'median r':>9} {'median R2':>10}   ({len(seeds)} seeds, {args.steps} steps)")
     for name in names:
         print(f"{name:<10} {result.median_r[name]:>9.3f} {result.median_r2[name]:>10.3f}")
-    print(f"wrote {js}, {png} and {out / 'compare_samples.npz'} ({seconds:.1f} s)")
+    print(f"wrote {js}, {png} and {out / 'compare_samples.npz'} ({seconds:.1f} s on {device})")
     return 0

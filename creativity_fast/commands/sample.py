@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .. import distributed, io
 from ..viz import save_image_grid
@@ -27,6 +28,7 @@ def register(sub) -> None:
     common.add_data_options(p)
     common.add_machine_options(p)
     common.add_sampling_options(p)
+    common.add_device_option(p)
     p.add_argument("--out", default="out/sample", help="output directory (default: %(default)s)")
     p.set_defaults(func=run)
 
@@ -52,16 +54,23 @@ def _run(args, world=None) -> int:
     start = time.perf_counter()
     lead = world is None or world.rank == 0  # the rank that prints and writes
     seeds = common.parse_seeds(args.seeds)
+    device = common.resolve_device(args.device, local_rank=None if world is None else world.local_rank)
     out = common.ensure_out_dir(args.out) if lead else Path(args.out)
     sharded = world is not None and distributed.is_shardable(args.machine)
     data = common.load_training_set(args, shard=(world.rank, world.size) if sharded else None)
     shard = distributed.locate_shard(len(data)) if sharded else None
+    if world is not None and device.type == "cuda":
+        torch.cuda.set_device(device)  # NCCL collectives run on the current device
+    data = common.images_to(data, device)
     if world is not None and not sharded and lead:
         print(f"note: --machine {args.machine} has no sharded form; each of the {world.size} ranks computes it "
               "on the whole training set")
     sigmas = common.noise_sigmas(args)
     denoiser, schedule = common.build_machine(args, data, sigmas, shard=shard)
-    settings = common.settings_json(args, data_name=data.name, n_train=len(data) if shard is None else shard.total)
+    settings = common.settings_json(args, data_name=data.name, n_train=len(data) if shard is None else shard.total,
+                                    device=device.type)
+    if lead:
+        common.report_device(device, args.device, show=not args.no_progress)
     partial = common.partial_results_path(out, "samples")
     done = common.load_partial(partial, settings) if lead else {}
     if world is not None:  # every rank must run the same remaining seeds (its collectives pair up)
@@ -72,7 +81,7 @@ def _run(args, world=None) -> int:
     results = common.sample_images(
         denoiser, seeds, data.image_shape, sigmas, sampler=args.sampler, eta=args.eta,
         batch_size=args.batch_size, progress=lead and not args.no_progress, done=done,
-        checkpoint=(lambda r: common.save_partial(partial, r, settings)) if lead else None)
+        checkpoint=(lambda r: common.save_partial(partial, r, settings)) if lead else None, device=device)
     if not lead:
         return 0
     samples, provenance = common.stack_results(results, seeds)
@@ -84,6 +93,6 @@ def _run(args, world=None) -> int:
     png = save_image_grid(samples, out / "samples.png")
     common.remove_quietly(partial)
     ranks = "" if world is None else f", {world.size} ranks"
-    print(f"wrote {png} and {npz} ({len(seeds)} samples, {args.machine}, {args.steps} steps{ranks}, "
+    print(f"wrote {png} and {npz} ({len(seeds)} samples, {args.machine}, {args.steps} steps{ranks}, {device}, "
           f"{time.perf_counter() - start:.1f} s)")
     return 0

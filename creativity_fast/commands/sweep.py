@@ -66,6 +66,7 @@ def register(sub) -> None:
     m.add_argument("--keys", default="all", choices=("all", "valid"))
     m.add_argument("--backend", default="auto", choices=("auto", "kernel", "reference"))
     common.add_sampling_options(p, default_seeds="0-63")
+    common.add_device_option(p)
     a = p.add_argument_group("analysis")
     a.add_argument("--glyphs", default="auto", choices=("auto", "on", "off"),
                    help="twin-glyph global consistency (auto: when the data set is twin glyphs)")
@@ -162,7 +163,8 @@ def run_point(point, args, data, sigmas, seeds, out: Path, heldout, glyphs, alph
     start = time.perf_counter()
     results = common.sample_images(denoiser, seeds, data.image_shape, sigmas, sampler=args.sampler, eta=args.eta,
                                    batch_size=args.batch_size, progress=False, done=done,
-                                   checkpoint=lambda r: common.save_partial(partial, r, settings))
+                                   checkpoint=lambda r: common.save_partial(partial, r, settings),
+                                   device=data.images.device)
     seconds = time.perf_counter() - start
     samples, provenance = common.stack_results(results, seeds)
     arrays = dict(samples=samples.numpy(), seeds=np.array(seeds), settings=np.array(settings),
@@ -172,8 +174,9 @@ def run_point(point, args, data, sigmas, seeds, out: Path, heldout, glyphs, alph
     io.save_npz(run_path, **arrays)
     common.remove_quietly(partial)
     mode = {"ideal": "ideal", "local": "local"}.get(point["machine"], "els")
-    metrics = analyze_samples(samples, data.images, P=None if point["machine"] in ("gaussian", "nearest") else P,
-                              mode=mode, boundary=args.boundary, keys=args.keys, provenance=provenance,
+    on_device = common.to_device((samples, provenance), data.images.device)  # the metrics run there too
+    metrics = analyze_samples(on_device[0], data.images, P=None if point["machine"] in ("gaussian", "nearest") else P,
+                              mode=mode, boundary=args.boundary, keys=args.keys, provenance=on_device[1],
                               heldout=heldout, glyphs=glyphs, alphabet=alphabet, backend=args.backend)
     row = flatten_row(point, metrics["summary"], seconds, glyphs)
     io.save_json(row_path, {"settings": settings, "row": row, "summary": metrics["summary"]})
@@ -225,16 +228,20 @@ def run(args) -> int:
     start = time.perf_counter()
     seeds = common.parse_seeds(args.seeds)
     points = grid(args)
+    device = common.resolve_device(args.device)
     out = common.ensure_out_dir(args.out)
     data = common.load_training_set(args)
+    data = common.images_to(data, device)
     sigmas = common.noise_sigmas(args)
     base_settings = json.loads(common.settings_json(args, data_name=data.name, n_train=len(data),
-                                                    seeds=[seeds[0], seeds[-1], len(seeds)]))
+                                                    seeds=[seeds[0], seeds[-1], len(seeds)], device=device.type))
     base_settings.pop("machine", None)
     glyphs = args.glyphs == "on" or (args.glyphs == "auto" and is_twin_glyphs(data, base_settings))
     alphabet = glyph_alphabet(data, None) if glyphs else None
     heldout = None if args.no_heldout else heldout_images(args.data, resize=args.resize)
+    heldout = None if heldout is None else heldout.to(device)
     rows = []
+    common.report_device(device, args.device, show=not args.no_progress)
     bar = tqdm(points, desc="sweep", disable=args.no_progress)
     for point in bar:
         bar.set_postfix_str(point_id(point))
@@ -252,6 +259,6 @@ def run(args) -> int:
     if not params:
         params = ["P"]
     paths.append(plot_sweep(rows, params, metrics, out / "sweep.png"))
-    print(f"{len(points)} grid points, {len(seeds)} samples each, {time.perf_counter() - start:.1f} s")
+    print(f"{len(points)} grid points, {len(seeds)} samples each, {time.perf_counter() - start:.1f} s on {device}")
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0

@@ -40,7 +40,7 @@ def register(sub) -> None:
     g.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
                    help="stop after MINUTES of this run (with a checkpoint; rerun to continue)")
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    g.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+    common.add_device_option(g)
     g.add_argument("--fresh", action="store_true", help=f"do not resume from OUT/{LAST_CHECKPOINT}")
     p.add_argument("--out", default="out/train", help="output directory (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -58,15 +58,18 @@ def run(args) -> int:
                       steps=args.steps,
                       batch_size=args.batch_size, lr=args.lr, warmup=args.warmup, ema_decay=args.ema_decay,
                       seed=args.seed, checkpoint_every=args.checkpoint_every, log_every=args.log_every).check()
+    device = common.resolve_device(args.device)
     data = common.load_training_set(args)
     out = common.ensure_out_dir(args.out)
     if not args.fresh and (out / LAST_CHECKPOINT).exists():
         print(f"resuming from {out / LAST_CHECKPOINT}")
+    common.report_device(device, args.device, show=not args.no_progress)
     info = dict(name=data.name, source=data.source, path=args.data, limit=args.limit, resize=args.resize)
     result = train(data.images, out, cfg, resume=not args.fresh, progress=not args.no_progress,
                    time_limit=None if args.time_limit is None else 60.0 * args.time_limit,
-                   data_info=info, device=args.device)
+                   data_info=info, device=device)
     state = "finished" if result.step >= cfg.steps else "stopped (rerun to continue)"
     print(f"{state} at step {result.step}/{cfg.steps}, loss {result.last_loss:.4f}, "
-          f"{result.seconds:.0f} s this run, {result.total_seconds:.0f} s in all; wrote {out / 'model.pt'}")
+          f"{result.seconds:.0f} s this run on {device}, {result.total_seconds:.0f} s in all; "
+          f"wrote {out / 'model.pt'}")
     return 0
