@@ -173,3 +173,24 @@ def test_sweep_and_analyze_cli(tmp_path, capsys):
     assert metrics["inputs"]["provenance"].startswith("recomputed")
     assert (tmp_path / "bare_provenance.png").exists() and (tmp_path / "bare_nn_distances.png").exists()
     assert main(["analyze", str(tmp_path / "missing.npz")]) == 2
+
+
+def test_analyze_a_networks_samples(tmp_path, capsys):
+    """`analyze --net PATH` samples the network (resumable file) and analyzes those samples."""
+    import json
+
+    from creativity_fast.cli import main
+    from creativity_fast.nets import default_network_path
+
+    out = tmp_path / "net"
+    args = ["analyze", "--net", str(default_network_path()), "--limit", "40", "--seeds", "0-1", "--steps", "2",
+            "--no-heldout", "--no-progress", "--out", str(out), "--device", "cpu"]
+    assert main(args) == 0
+    result = json.loads((out / "network_samples_metrics.json").read_text())
+    assert result["summary"]["n_samples"] == 2 and result["inputs"]["n_train"] == 40
+    assert result["inputs"]["settings"]["machine"] == "network"
+    assert result["inputs"]["provenance"].startswith("recomputed")
+    for both_or_neither in (["analyze", "--no-progress"], ["analyze", str(out / "network_samples.npz"), "--net",
+                                                             str(default_network_path())]):
+        assert main(both_or_neither) == 2
+        assert "either RESULTS.npz or --net" in capsys.readouterr().err

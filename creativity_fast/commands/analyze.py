@@ -2,6 +2,10 @@
 
 Reads a ``samples.npz`` written by ``creativity-fast sample`` (or the sweep / the twin-glyph
 experiment), reloads the training set named in its settings (or ``--data``), and writes
+the files below. ``analyze --net PATH`` (a project checkpoint or a local diffusers folder,
+docs/theory.md §11.1) first samples that network with the sampling options (one sample per
+``--seeds``, resumable) into ``--out``/``network_samples.npz`` and analyzes those samples
+against the network's training set; a network records no provenance, so it is recomputed.
 
 - ``<stem>_metrics.json``: a summary (fractions with Wilson 95% intervals, distributions
   with bootstrap intervals of the median) and per-sample values;
@@ -27,12 +31,15 @@ from ..data.synthetic import DEFAULT_ALPHABET, GLYPH_NAMES
 from . import common
 
 MODE_OF_MACHINE = {"ideal": "ideal", "local": "local", "els": "els", "aels": "els"}
+DEFAULT_NET_OUT = "out/analyze_net"
 
 
 def register(sub) -> None:
     p = sub.add_parser("analyze", help="metrics and figures of a samples.npz (memorization, novelty, consistency)")
-    p.add_argument("results", metavar="RESULTS.npz", help="file written by `creativity-fast sample`")
-    p.add_argument("--out", default=None, help="output directory (default: the file's directory)")
+    p.add_argument("results", metavar="RESULTS.npz", nargs="?", default=None,
+                   help="file written by `creativity-fast sample` (or give --net instead)")
+    p.add_argument("--out", default=None, help="output directory (default: the file's directory; with --net: "
+                   f"{DEFAULT_NET_OUT})")
     p.add_argument("--data", default=None, metavar="PATH",
                    help="training set (default: the one named in the file's settings)")
     p.add_argument("--limit", type=int, default=None, help="use only the first LIMIT training images "
@@ -51,7 +58,17 @@ def register(sub) -> None:
     p.add_argument("--rows", type=int, default=8, help="samples in the provenance figure (default: %(default)s)")
     p.add_argument("--backend", default="auto", choices=("auto", "kernel", "reference"))
     common.add_device_option(p)
-    p.set_defaults(func=run)
+    net = p.add_argument_group("a network's samples (--net)")
+    net.add_argument("--net", metavar="PATH", default=None,
+                     help="sample this network (a `creativity-fast train` checkpoint or a local diffusers folder) "
+                          "and analyze its samples instead of RESULTS.npz")
+    net.add_argument("--net-batch-size", type=int, default=256, help="network batch size (default: %(default)s)")
+    net.add_argument("--no-clip", action="store_true", help="the network's raw x0 estimate (default: clipped)")
+    net.add_argument("--boundary", default=None, choices=("zeros", "circular"),
+                     help="boundary of the recomputed provenance (default: the file's setting or the network's "
+                          "padding)")
+    common.add_sampling_options(p, default_seeds="0-15")
+    p.set_defaults(func=run, class_label=None)
 
 
 def read_results(path: str) -> tuple[dict, dict]:
@@ -114,6 +131,39 @@ def analysis_settings(arrays: dict, settings: dict, P: Optional[int]):
     return mode, P, settings.get("boundary", "zeros"), settings.get("keys", "all")
 
 
+def sample_network(args) -> Path:
+    """Sample ``--net`` on ``--seeds`` (resumable) and write ``--out``/network_samples.npz; returns its path.
+
+    The settings name the network's training set (as ``compare`` finds it), so the analysis
+    reloads the same images.
+    """
+    from .compare import load_net_and_data
+
+    if args.batch_size <= 0:
+        raise ValueError(f"--batch-size must be a positive int; got {args.batch_size}")
+    seeds = common.parse_seeds(args.seeds)
+    device = common.resolve_device(args.device)
+    out = common.ensure_out_dir(args.out or DEFAULT_NET_OUT)
+    denoiser, info, data = load_net_and_data(args)
+    common.network_to(denoiser, device)
+    sigmas = common.noise_sigmas(args)
+    settings = json.dumps(dict(machine="network", net=info["path"], net_clip=not args.no_clip, data=args.data,
+                               limit=args.limit, resize=args.resize, data_name=data.name, boundary=args.boundary,
+                               keys="all", steps=args.steps, sampler=args.sampler, eta=args.eta,
+                               noise_schedule=args.noise_schedule, device=device.type), sort_keys=True)
+    partial = common.partial_results_path(out, "network_samples")
+    done = common.load_partial(partial, settings)
+    common.report_device(device, args.device, show=not args.no_progress)
+    results = common.sample_images(denoiser, seeds, data.image_shape, sigmas, sampler=args.sampler, eta=args.eta,
+                                   batch_size=args.batch_size, progress=not args.no_progress, done=done,
+                                   checkpoint=lambda r: common.save_partial(partial, r, settings), device=device)
+    samples, _ = common.stack_results(results, seeds)
+    path = io.save_npz(out / "network_samples.npz", samples=samples.numpy(), seeds=np.array(seeds),
+                       settings=np.array(settings), sigmas=sigmas.numpy())
+    common.remove_quietly(partial)
+    return Path(path)
+
+
 def analyze_file(args) -> dict:
     from ..figures import plot_nn_distances, save_provenance_png
     from ..metrics import analyze_samples
@@ -130,6 +180,7 @@ def analyze_file(args) -> dict:
         raise ValueError(f"samples are {list(samples.shape[1:])} but the training set {data.name} holds "
                          f"{list(data.image_shape)} images; pass the right --data")
     mode, P, boundary, keys = analysis_settings(arrays, settings, args.P)
+    boundary = args.boundary or boundary
     provenance = None
     provenance_source = "recomputed: nearest admissible training patch of each final pixel"
     if "provenance" in arrays:
@@ -172,6 +223,11 @@ def run(args) -> int:
         raise ValueError(f"--rows must be a positive int; got {args.rows}")
     if not args.tol >= 0:
         raise ValueError(f"--tol must be >= 0; got {args.tol}")
+    if (args.results is None) == (args.net is None):
+        raise ValueError("give either RESULTS.npz or --net PATH (a network to sample and analyze)")
+    if args.net is not None:
+        args.results = str(sample_network(args))
+        print(f"sampled {args.net}: {args.results}")
     result = analyze_file(args)
     s = result["summary"]
     mem = s["memorization"]
