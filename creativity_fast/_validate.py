@@ -84,6 +84,21 @@ def check_sigma(sigma, batch: int, like: torch.Tensor) -> torch.Tensor:
     return sigma.contiguous()
 
 
+def sigma_float64(sigma, z: torch.Tensor) -> torch.Tensor:
+    """``sigma`` (float, 0-d or ``[B]``) as a float64 ``[B]`` tensor on ``z``'s device, finite and > 0.
+
+    For network denoisers, which convert in float64 whatever ``z``'s dtype.
+    """
+    sig = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1).to(z.device)
+    if sig.numel() == 1:
+        sig = sig.expand(z.shape[0])
+    if sig.numel() != z.shape[0]:
+        raise ValueError(f"sigma has {sig.numel()} values for a batch of {z.shape[0]}")
+    if not bool(torch.isfinite(sig).all()) or bool((sig <= 0).any()):
+        raise ValueError("sigma must be finite and > 0")
+    return sig
+
+
 def check_query_and_data(z, data, *, allow_empty: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     z = check_images("z", z, finite=False)
     data = check_images("data", data, finite=False, allow_empty=allow_empty)

@@ -37,6 +37,7 @@ from typing import Callable, Optional, Union
 
 import torch
 
+from ._validate import sigma_float64
 from .schedules import (discrete_sigma_to_t, discrete_sigmas, discrete_t_to_sigma,
                         edm_preconditioning, eps_to_x0, v_to_x0, x0_to_eps, x0_to_v)
 
@@ -76,18 +77,6 @@ def _check_clip(clip) -> Optional[tuple]:
 def _check_z(z) -> None:
     if not isinstance(z, torch.Tensor) or z.dim() != 4 or not z.is_floating_point():
         raise ValueError(f"z must be a floating-point [B, C, H, W] tensor; got {getattr(z, 'shape', type(z).__name__)}")
-
-
-def _sigmas_of(sigma, z: torch.Tensor) -> torch.Tensor:
-    """``sigma`` (float, 0-d or ``[B]``) as a float64 ``[B]`` tensor on ``z``'s device."""
-    sig = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1).to(z.device)
-    if sig.numel() == 1:
-        sig = sig.expand(z.shape[0])
-    if sig.numel() != z.shape[0]:
-        raise ValueError(f"sigma has {sig.numel()} values for a batch of {z.shape[0]}")
-    if not bool(torch.isfinite(sig).all()) or bool((sig <= 0).any()):
-        raise ValueError("sigma must be finite and > 0")
-    return sig
 
 
 def _module_device_dtype(module) -> tuple:
@@ -136,7 +125,7 @@ class _BatchedDenoiser:
 
     def __call__(self, z: torch.Tensor, sigma, class_labels=None, **extra) -> torch.Tensor:
         _check_z(z)
-        sig = _sigmas_of(sigma, z)
+        sig = sigma_float64(sigma, z)
         if class_labels is not None:
             labels = torch.as_tensor(class_labels).reshape(-1).to(z.device)
             if labels.numel() == 1:

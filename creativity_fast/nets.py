@@ -45,6 +45,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ._validate import sigma_float64
 from .schedules import COSINE_S
 
 __all__ = [
@@ -306,7 +307,7 @@ class NetworkDenoiser:
 
     def eps(self, z: torch.Tensor, sigma) -> torch.Tensor:
         """``eps_hat`` at sigma-space state ``z``."""
-        sig = self._sigmas(sigma, z)
+        sig = sigma_float64(sigma, z)
         abar = 1.0 / (1.0 + sig.double() ** 2)
         t = (self.s / math.pi) * torch.atan(sig.double())
         xt = z.double() * abar.sqrt()[:, None, None, None]
@@ -322,20 +323,9 @@ class NetworkDenoiser:
             raise ValueError("this network is unconditional: class_labels must be None")
         if not isinstance(z, torch.Tensor) or z.dim() != 4:
             raise ValueError(f"z must be a [B, C, H, W] tensor; got {getattr(z, 'shape', type(z).__name__)}")
-        sig = self._sigmas(sigma, z)
+        sig = sigma_float64(sigma, z)
         x0 = (z - sig.to(z.dtype)[:, None, None, None] * self.eps(z, sig)).to(z.dtype)
         return x0 if self.clip is None else x0.clamp(*self.clip)
-
-    @staticmethod
-    def _sigmas(sigma, z: torch.Tensor) -> torch.Tensor:
-        sig = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1).to(z.device)
-        if sig.numel() == 1:
-            sig = sig.expand(z.shape[0])
-        if sig.numel() != z.shape[0]:
-            raise ValueError(f"sigma has {sig.numel()} values for a batch of {z.shape[0]}")
-        if not bool(torch.isfinite(sig).all()) or bool((sig <= 0).any()):
-            raise ValueError("sigma must be finite and > 0")
-        return sig
 
 
 # --------------------------------------------------------------------------- #
