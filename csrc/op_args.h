@@ -5,8 +5,8 @@
 // drives the CPU emulator of the CUDA kernels), so every backend accepts and rejects the
 // same inputs with the same message. Host code only: no device code, no kernel code.
 //
-// The rules are those of the Python layer (creativity_fast/_validate.py,
-// check_operator_args; attention.py; peers.py), which runs first and raises
+// The rules are those of the Python layer (creativity_fast/_validate.py: check_operator_args,
+// check_attention_args, check_masked_args), which runs first and raises
 // ValueError/TypeError; these checks guard direct torch.ops callers. They raise through
 // TORCH_CHECK (RuntimeError in Python), as the C++ operators always have: the Python layer
 // normalises arguments (dtype conversions, scalar sigma) before calling an operator, so a

@@ -1,9 +1,8 @@
 // Operator schemas of creativity_fast: the one place where every signature is defined.
 // Per-backend implementations live in cpu/*.cpp (CPU dispatch key) and cuda/*.cu
-// (CUDA dispatch key), with their argument checks in op_args.h; fake (meta) and autograd
-// registrations are in creativity_fast/ops.py (patch_posterior_mean family),
-// creativity_fast/attention.py (patch_argmax_attention) and creativity_fast/peers.py
-// (masked_local_posterior), beside the typed Python wrappers.
+// (CUDA dispatch key), with their argument checks in op_args.h; the typed Python wrappers,
+// the fake (meta) and the autograd registrations of every operator are in
+// creativity_fast/ops.py, the pure-PyTorch twins in creativity_fast/reference.py.
 #include <Python.h>
 #include <torch/library.h>
 
@@ -36,7 +35,7 @@ TORCH_LIBRARY(creativity_fast, m) {
 
   // Dataset-wide argmax attention (docs/theory.md §3.4, §4). CPU kernel:
   // cpu/patch_argmax_attention.cpp; CUDA kernel: cuda/patch_argmax_attention.cu; fake (shape)
-  // function and the typed wrapper: creativity_fast/attention.py.
+  // function and the typed wrapper: creativity_fast/ops.py.
   // images [M,C,H,W] (float32/float64), center [C,P,P] (same dtype): the patch embedding is
   // e(Pi_x) = Pi_x - center with zero-extended P x P patches. For each image and pixel x,
   // y*(x) = argmax_y <e(Pi_x), e(Pi_y)> over y with max(|dr|, |dc|) >= exclude, lowest flat
@@ -49,7 +48,7 @@ TORCH_LIBRARY(creativity_fast, m) {
       "-> (Tensor, Tensor)");
 
   // Masked-local posterior mean of the peer machines (docs/theory.md §3.6), the reduction
-  // shared by `pca_locality` and `pspc` (creativity_fast/peers.py). CPU kernel:
+  // shared by `pca_locality` and `pspc` (machines in creativity_fast/peers.py). CPU kernel:
   // cpu/masked_local_posterior.cpp. Streamed over training images with an exact running
   // log-sum-exp per (sample, query unit).
   //   z [B, C, U] queries, data [N, C, U] training images (U "units": pixels, or

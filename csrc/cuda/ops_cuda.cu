@@ -135,7 +135,7 @@ TORCH_LIBRARY_IMPL(creativity_fast, CUDA, m) {
   // Not registered: masked_local_posterior (no CUDA kernel). A direct
   // torch.ops.creativity_fast.masked_local_posterior call on CUDA tensors raises torch's
   // "could not run ... with arguments from the 'CUDA' backend" NotImplementedError;
-  // creativity_fast.peers.masked_local_posterior (backend="auto") checks ops.has_kernel and
+  // creativity_fast.ops.masked_local_posterior (backend="auto") checks ops.has_kernel and
   // runs the pure-torch masked_local_posterior_reference on the GPU instead
   // (backend="kernel" raises ValueError).
 }
