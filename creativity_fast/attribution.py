@@ -49,7 +49,7 @@ DEFAULT_P_ATTR = 7
 #: The runner-up that decides "common": the ``k``-th best distinct image (2 = the second best).
 DEFAULT_COMMON_K = 2
 #: RMS margin (per patch value, images in [-1, 1]) by which the best image must beat the k-th.
-DEFAULT_MARGIN = 0.02
+DEFAULT_MARGIN = 0.05
 #: A patch whose in-image values span at most this range is near-constant, hence common.
 DEFAULT_FLAT_TOL = 0.1
 #: Best RMS patch distance above which a pixel is NOVEL (copied from nothing).

@@ -10,7 +10,7 @@ from creativity_fast import attribution as A
 from creativity_fast.denoisers import ELSDenoiser
 from creativity_fast.ops import patch_posterior_mean
 from creativity_fast.samplers import initial_noise, sample_ddim
-from creativity_fast.schedules import PatchSchedule, cosine_vp_sigmas
+from creativity_fast.schedules import PatchSchedule, karras_sigmas
 
 
 def _data(N=10, C=1, H=16, W=16, seed=0):
@@ -29,7 +29,7 @@ def _mosaic(data):
 def test_two_image_mosaic_is_attributed_with_offsets_and_regions(P):
     data = _data()
     sample = _mosaic(data)
-    att = A.attribute(sample, data, P, flat_tol=0.0)
+    att = A.attribute(sample, data, P, flat_tol=0.0, match_tol=0.02)  # exact copies only
     m = (P - 1) // 2
     label, offset = att["label"][0], att["offset"][0]
     # A window inside the left half matches image 3 at offset (0, 2), except in the edge
@@ -102,7 +102,7 @@ def test_permuting_the_training_set_permutes_the_attribution():
 def test_exposure_counts_and_top_share():
     data = _data()
     sample = torch.cat([_mosaic(data), data[3:4]])
-    att = A.attribute(sample, data, 3)
+    att = A.attribute(sample, data, 3, match_tol=0.02)
     exp = A.exposure(att, 10)
     assert exp["n_samples"].tolist() == [0, 0, 0, 2, 0, 0, 0, 1, 0, 0]
     assert exp["pixels"][3] == 16 * 6 + 256 and exp["pixels"][7] == 16 * 7
@@ -118,15 +118,17 @@ def test_exposure_counts_and_top_share():
 def test_agreement_with_the_recorded_provenance_of_a_machine_run():
     """Nearest-patch attribution at the last step's P recovers the sampler's own provenance."""
     data = _data(16, H=10, W=10, seed=4)
-    sigmas = cosine_vp_sigmas(12).double()
-    schedule = PatchSchedule(sigmas, [7, 7, 7, 5, 5, 5, 5, 3, 3, 3, 3, 3])
+    # The recorded argmax was decided at the last step's query (noise sigma_last); the last
+    # sigma (0.01) is below the margin, so the decisive pixels of the final image agree.
+    sigmas = karras_sigmas(12, sigma_min=0.01, sigma_max=10.0).double()
+    schedule = PatchSchedule(sigmas, [7] * 4 + [5] * 4 + [3] * 4)
     machine = ELSDenoiser(data, P=schedule, backend="reference", record_stats=True)
-    z, gens = initial_noise(range(6), data.shape[1:], float(sigmas[0]), dtype=torch.float64)
+    z, gens = initial_noise(range(8), data.shape[1:], float(sigmas[0]), dtype=torch.float64)
     out = sample_ddim(machine, z, sigmas, generator=gens, progress=False)
     att = A.attribute(out, data, schedule.sizes[-1])
     agree = A.agreement(att, machine.last_stats.argmax)
-    assert agree["image"]["n"] > 0.3 * out[:, 0].numel()
-    assert agree["image"]["fraction"] >= 0.95 and agree["image"]["ci95"][0] > 0.9
+    assert agree["image"]["n"] >= 30
+    assert agree["image"]["fraction"] >= 0.95 and agree["image_and_location"]["fraction"] >= 0.95
 
 
 def test_bad_arguments_name_themselves():
