@@ -145,3 +145,25 @@ def test_bad_arguments_name_themselves():
         A.exposure(A.attribute(data[3:4], data, 3), 2)
     with pytest.raises(ValueError, match="provenance"):
         A.agreement(A.attribute(data[:1], data, 3), torch.zeros(1, 3, 3, 2, dtype=torch.long))
+
+
+def test_attribute_command_writes_json_and_pictures(tmp_path, capsys):
+    from creativity_fast.cli import main
+
+    run = tmp_path / "run"
+    assert main(["sample", "--limit", "40", "--steps", "4", "--seeds", "0-1", "--patch-schedule", "3",
+                 "--out", str(run), "--no-progress"]) == 0
+    assert main(["attribute", str(run / "samples.npz"), "--P-attr", "5", "--out", str(tmp_path / "att")]) == 0
+    printed = capsys.readouterr().out
+    assert "distinct sources per sample" in printed and "agreement with the recorded provenance at P=3" in printed
+    result = json.loads((tmp_path / "att" / "attribution.json").read_text())
+    assert result["params"]["P_attr"] == 5 and len(result["per_sample"]) == 2
+    assert result["exposure"]["n_train"] == 40 and result["agreement_with_recorded_provenance"]["P"] == 3
+    for name in ("attribution.png", "exposure.png"):
+        assert (tmp_path / "att" / name).stat().st_size > 0
+    assert main(["analyze", str(run / "samples.npz"), "--no-heldout", "--P-attr", "5", "--out", str(tmp_path / "an")]) == 0
+    assert "attribution (P_attr=5)" in capsys.readouterr().out
+    metrics = json.loads((tmp_path / "an" / "samples_metrics.json").read_text())
+    assert metrics["summary"]["attribution"]["P_attr"] == 5
+    assert main(["attribute", str(run / "samples.npz"), "--P-attr", "4"]) == 2
+    assert "P_attr" in capsys.readouterr().err
