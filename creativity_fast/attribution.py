@@ -43,8 +43,9 @@ COMMON = -1
 NOVEL = -2
 
 #: Patch size of the evidence (docs/theory.md §7, "Attribution and exposure"): on 28x28
-#: Fashion-MNIST, 7 is the smallest size at which most non-constant pixels have a decisive
-#: nearest image, while a 7x7 window still fits inside a copied block.
+#: Fashion-MNIST, exact copies of training images have 0.34 / 0.69 / 0.78 / 0.84 of their
+#: non-flat pixels credited to themselves at P = 3 / 5 / 7 / 9: 7 is where the gain flattens,
+#: while a 7x7 window still fits inside a copied block.
 DEFAULT_P_ATTR = 7
 #: The runner-up that decides "common": the ``k``-th best distinct image (2 = the second best).
 DEFAULT_COMMON_K = 2
