@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 
 # Modules that provide sub-commands, in the order `--help` lists them. A module
 # that is missing (an optional part not installed) is skipped.
-COMMAND_MODULES = ("sample", "analyze", "sweep", "train", "calibrate", "compare")
+COMMAND_MODULES = ("sample", "analyze", "attribute", "sweep", "train", "calibrate", "compare")
 
 
 class UsageError(Exception):

@@ -57,6 +57,10 @@ def register(sub) -> None:
     p.add_argument("--tol", type=float, default=0.05, help="local-consistency tolerance (default: %(default)s)")
     p.add_argument("--rows", type=int, default=8, help="samples in the provenance figure (default: %(default)s)")
     p.add_argument("--backend", default="auto", choices=("auto", "kernel", "reference"))
+    p.add_argument("--P-attr", dest="P_attr", type=int, default=None,
+                   help="patch size of the attribution summary (default: the `attribute` default; "
+                        "docs/theory.md §7)")
+    p.add_argument("--no-attribution", action="store_true", help="skip the attribution summary")
     common.add_device_option(p)
     net = p.add_argument_group("a network's samples (--net)")
     net.add_argument("--net", metavar="PATH", default=None,
@@ -202,6 +206,9 @@ def analyze_file(args) -> dict:
                         "mode": mode, "P": P,
                         "boundary": boundary, "keys": keys, "provenance": provenance_source, "settings": settings,
                         "device": device.type}
+    if not args.no_attribution:
+        result["summary"]["attribution"] = attribution_summary(on_device[0], data.images, args.P_attr, boundary,
+                                                               keys if boundary == "circular" else "all")
     out = Path(args.out) if args.out else Path(args.results).resolve().parent
     out.mkdir(parents=True, exist_ok=True)
     stem = Path(args.results).stem
@@ -216,6 +223,22 @@ def analyze_file(args) -> dict:
                                               title=f"{settings.get('machine', '?')} on {data.name}")
     result["files"] = {k: str(v) for k, v in files.items()}
     return result
+
+
+def attribution_summary(samples, images, P_attr: Optional[int], boundary: str, keys: str) -> dict:
+    """The few attribution numbers ``analyze`` reports (``creativity-fast attribute`` gives them all)."""
+    from .. import attribution as A
+
+    att = A.attribute(samples, images, A.DEFAULT_P_ATTR if P_attr is None else P_attr, boundary=boundary, keys=keys)
+    full = A.run_summary(att, samples.cpu(), images.cpu())
+    s, top = full["summary"], full["exposure"]["top1pct_share"]
+    return {"P_attr": att["params"]["P_attr"], "params": att["params"],
+            "n_sources_median": s["n_sources"].get("median"), "credited_median": s["credited"].get("median"),
+            "common_median": s["common"].get("median"), "novel_median": s["novel"].get("median"),
+            "largest_region_median": s["largest_region"].get("median"),
+            "largest_region_max": s["largest_region"].get("max"),
+            "images_exposed": full["exposure"]["images_exposed"], "top1pct_share": top["share"],
+            "top1pct_uniform": top["uniform"], "top1pct_chance": top["chance_mean"]}
 
 
 def run(args) -> int:
@@ -240,6 +263,12 @@ def run(args) -> int:
         lines.append(f"local consistency (median pixel fraction): {s['local_consistency']['pixel_fraction']['median']:.3f}")
     if "provenance" in s:
         lines.append(f"distinct sources per sample (median): {s['provenance']['n_sources']['median']:.1f}")
+    if "attribution" in s:
+        a = s["attribution"]
+        lines.append(f"attribution (P_attr={a['P_attr']}): distinct sources per sample (median) "
+                     f"{a['n_sources_median']:.1f}, largest copied region (median) {a['largest_region_median']:.0f} px; "
+                     f"top 1% of images hold {a['top1pct_share']:.3f} of copied pixels "
+                     f"(uniform {a['top1pct_uniform']:.3f}, chance {a['top1pct_chance']:.3f})")
     if "global_consistency" in s:
         g = s["global_consistency"]
         lines.append(f"globally consistent: {g['consistent']['fraction']:.3f} "
