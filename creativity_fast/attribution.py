@@ -28,8 +28,9 @@ import numpy as np
 import torch
 
 from ._validate import check_choice, check_images, check_patch_size
-from .dictionary import admissible_centres, patch_offsets
-from .metrics import fraction_summary, wilson_interval
+from . import reference
+from .dictionary import admissible_centres
+from .metrics import fraction_summary
 
 __all__ = [
     "COMMON", "NOVEL", "DEFAULT_P_ATTR", "DEFAULT_COMMON_K", "DEFAULT_MARGIN", "DEFAULT_FLAT_TOL",
@@ -62,28 +63,13 @@ DEFAULT_MATCH_TOL = 0.1
 
 
 def _patches(images: torch.Tensor, P: int, boundary: str, dtype) -> tuple[torch.Tensor, int]:
-    """Weighted patches ``[n, H*W, D]`` of ``images [n, C, H, W]`` (zero-extended or wrapped; reduced
-    support of docs/theory.md §2 with sqrt-weights, so a squared L2 distance is the patch distance),
-    and the number of patch values ``C * sum(w_r) * sum(w_c)``."""
+    """Weighted patches ``[n, H*W, D]`` of ``images [n, C, H, W]`` (the reference's patch geometry:
+    zero-extended or wrapped, the reduced support of docs/theory.md §2, with sqrt-weights, so a
+    squared L2 distance is the patch distance), and the number of patch values ``C * sum(w)``."""
     n, C, H, W = images.shape
-    dr, wr = patch_offsets(P, H, boundary)
-    dc, wc = patch_offsets(P, W, boundary)
     x = images.to(dtype)
-    rows = torch.arange(H)[:, None] + torch.tensor(dr)[None, :]  # [H, len(dr)]
-    cols = torch.arange(W)[:, None] + torch.tensor(dc)[None, :]
-    if boundary == "zeros":
-        pr, pc = len(dr) // 2, len(dc) // 2
-        x = torch.nn.functional.pad(x, (pc, pc, pr, pr))
-        rows, cols = rows + pr, cols + pc
-    else:
-        rows, cols = rows % H, cols % W
-    rows, cols = rows.to(images.device), cols.to(images.device)
-    # [n, C, H, len(dr), W, len(dc)]
-    p = x[:, :, rows[:, :, None, None], cols[None, None, :, :]]
-    w = (torch.tensor(wr, dtype=dtype)[:, None] * torch.tensor(wc, dtype=dtype)[None, :]).sqrt().to(images.device)
-    p = p * w[None, None, None, :, None, :]
-    p = p.permute(0, 2, 4, 1, 3, 5).reshape(n, H * W, -1)
-    return p, C * sum(wr) * sum(wc)
+    rows, cols, pad, weights = reference._patch_geometry(H, W, C, P, boundary, x)
+    return reference.extract_patches(x, rows, cols, pad) * weights.sqrt(), int(round(float(weights.sum())))
 
 
 def _query_groups(H: int, W: int, P: int, boundary: str, keys: str, dev) -> list:
