@@ -130,13 +130,16 @@ def attribute_stage(name: str, out: Path, samples_path: Path, data: torch.Tensor
     return att, samples, seeds, settings
 
 
-def stage_summary(name: str, result: dict, mem: dict, samples: torch.Tensor) -> dict:
+def stage_summary(name: str, result: dict, mem: dict, samples: torch.Tensor, flat: torch.Tensor) -> dict:
     machine, dataset, seeds, schedule = STAGES[name]
     H, W = samples.shape[-2:]
     per = result["per_sample"]
     sizes = np.array([p["largest_region"]["size"] if p["largest_region"] else 0 for p in per])
     n = len(per)
     half = int((sizes > H * W / 2).sum())
+    nonflat = (~flat).reshape(flat.shape[0], -1).sum(1).numpy()
+    of_nonflat = sizes / np.maximum(nonflat, 1)
+    half_nf = int((of_nonflat > 0.5).sum())
     e = result["exposure"]["top1pct_share"]
     return {
         "stage": name, "machine": machine, "data": dataset, "n_train": result["exposure"]["n_train"],
@@ -148,20 +151,23 @@ def stage_summary(name: str, result: dict, mem: dict, samples: torch.Tensor) -> 
         "largest_region_max_abs_diff_median": float(np.median(
             [p["largest_region"]["max_abs_diff"] for p in per if p["largest_region"]] or [float("nan")])),
         "largest_region_over_half": {"count": half, "n": n, "fraction": half / n, "ci95": list(wilson_interval(half, n))},
+        "largest_region_of_non_flat_median": float(np.median(of_nonflat)),
+        "largest_region_over_half_non_flat": {"count": half_nf, "n": n, "fraction": half_nf / n,
+                                              "ci95": list(wilson_interval(half_nf, n))},
         "memorized_nn_ratio": mem,
         "exposure": {"images_exposed": result["exposure"]["images_exposed"],
                      "copied_pixels": result["exposure"]["copied_pixels"], "top1pct": e},
     }
 
 
-def run_stage(name: str, root: Path, P_attr: int, datasets: dict) -> dict:
+def run_stage(name: str, root: Path, P_attr: int, datasets: dict, resummarize: bool = False) -> dict:
     machine, dataset, seeds, schedule = STAGES[name]
     out = root / name
     out.mkdir(parents=True, exist_ok=True)
     settings = {"stage": name, "machine": machine, "data": dataset, "seeds": seeds, "patch_schedule": schedule,
                 "P_attr": P_attr}
     done = out / "stage.json"
-    if done.exists():
+    if done.exists() and not resummarize:
         old = json.loads(done.read_text())
         if old.get("settings") == settings:
             log(f"{name}: done ({done})")
@@ -182,7 +188,7 @@ def run_stage(name: str, root: Path, P_attr: int, datasets: dict) -> dict:
                   title=f"{name}: {machine} on {len(data)} images, P_attr={P_attr}")
     io.save_json(out / "attribution.json", result)
     mem = memorization(samples, data)["summary"]
-    summary = stage_summary(name, result, mem, samples)
+    summary = stage_summary(name, result, mem, samples, att["flat"].cpu())
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     io.save_json(done, {"settings": settings, "summary": summary})
     log(f"{name}: sources median {summary['n_sources']['median']:.1f}; credited median "
@@ -290,6 +296,30 @@ def synthetic_mosaic(root: Path, P_attr: int, datasets: dict) -> None:
         f"background {bgr}")
 
 
+def _frac(d: dict) -> str:
+    return f"{d['count']}/{d['n']} = {d['fraction']:.2f} [{d['ci95'][0]:.2f}, {d['ci95'][1]:.2f}]"
+
+
+def table(rows: list) -> str:
+    """The results table of docs/privacy.md (markdown)."""
+    head = ("| stage | machine | training set | P schedule | samples | distinct sources / sample: median [range] "
+            "| credited / common / novel (median fractions) | largest copied region, px: median / max "
+            "| largest region > half the image / > half its non-flat pixels | memorized (NN ratio < 1/3) | top-1% share (uniform; chance mean [95%]) |")
+    lines = [head, "|" + "---|" * 11]
+    for r in rows:
+        ns, lr, e = r["n_sources"], r["largest_region"], r["exposure"]["top1pct"]
+        lines.append(
+            f"| {r['stage']} | {r['machine']} | {r['n_train']:,} | {r['patch_schedule']} | {r['n_samples']} "
+            f"| {ns['median']:g} [{ns['min']:g}, {ns['max']:g}] "
+            f"| {r['credited']['median']:.3f} / {r['common']['median']:.3f} / {r['novel']['median']:.3f} "
+            f"| {lr['median']:g} / {lr['max']:g} | {_frac(r['largest_region_over_half'])} / "
+            f"{_frac(r['largest_region_over_half_non_flat'])} "
+            f"| {_frac(r['memorized_nn_ratio'])} "
+            f"| {e['share']:.3f} ({e['uniform']:.3f}; {e['chance_mean']:.3f} [{e['chance_95'][0]:.3f}, "
+            f"{e['chance_95'][1]:.3f}]) |")
+    return "\n".join(lines) + "\n"
+
+
 def collect(root: Path) -> None:
     rows = []
     for name in STAGES:
@@ -297,6 +327,7 @@ def collect(root: Path) -> None:
         if f.exists():
             rows.append(json.loads(f.read_text())["summary"])
     io.save_json(root / "summary.json", {"stages": rows, "missing": [n for n in STAGES if not (root / n / "stage.json").exists()]})
+    (root / "table.md").write_text(table(rows))
 
 
 def main(argv=None) -> int:
@@ -307,6 +338,9 @@ def main(argv=None) -> int:
     p.add_argument("--stages", default=None, help="comma-separated stage names (default: all of --sets): "
                    + ", ".join(STAGES))
     p.add_argument("--no-synthetic", action="store_true")
+    p.add_argument("--resummarize", action="store_true",
+                   help="recompute the summaries and figures of finished stages (from the cached samples and "
+                        "attributions)")
     args = p.parse_args(argv)
     root = (ROOT / args.out) if not Path(args.out).is_absolute() else Path(args.out)
     root.mkdir(parents=True, exist_ok=True)
@@ -317,7 +351,9 @@ def main(argv=None) -> int:
     if not args.no_synthetic and "embedded" in wanted:
         synthetic_mosaic(root, args.P_attr, datasets)
     for name in names:
-        run_stage(name, root, args.P_attr, datasets)
+        if args.resummarize and not (root / name / "stage.json").exists():
+            continue
+        run_stage(name, root, args.P_attr, datasets, args.resummarize)
         collect(root)
     collect(root)
     return 0
