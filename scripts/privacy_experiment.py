@@ -296,7 +296,9 @@ def synthetic_mosaic(root: Path, P_attr: int, datasets: dict) -> None:
         f"background {bgr}")
 
 
-def _frac(d: dict) -> str:
+def _frac(d) -> str:
+    if not d:
+        return "n/a"
     return f"{d['count']}/{d['n']} = {d['fraction']:.2f} [{d['ci95'][0]:.2f}, {d['ci95'][1]:.2f}]"
 
 
@@ -313,7 +315,7 @@ def table(rows: list) -> str:
             f"| {ns['median']:g} [{ns['min']:g}, {ns['max']:g}] "
             f"| {r['credited']['median']:.3f} / {r['common']['median']:.3f} / {r['novel']['median']:.3f} "
             f"| {lr['median']:g} / {lr['max']:g} | {_frac(r['largest_region_over_half'])} / "
-            f"{_frac(r['largest_region_over_half_non_flat'])} "
+            f"{_frac(r.get('largest_region_over_half_non_flat'))} "
             f"| {_frac(r['memorized_nn_ratio'])} "
             f"| {e['share']:.3f} ({e['uniform']:.3f}; {e['chance_mean']:.3f} [{e['chance_95'][0]:.3f}, "
             f"{e['chance_95'][1]:.3f}]) |")
