@@ -55,6 +55,7 @@ STAGES = {
     "els_60k": ("els", "full", "0-1", None),
     "is_60k": ("ideal", "full", "0-1", None),
     "ls_60k": ("local", "full", "0-1", None),
+    "els_60k_b": ("els", "full", "2-3", None),  # two more ELS seeds on 60,000 images, as time allows
 }
 
 
