@@ -416,12 +416,14 @@ def _dist(values) -> dict:
             "max": float(v.max())}
 
 
-def run_summary(att: dict, samples: torch.Tensor, data: torch.Tensor, *, top_sources: int = 5) -> dict:
+def run_summary(att: dict, samples: torch.Tensor, data: torch.Tensor, *, top_sources: int = 5,
+                exposure_result: Optional[dict] = None) -> dict:
     """Everything JSON-ready: ``params``, ``per_sample`` (:func:`sample_summaries`), ``exposure``
     (:func:`exposure`'s summary) and ``summary`` (distributions over samples of ``n_sources``,
-    ``credited``, ``common``, ``novel``, ``largest_region`` size and ``top_source_share``)."""
+    ``credited``, ``common``, ``novel``, ``largest_region`` size and ``top_source_share``).
+    ``exposure_result``: :func:`exposure` of ``att`` when the caller already computed it."""
     per = sample_summaries(att, samples, data, top_sources=top_sources)
-    exp = exposure(att, int(data.shape[0]))
+    exp = exposure(att, int(data.shape[0])) if exposure_result is None else exposure_result
     summary = {"n_samples": len(per), "n_train": int(data.shape[0]),
                "n_sources": _dist([p["n_sources"] for p in per]),
                "credited": _dist([p["credited"] for p in per]), "common": _dist([p["common"] for p in per]),

@@ -168,21 +168,30 @@ def sample_network(args) -> Path:
     return Path(path)
 
 
+def load_results_and_data(args, device):
+    """``(arrays, settings, data, samples [B,C,H,W] on the CPU, data path, resize)`` of ``args.results``.
+
+    The training set is the one the file's settings name (``data``, ``limit``, ``resize``) unless
+    ``--data``/``--limit``/``--resize`` say otherwise; its images are moved to ``device`` once.
+    """
+    arrays, settings = read_results(args.results)
+    data_path = args.data if args.data is not None else settings.get("data")
+    limit = args.limit if args.limit is not None else settings.get("limit")
+    resize = args.resize if args.resize is not None else settings.get("resize")
+    data = common.images_to(load_dataset(data_path, limit=limit, resize=resize), device)
+    samples = torch.from_numpy(np.asarray(arrays["samples"], dtype=np.float32))
+    if tuple(samples.shape[1:]) != data.image_shape:
+        raise ValueError(f"samples are {list(samples.shape[1:])} but the training set {data.name} holds "
+                         f"{list(data.image_shape)} images; pass the right --data")
+    return arrays, settings, data, samples, data_path, resize
+
+
 def analyze_file(args) -> dict:
     from ..figures import plot_nn_distances, save_provenance_png
     from ..metrics import analyze_samples
 
     device = common.resolve_device(args.device)
-    arrays, settings = read_results(args.results)
-    data_path = args.data if args.data is not None else settings.get("data")
-    limit = args.limit if args.limit is not None else settings.get("limit")
-    resize = args.resize if args.resize is not None else settings.get("resize")
-    data = load_dataset(data_path, limit=limit, resize=resize)
-    data = common.images_to(data, device)
-    samples = torch.from_numpy(np.asarray(arrays["samples"], dtype=np.float32))
-    if tuple(samples.shape[1:]) != data.image_shape:
-        raise ValueError(f"samples are {list(samples.shape[1:])} but the training set {data.name} holds "
-                         f"{list(data.image_shape)} images; pass the right --data")
+    arrays, settings, data, samples, data_path, resize = load_results_and_data(args, device)
     mode, P, boundary, keys = analysis_settings(arrays, settings, args.P)
     boundary = args.boundary or boundary
     provenance = None

@@ -17,7 +17,6 @@ import torch
 
 from .. import attribution as A
 from .. import io
-from ..data import load_dataset
 from . import common
 
 
@@ -49,27 +48,21 @@ def register(sub) -> None:
 def attribute_file(args) -> dict:
     """Attribute ``args.results``; returns the JSON-ready result (also written under ``--out``)."""
     from ..attribution_figures import plot_exposure, save_attribution_png
-    from .analyze import read_results
+    from .analyze import load_results_and_data
 
     if args.rows <= 0:
         raise ValueError(f"--rows must be a positive int; got {args.rows}")
     device = common.resolve_device(args.device)
-    arrays, settings = read_results(args.results)
-    data_path = args.data if args.data is not None else settings.get("data")
-    limit = args.limit if args.limit is not None else settings.get("limit")
-    resize = args.resize if args.resize is not None else settings.get("resize")
-    data = common.images_to(load_dataset(data_path, limit=limit, resize=resize), device)
-    samples = torch.from_numpy(np.asarray(arrays["samples"], dtype=np.float32)).to(device)
-    if tuple(samples.shape[1:]) != data.image_shape:
-        raise ValueError(f"samples are {list(samples.shape[1:])} but the training set {data.name} holds "
-                         f"{list(data.image_shape)} images; pass the right --data")
+    arrays, settings, data, samples, _, _ = load_results_and_data(args, device)
+    samples = samples.to(device)
     boundary = settings.get("boundary") or "zeros"
     keys = settings.get("keys", "all") if boundary == "circular" else "all"
     kwargs = dict(boundary=boundary, keys=keys, common_k=args.common_k, margin=args.margin, flat_tol=args.flat_tol,
                   match_tol=None if args.match_tol < 0 else args.match_tol)
     att = A.attribute(samples, data.images, args.P_attr, **kwargs)
     images = data.images.cpu()
-    result = A.run_summary(att, samples.cpu(), images)
+    exp = A.exposure(att, len(data))  # once: its summary goes in the JSON, its counts in the histogram
+    result = A.run_summary(att, samples.cpu(), images, exposure_result=exp)
     result["inputs"] = {"results": str(args.results), "data": data.source or data.name, "n_train": len(data),
                         "net": args.net or settings.get("net"), "machine": settings.get("machine"),
                         "device": device.type}
@@ -83,7 +76,6 @@ def attribute_file(args) -> dict:
     files = {"attribution": out / "attribution.json"}
     files["picture"] = save_attribution_png(samples.cpu(), images, att, result["per_sample"],
                                             out / "attribution.png", max_rows=args.rows)
-    exp = A.exposure(att, len(data))
     files["exposure"] = plot_exposure(exp["pixels"], out / "exposure.png", n_samples=int(samples.shape[0]),
                                       title=f"{settings.get('machine', '?')} on {data.name}, P_attr={args.P_attr}")
     result["files"] = {k: str(v) for k, v in files.items()}
