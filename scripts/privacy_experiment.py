@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -39,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 from creativity_fast import attribution as A  # noqa: E402
 from creativity_fast import io  # noqa: E402
 from creativity_fast.data import load_dataset  # noqa: E402
+from creativity_fast.commands.common import parse_seeds  # noqa: E402
 from creativity_fast.metrics import memorization, wilson_interval  # noqa: E402
 
 FULL_DATA = "/usr/share/datasets/fashion-mnist"
@@ -61,14 +61,6 @@ STAGES = {
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def parse_seeds(text: str) -> list[int]:
-    out = []
-    for part in text.split(","):
-        a, _, b = part.partition("-")
-        out.extend(range(int(a), int(b or a) + 1))
-    return out
 
 
 def cli(*args: str) -> None:
@@ -179,12 +171,12 @@ def run_stage(name: str, root: Path, P_attr: int, datasets: dict, resummarize: b
         datasets[dataset] = load_dataset(None if dataset == "embedded" else FULL_DATA).images
     data = datasets[dataset]
     att, samples, seed_list, sample_settings = attribute_stage(name, out, samples_path, data, P_attr)
-    result = A.run_summary(att, samples, data)
+    exp = A.exposure(att, int(len(data)))  # once: its summary in the JSON, its counts in the histogram
+    result = A.run_summary(att, samples, data, exposure_result=exp)
     result["inputs"] = {"results": str(samples_path.relative_to(ROOT)), "data": dataset, "n_train": int(len(data)),
                         "machine": machine, "seeds": seed_list}
     from creativity_fast.attribution_figures import plot_exposure, save_attribution_png
     save_attribution_png(samples, data, att, result["per_sample"], out / "attribution.png", max_rows=8)
-    exp = A.exposure(att, int(len(data)))
     plot_exposure(exp["pixels"], out / "exposure.png", n_samples=len(seed_list),
                   title=f"{name}: {machine} on {len(data)} images, P_attr={P_attr}")
     io.save_json(out / "attribution.json", result)
