@@ -30,7 +30,7 @@ import torch
 from ._validate import check_choice, check_images, check_patch_size
 from . import reference
 from .dictionary import admissible_centres
-from .metrics import fraction_summary
+from .metrics import bootstrap_interval, fraction_summary
 
 __all__ = [
     "COMMON", "NOVEL", "DEFAULT_P_ATTR", "DEFAULT_COMMON_K", "DEFAULT_MARGIN", "DEFAULT_FLAT_TOL",
@@ -108,7 +108,8 @@ def _axis_groups(A: torch.Tensor) -> list[tuple[list[int], list[int]]]:
 
 
 def nearest_patches(samples: torch.Tensor, data: torch.Tensor, P: int, *, boundary: str = "zeros",
-                    keys: str = "all", top: int = DEFAULT_COMMON_K, budget: int = 1 << 24) -> dict:
+                    keys: str = "all", top: int = DEFAULT_COMMON_K, budget: int = 1 << 24,
+                    progress: bool = False) -> dict:
     """The ``top`` nearest distinct training images of every pixel's patch (exact, float64).
 
     samples: [B, C, H, W]; data: [N, C, H, W]. For each pixel ``x`` and image ``mu`` the
@@ -123,6 +124,7 @@ def nearest_patches(samples: torch.Tensor, data: torch.Tensor, P: int, *, bounda
     Returns ``distance [B, H, W, top]`` float64 (squared, ascending), ``image [B, H, W, top]``,
     ``location [B, H, W, top]`` (flat ``r*W + c`` of the image's best key) int64, and
     ``n_values`` (values per patch, for RMS distances ``sqrt(distance / n_values)``).
+    ``progress``: a bar over the training images searched.
     """
     samples, data = check_images("samples", samples), check_images("data", data)
     if samples.shape[1:] != data.shape[1:]:
@@ -140,6 +142,8 @@ def nearest_patches(samples: torch.Tensor, data: torch.Tensor, P: int, *, bounda
     best_y = torch.full((B, H * W, top), -1, dtype=torch.int64, device=dev)
     groups = _query_groups(H, W, P, boundary, keys, dev)
     per_chunk = max(1, budget // max(1, B * max(len(qp) * len(kp) for qp, kp, _ in groups)))
+    from tqdm.auto import tqdm
+    bar = tqdm(total=N, disable=not progress, desc=f"attribute P={P}", unit="img", leave=False)
     for start in range(0, N, per_chunk):
         chunk = data[start:start + per_chunk].to(dev)
         k, _ = _patches(chunk, P, boundary, f64)  # [n, HW, D]
@@ -163,6 +167,8 @@ def nearest_patches(samples: torch.Tensor, data: torch.Tensor, P: int, *, bounda
             best_d[:, qpos] = cat_d.gather(-1, order)
             best_i[:, qpos] = cat_i.gather(-1, order)
             best_y[:, qpos] = cat_y.gather(-1, order)
+        bar.update(n)
+    bar.close()
     # Exact distances of the winners, from differences.
     exact = torch.empty_like(best_d)
     for t in range(top):
@@ -211,7 +217,7 @@ def _patch_range(samples: torch.Tensor, P: int) -> torch.Tensor:
 def attribute(samples: torch.Tensor, data: torch.Tensor, P_attr: int = DEFAULT_P_ATTR, *, boundary: str = "zeros",
               keys: str = "all", common_k: int = DEFAULT_COMMON_K, margin: float = DEFAULT_MARGIN,
               flat_tol: float = DEFAULT_FLAT_TOL, match_tol: Optional[float] = DEFAULT_MATCH_TOL,
-              budget: int = 1 << 24) -> dict:
+              budget: int = 1 << 24, progress: bool = False) -> dict:
     """Credit every pixel of ``samples [B, C, H, W]`` to one training image of ``data [N, C, H, W]``, or not.
 
     With ``rms_j = sqrt(d_j / n_values)`` the RMS patch distance (per value, images in
@@ -236,7 +242,8 @@ def attribute(samples: torch.Tensor, data: torch.Tensor, P_attr: int = DEFAULT_P
         raise ValueError(f"common_k must be an int in 2..{data.shape[0]} (the training set size); got {common_k!r}")
     margin, flat_tol = _check_tol("margin", margin), _check_tol("flat_tol", flat_tol)
     match_tol = None if match_tol is None else _check_tol("match_tol", match_tol)
-    near = nearest_patches(samples, data, P_attr, boundary=boundary, keys=keys, top=common_k, budget=budget)
+    near = nearest_patches(samples, data, P_attr, boundary=boundary, keys=keys, top=common_k, budget=budget,
+                           progress=progress)
     B, C, H, W = samples.shape
     rms = (near["distance"] / near["n_values"]).sqrt()
     flat = _patch_range(samples, P_attr) <= flat_tol
@@ -389,12 +396,23 @@ def exposure(att: dict, n_train: int, *, top: int = 10, draws: int = 200, seed: 
     return {"n_samples": n_samples, "pixels": pixels, "largest_region": largest, "summary": summary}
 
 
-def agreement(att: dict, provenance: torch.Tensor) -> dict:
-    """Attribution vs a recorded ``provenance [B, H, W, 2]`` (image, flat location) on credited pixels.
+def agreement(att: dict, provenance: torch.Tensor, data: Optional[torch.Tensor] = None, *,
+              n_boot: int = 2000, seed: int = 0) -> dict:
+    """Attribution vs a recorded ``provenance [B, H, W, 2]`` (image, flat location).
 
-    ``image``: the credited image is the recorded one; ``image_and_location``: also the same
-    source location. Each a fraction with a Wilson 95% interval (``metrics.fraction_summary``).
-    Meaningful when ``P_attr`` equals the patch size of the step that recorded ``provenance``.
+    Meaningful when ``att`` was computed at the patch size of the step that recorded
+    ``provenance`` (docs/theory.md §7, "Validating nearest-patch attribution"). Returns:
+
+    - ``image``, ``image_and_location``: on the *credited* pixels, the credited image is the
+      recorded one (and its best key the recorded location); Wilson 95% intervals
+      (``metrics.fraction_summary``);
+    - ``all_pixels``: the same two over every pixel, comparing the nearest image (``source``)
+      whatever its label; with ``data [N, C, H, W]`` also ``patch_content``: the nearest
+      training patch holds exactly the recorded patch's values (identical patches, such as the
+      all-background ones of many images, cannot be told apart by any method). Each with a
+      Wilson interval over pixels and, because pixels of one sample are not independent, a
+      percentile bootstrap over *samples* (``ci95_by_sample``; ``n_boot`` seeded draws);
+    - ``credited_fraction``.
     """
     label = att["label"]
     if provenance.shape != (*label.shape, 2):
@@ -403,9 +421,25 @@ def agreement(att: dict, provenance: torch.Tensor) -> dict:
     credited = label >= 0
     same_mu = (label == prov[..., 0])[credited]
     same_both = (same_mu & (att["source"][..., 1] == prov[..., 1])[credited])
+    src = att["source"]
+    flags = {"image": src[..., 0] == prov[..., 0],
+             "image_and_location": (src[..., 0] == prov[..., 0]) & (src[..., 1] == prov[..., 1])}
+    if data is not None:
+        B, H, W = label.shape
+        P, boundary = att["params"]["P_attr"], att["params"]["boundary"]
+        dev = label.device
+        nearest = _winner_patches(data, src[..., 0].reshape(B, -1), src[..., 1].reshape(B, -1), P, boundary, dev)
+        recorded = _winner_patches(data, prov[..., 0].reshape(B, -1), prov[..., 1].reshape(B, -1), P, boundary, dev)
+        flags["patch_content"] = ((nearest - recorded).abs().amax(-1) == 0).reshape(B, H, W) | flags["image_and_location"]
+    all_pixels = {}
+    for name, f in flags.items():
+        per_sample = f.reshape(f.shape[0], -1).double().mean(1).cpu().numpy()
+        all_pixels[name] = {**fraction_summary(f.cpu().numpy()),
+                            "ci95_by_sample": list(bootstrap_interval(per_sample, np.mean, n_boot=n_boot, seed=seed)),
+                            "per_sample": [float(v) for v in per_sample]}
     return {"image": fraction_summary(same_mu.cpu().numpy()),
             "image_and_location": fraction_summary(same_both.cpu().numpy()),
-            "credited_fraction": float(credited.double().mean())}
+            "all_pixels": all_pixels, "credited_fraction": float(credited.double().mean())}
 
 
 def _dist(values) -> dict:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 import zipfile
@@ -106,14 +107,27 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"object of type {type(value).__name__} is not JSON serialisable")
 
 
-def save_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Write ``obj`` as indented JSON to ``path``, atomically.
+def _standard_json(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None (after :func:`_json_default`)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _standard_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_standard_json(v) for v in value]
+    if value is None or isinstance(value, (str, int)):
+        return value
+    return _standard_json(_json_default(value))
 
-    numpy and torch scalars/arrays become numbers/lists, paths become strings.
-    Non-finite floats are written as ``NaN``/``Infinity`` (Python's json reads
-    them back). Returns the path written.
+
+def save_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write ``obj`` as indented, standard JSON to ``path``, atomically.
+
+    numpy and torch scalars/arrays become numbers/lists, paths become strings, and
+    non-finite floats (an undefined rate, say) become ``null``, so that any JSON reader
+    (JavaScript, jq, pandas) accepts the file. Returns the path written.
     """
-    text = json.dumps(obj, indent=2, default=_json_default) + "\n"
+    text = json.dumps(_standard_json(obj), indent=2, allow_nan=False) + "\n"
     path = Path(path)
     with atomic_open(path, "w") as handle:
         handle.write(text)

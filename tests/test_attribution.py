@@ -131,6 +131,33 @@ def test_agreement_with_the_recorded_provenance_of_a_machine_run():
     assert agree["image"]["fraction"] >= 0.95 and agree["image_and_location"]["fraction"] >= 0.95
 
 
+def test_agreement_over_all_pixels_counts_identical_patches_as_the_same_patch():
+    """Known answers: a copy of image 5 against its own provenance, then against a twin image."""
+    data = _data(6, H=9, W=7, seed=2)
+    data[2] = data[5]  # image 2 is an exact twin of image 5: every patch tied
+    sample = data[5:6].clone()
+    att = A.attribute(sample, data, 3, flat_tol=0.0)
+    H, W = 9, 7
+    loc = torch.arange(H * W).reshape(1, H, W)
+    assert bool((att["source"][..., 0] == 2).all())  # ties go to the lower id
+    own = torch.stack([torch.full((1, H, W), 2), loc], -1)
+    twin = torch.stack([torch.full((1, H, W), 5), loc], -1)  # the recorder preferred the other twin
+    a = A.agreement(att, own, data)["all_pixels"]
+    assert a["image_and_location"]["fraction"] == 1 and a["patch_content"]["fraction"] == 1
+    b = A.agreement(att, twin, data)["all_pixels"]
+    assert b["image"]["fraction"] == 0 and b["image_and_location"]["count"] == 0
+    assert b["patch_content"]["fraction"] == 1  # same values, so the same evidence
+    wrong = torch.stack([torch.full((1, H, W), 0), loc], -1)  # a different image entirely
+    c = A.agreement(att, wrong, data)["all_pixels"]["patch_content"]
+    assert c["count"] == 0 and c["per_sample"] == [0.0]
+    # Without data there is no content check; two samples give a by-sample interval.
+    att2 = A.attribute(torch.cat([sample, data[1:2]]), data, 3, flat_tol=0.0)
+    prov2 = torch.cat([own, torch.stack([torch.full((1, H, W), 1), loc], -1)])
+    d = A.agreement(att2, prov2)["all_pixels"]
+    assert "patch_content" not in d and d["image_and_location"]["fraction"] == 1
+    assert d["image_and_location"]["ci95_by_sample"] == [1.0, 1.0]
+
+
 def test_bad_arguments_name_themselves():
     data = _data(4)
     with pytest.raises(ValueError, match="P_attr"):

@@ -79,6 +79,18 @@ def test_save_json_handles_numpy_and_torch_scalars(tmp_path):
     assert "\n  " in path.read_text()  # indented
 
 
+def test_save_json_writes_standard_json_with_null_for_non_finite(tmp_path):
+    path = tmp_path / "rates.json"
+    cf_io.save_json(path, {"share": float("nan"), "hi": float("inf"), "v": np.array([1.0, np.nan]),
+                           "t": (torch.tensor(float("-inf")), True), "ok": 0.25})
+
+    def refuse(constant):
+        raise AssertionError(f"non-standard JSON constant {constant}")
+
+    assert json.loads(path.read_text(), parse_constant=refuse) == {
+        "share": None, "hi": None, "v": [1.0, None], "t": [None, True], "ok": 0.25}
+
+
 def test_save_png_round_trip_and_validation(tmp_path):
     array = np.arange(12, dtype=np.uint8).reshape(3, 4) * 20
     path = cf_io.save_png(tmp_path / "a.png", array)

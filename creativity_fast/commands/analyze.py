@@ -217,7 +217,8 @@ def analyze_file(args) -> dict:
                         "device": device.type}
     if not args.no_attribution:
         result["summary"]["attribution"] = attribution_summary(on_device[0], data.images, args.P_attr, boundary,
-                                                               keys if boundary == "circular" else "all")
+                                                               keys if boundary == "circular" else "all",
+                                                               progress=not args.no_progress)
     out = Path(args.out) if args.out else Path(args.results).resolve().parent
     out.mkdir(parents=True, exist_ok=True)
     stem = Path(args.results).stem
@@ -234,11 +235,13 @@ def analyze_file(args) -> dict:
     return result
 
 
-def attribution_summary(samples, images, P_attr: Optional[int], boundary: str, keys: str) -> dict:
+def attribution_summary(samples, images, P_attr: Optional[int], boundary: str, keys: str, *,
+                        progress: bool = False) -> dict:
     """The few attribution numbers ``analyze`` reports (``creativity-fast attribute`` gives them all)."""
     from .. import attribution as A
 
-    att = A.attribute(samples, images, A.DEFAULT_P_ATTR if P_attr is None else P_attr, boundary=boundary, keys=keys)
+    att = A.attribute(samples, images, A.DEFAULT_P_ATTR if P_attr is None else P_attr, boundary=boundary, keys=keys,
+                      progress=progress)
     full = A.run_summary(att, samples.cpu(), images.cpu())
     s, top = full["summary"], full["exposure"]["top1pct_share"]
     return {"P_attr": att["params"]["P_attr"], "params": att["params"],

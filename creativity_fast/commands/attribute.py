@@ -41,6 +41,7 @@ def register(sub) -> None:
                    help="best RMS distance above which a pixel is novel (default: %(default)s; <0: never)")
     p.add_argument("--no-agreement", action="store_true", help="skip the check against a recorded provenance")
     p.add_argument("--rows", type=int, default=8, help="samples in the picture (default: %(default)s)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     common.add_device_option(p)
     p.set_defaults(func=run)
 
@@ -58,7 +59,7 @@ def attribute_file(args) -> dict:
     boundary = settings.get("boundary") or "zeros"
     keys = settings.get("keys", "all") if boundary == "circular" else "all"
     kwargs = dict(boundary=boundary, keys=keys, common_k=args.common_k, margin=args.margin, flat_tol=args.flat_tol,
-                  match_tol=None if args.match_tol < 0 else args.match_tol)
+                  match_tol=None if args.match_tol < 0 else args.match_tol, progress=not args.no_progress)
     att = A.attribute(samples, data.images, args.P_attr, **kwargs)
     images = data.images.cpu()
     exp = A.exposure(att, len(data))  # once: its summary goes in the JSON, its counts in the histogram
@@ -70,7 +71,7 @@ def attribute_file(args) -> dict:
         prov = torch.from_numpy(np.asarray(arrays["provenance"], dtype=np.int64))
         P_rec = int(np.asarray(arrays["patch_sizes"]).reshape(-1)[-1]) if "patch_sizes" in arrays else args.P_attr
         at_rec = att if P_rec == args.P_attr else A.attribute(samples, data.images, P_rec, **kwargs)
-        result["agreement_with_recorded_provenance"] = {"P": P_rec, **A.agreement(at_rec, prov.to(device))}
+        result["agreement_with_recorded_provenance"] = {"P": P_rec, **A.agreement(at_rec, prov.to(device), data.images)}
     out = Path(args.out) if args.out else Path(args.results).resolve().parent
     out.mkdir(parents=True, exist_ok=True)
     files = {"attribution": out / "attribution.json"}
@@ -97,8 +98,11 @@ def summary_lines(result: dict) -> list[str]:
     agree = result.get("agreement_with_recorded_provenance")
     if agree:
         a = agree["image"]
+        c = agree["all_pixels"]["patch_content"]
         lines.append(f"agreement with the recorded provenance at P={agree['P']}: {a['fraction']:.3f} "
-                     f"[{a['ci95'][0]:.3f}, {a['ci95'][1]:.3f}] of {a['n']} credited pixels")
+                     f"[{a['ci95'][0]:.3f}, {a['ci95'][1]:.3f}] of {a['n']} credited pixels; same patch on "
+                     f"{c['fraction']:.3f} [{c['ci95_by_sample'][0]:.3f}, {c['ci95_by_sample'][1]:.3f}] of all "
+                     f"{c['n']} pixels (interval over samples)")
     return lines
 
 
