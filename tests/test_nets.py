@@ -453,3 +453,26 @@ def test_train_cli_paper_preset_class_conditional_resize(tmp_path, capsys):
     assert main(args + ["--steps", "3"]) == 0       # the same command resumes
     assert "resuming from" in capsys.readouterr().out
     assert load_checkpoint(out / LAST_CHECKPOINT)["step"] == 3
+
+
+def test_loss_curve_png_from_a_training_log(tmp_path):
+    from creativity_fast.figures import plot_training_log
+    log = tmp_path / LOG_FILE
+    log.write_text("".join(json.dumps(dict(step=s, loss=1.0 / s)) + "\n" for s in range(5, 50, 5)) + '{"step": 5')
+    png = plot_training_log(log, tmp_path / "loss.png", batch_size=4, n_train=16, title="t")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(ValueError, match="no logged steps"):
+        plot_training_log(empty, tmp_path / "x.png")
+
+
+def test_gpu_training_script_parses_and_uses_the_paper_preset():
+    import subprocess
+    from pathlib import Path
+    script = Path(__file__).resolve().parents[1] / "scripts" / "train_paper_gpu.sh"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    text = script.read_text()
+    for needle in ("--preset paper", "--width 256", "--class-conditional", "--resize 32", "--device cuda",
+                   "--time-limit", '"$OUT'):
+        assert needle in text, needle
