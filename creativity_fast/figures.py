@@ -21,7 +21,7 @@ from .viz import to_uint8
 
 __all__ = [
     "id_colours", "offset_colours", "provenance_panels", "save_provenance_png", "save_samples_by_machine",
-    "plot_sweep", "plot_nn_distances", "save_figure",
+    "plot_sweep", "plot_nn_distances", "save_figure", "plot_training_log",
 ]
 
 _GOLDEN = 0.618033988749895
@@ -208,4 +208,38 @@ def plot_nn_distances(sample_d, heldout_d, path, *, title: str = "") -> Path:
     if title:
         ax.set_title(title, fontsize=9)
     ax.legend()
+    return save_figure(fig, path)
+
+
+def plot_training_log(log_path, path, *, title: str = "", batch_size: Optional[int] = None,
+                      n_train: Optional[int] = None) -> Path:
+    """Loss curve of a ``training_log.jsonl`` (one ``{"step", "loss", ...}`` per line) as a PNG.
+
+    Loss on a log scale against the step; with ``batch_size`` and ``n_train`` a top axis in epochs.
+    """
+    import json
+
+    rows = []
+    for line in Path(log_path).read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut by a crash
+    if not rows:
+        raise ValueError(f"{log_path} has no logged steps")
+    steps = np.array([r["step"] for r in rows], dtype=float)
+    loss = np.array([r["loss"] for r in rows], dtype=float)
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(steps, loss, lw=0.8)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("eps-prediction MSE (mean over log interval)")
+    if batch_size and n_train:
+        per_epoch = n_train / batch_size
+        top = ax.secondary_xaxis("top", functions=(lambda s: s / per_epoch, lambda e: e * per_epoch))
+        top.set_xlabel("epoch")
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
     return save_figure(fig, path)

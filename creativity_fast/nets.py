@@ -9,11 +9,28 @@ the cosine VP schedule ``abar(t) = cos^2(pi t / 2.016)``:
 - ``SmallUNet``: a 3-level UNet (resolutions H, H/2, H/4) with one residual block
   per level and side, for comparison with a network of global receptive field.
 
-Both take ``(x_t [B,C,H,W], t [B])`` with ``x_t = sqrt(abar) x0 + sqrt(1-abar) eps`` and
-return ``eps_hat``. Time enters through a sinusoidal embedding and an MLP that
-gives every residual block a per-channel scale and shift (FiLM). Convolutions use
-``padding_mode`` ``"zeros"`` (the paper's zero-padded networks, compared with the
-boundary-broken ELS machine) or ``"circular"``.
+Both take ``(x_t [B,C,H,W], t [B], class_labels [B] or None)`` with
+``x_t = sqrt(abar) x0 + sqrt(1-abar) eps`` and return ``eps_hat``. Time enters through a
+sinusoidal embedding and an MLP; a class-conditional network (``num_classes=K``) adds a
+learned class vector (``nn.Embedding(K, .)``) to that time vector, so both reach every
+residual block the same way. Each block uses the vector either as a per-channel scale
+and shift (``embedding="film"``, the default) or as a per-channel bias added after its
+first convolution (``embedding="add"``, the paper's additive embedding). Both are
+spatially constant, so neither widens the receptive field.
+
+Options (defaults are the original networks, so old checkpoints rebuild unchanged):
+``norm`` ``"group"`` | ``"none"`` (no normalisation layer at all: strictly local),
+``activation`` ``"silu"`` | ``"relu"``, and for the UNet ``mults`` (level widths as
+multiples of ``width``; default ``(1, 2, 2)``), ``down`` ``"avg"`` | ``"max"`` (pooling) and
+``up`` ``"nearest"`` | ``"transpose"`` (2x2 stride-2 transposed convolution).
+``PAPER_ARCHITECTURES`` holds the paper's choices per network (docs/calibration.md,
+"Networks as the paper"). Convolutions use ``padding_mode`` ``"zeros"`` (the paper's
+zero-padded networks, compared with the boundary-broken ELS machine) or ``"circular"``.
+
+Class labels rule: a class-conditional network needs ``class_labels`` (int ``[B]`` in
+``[0, K)``) and raises a ``ValueError`` without them; an unconditional network raises
+a ``ValueError`` when given labels (it cannot use them, and silently ignoring them
+would hide a mismatch between a class-conditional machine and its network).
 
 ``NetworkDenoiser(net)`` wraps such a network as a sigma-space denoiser
 ``denoiser(z, sigma) -> x0_hat`` (docs/theory.md §2): ``abar = 1 / (1 + sigma^2)``,
@@ -51,7 +68,8 @@ from .schedules import COSINE_S
 __all__ = [
     "ARCHITECTURES", "PADDINGS", "NORMS", "ConvResNet", "SmallUNet", "build_network", "NetworkDenoiser",
     "load_network", "load_checkpoint", "save_network", "network_checkpoint", "default_network_path",
-    "vp_noise", "CHECKPOINT_FORMAT",
+    "vp_noise", "CHECKPOINT_FORMAT", "ACTIVATIONS", "EMBEDDINGS", "DOWNSAMPLES", "UPSAMPLES",
+    "PAPER_ARCHITECTURES", "paper_network_config", "check_class_labels",
 ]
 
 CHECKPOINT_FORMAT = "creativity_fast.net"
@@ -59,6 +77,31 @@ CHECKPOINT_VERSION = 1
 ARCHITECTURES = ("resnet", "unet")
 PADDINGS = ("zeros", "circular")
 NORMS = ("group", "none")
+ACTIVATIONS = ("silu", "relu")
+EMBEDDINGS = ("film", "add")
+DOWNSAMPLES = ("avg", "max")
+UPSAMPLES = ("nearest", "transpose")
+
+#: The paper's networks (Kamb & Ganguli 2025; docs/calibration.md "Networks as the paper"): no normalisation,
+#: ReLU, additive time (and class) embeddings; the ResNet has 8 3x3 convs (receptive field 17) at 256 channels,
+#: the UNet 3 levels of 64/128/256 channels, max-pool down, transposed convolutions up.
+PAPER_ARCHITECTURES = {
+    "resnet": dict(arch="resnet", width=256, depth=8, padding="zeros", norm="none", activation="relu",
+                   embedding="add"),
+    "unet": dict(arch="unet", width=64, mults=[1, 2, 4], padding="zeros", norm="none", activation="relu",
+                 embedding="add", down="max", up="transpose"),
+}
+
+
+def paper_network_config(arch: str, *, channels: int = 1, num_classes: Optional[int] = None,
+                         width: Optional[int] = None) -> dict:
+    """``build_network`` config of the paper's ``arch`` (``"resnet"`` | ``"unet"``), optionally narrower/wider."""
+    if arch not in PAPER_ARCHITECTURES:
+        raise ValueError(f"arch must be one of {', '.join(PAPER_ARCHITECTURES)}; got {arch!r}")
+    cfg = dict(PAPER_ARCHITECTURES[arch], channels=channels, num_classes=num_classes)
+    if width is not None:
+        cfg["width"] = width
+    return cfg
 
 #: The network shipped with the package (trained by ``creativity-fast train``; see docs/calibration.md).
 DEFAULT_NETWORK = "fashion_mnist_resnet.pt"
@@ -100,26 +143,44 @@ def _conv3x3(cin: int, cout: int, padding: str) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, 3, padding=1, padding_mode=padding)
 
 
+_ACTIVATION_FUNCTIONS = {"silu": F.silu, "relu": F.relu}
+_ACTIVATION_MODULES = {"silu": nn.SiLU, "relu": nn.ReLU}
+
+
 class _TimeMLP(nn.Module):
-    def __init__(self, dim: int):
+    """``t [B] -> [B, 2*dim]``: sinusoidal embedding, Linear, activation, Linear."""
+
+    def __init__(self, dim: int, activation: str = "silu"):
         super().__init__()
         self.dim = dim
-        self.net = nn.Sequential(nn.Linear(dim, 2 * dim), nn.SiLU(), nn.Linear(2 * dim, 2 * dim))
+        self.net = nn.Sequential(nn.Linear(dim, 2 * dim), _ACTIVATION_MODULES[activation](),
+                                 nn.Linear(2 * dim, 2 * dim))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         return self.net(timestep_embedding(t, self.dim))
 
 
 class ResBlock(nn.Module):
-    """``x + conv(act(FiLM(norm(x)))) ...``: one or two 3x3 convolutions with time FiLM."""
+    """``skip(x) + conv(act(...conv(act(norm(x))) (+) emb...))``: one or two 3x3 convolutions.
 
-    def __init__(self, cin: int, cout: int, temb_dim: int, padding: str, convs: int = 2, norm: str = "group"):
+    The embedding vector ``temb [B, E]`` enters after the first convolution, as a per-channel
+    scale and shift (``embedding="film"``: ``h (1 + scale) + shift``) or as a per-channel bias
+    (``embedding="add"``: ``h + W temb``).
+    """
+
+    def __init__(self, cin: int, cout: int, temb_dim: int, padding: str, convs: int = 2, norm: str = "group",
+                 activation: str = "silu", embedding: str = "film"):
         super().__init__()
         if convs not in (1, 2):
             raise ValueError(f"convs must be 1 or 2; got {convs}")
+        self.act = _ACTIVATION_FUNCTIONS[activation]
+        self.embedding = embedding
         self.norm1 = _norm(norm, cin)
         self.conv1 = _conv3x3(cin, cout, padding)
-        self.film = nn.Linear(temb_dim, 2 * cout)
+        if embedding == "film":
+            self.film = nn.Linear(temb_dim, 2 * cout)
+        else:
+            self.emb = nn.Linear(temb_dim, cout)
         self.convs = convs
         if convs == 2:
             self.norm2 = _norm(norm, cout)
@@ -129,17 +190,63 @@ class ResBlock(nn.Module):
         self.skip = nn.Identity() if cin == cout else nn.Conv2d(cin, cout, 1)
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        scale, shift = self.film(temb)[:, :, None, None].chunk(2, dim=1)
-        if self.convs == 2:
-            h = self.norm2(h) * (1 + scale) + shift
-            h = self.conv2(F.silu(h))
+        h = self.conv1(self.act(self.norm1(x)))
+        if self.embedding == "film":
+            scale, shift = self.film(temb)[:, :, None, None].chunk(2, dim=1)
+            h = (self.norm2(h) if self.convs == 2 else h) * (1 + scale) + shift
         else:
-            h = h * (1 + scale) + shift
+            h = h + self.emb(temb)[:, :, None, None]
+            if self.convs == 2:
+                h = self.norm2(h)
+        if self.convs == 2:
+            h = self.conv2(self.act(h))
         return self.skip(x) + h
 
 
-class ConvResNet(nn.Module):
+def check_class_labels(class_labels, num_classes: Optional[int], batch: int, device=None) -> Optional[torch.Tensor]:
+    """``class_labels`` as int64 ``[batch]`` (a single label is broadcast), checked against the network.
+
+    A network with ``num_classes=None`` is unconditional and must get ``None``; one with
+    ``num_classes=K`` must get labels in ``[0, K)``.
+    """
+    if num_classes is None:
+        if class_labels is not None:
+            raise ValueError("this network is unconditional (num_classes=None): class_labels must be None")
+        return None
+    if class_labels is None:
+        raise ValueError(f"this network is class-conditional (num_classes={num_classes}): class_labels "
+                         f"(ints in [0, {num_classes}), one per image) are required")
+    labels = torch.as_tensor(class_labels)
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise ValueError(f"class_labels must be integers; got dtype {labels.dtype}")
+    labels = labels.reshape(-1).long()
+    if labels.numel() == 1:
+        labels = labels.expand(batch)
+    if labels.numel() != batch:
+        raise ValueError(f"class_labels has {labels.numel()} values for a batch of {batch}")
+    if batch and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise ValueError(f"class_labels must lie in [0, {num_classes}); got {int(labels.min())}..{int(labels.max())}")
+    return labels if device is None else labels.to(device)
+
+
+class _Conditioning(nn.Module):
+    """Shared by both networks: the embedding vector ``act(time_mlp(t) + class_embed(y)) [B, 2*temb_dim]``."""
+
+    def _init_conditioning(self, temb_dim: int, activation: str, num_classes: Optional[int]) -> None:
+        self.activation, self.num_classes = activation, num_classes
+        self.time = _TimeMLP(temb_dim, activation)
+        # nn.Embedding's N(0, 1) start; Adam's steps do not depend on the scale
+        self.class_embed = None if num_classes is None else nn.Embedding(num_classes, 2 * temb_dim)
+
+    def embed(self, x: torch.Tensor, t: torch.Tensor, class_labels) -> torch.Tensor:
+        labels = check_class_labels(class_labels, self.num_classes, x.shape[0], device=x.device)
+        e = self.time(t)
+        if labels is not None:
+            e = e + self.class_embed(labels)
+        return _ACTIVATION_FUNCTIONS[self.activation](e)
+
+
+class ConvResNet(_Conditioning):
     """ResNet of ``depth`` 3x3 convolutions at constant ``width``: receptive field ``2*depth+1``.
 
     Layout: 3x3 input conv, ``depth - 2`` convs in residual blocks of two (the last
@@ -148,20 +255,25 @@ class ConvResNet(nn.Module):
     ``norm="group"`` (GroupNorm before each conv) couples all pixels through each group's
     mean and variance: the convolutional path sees ``(2*depth+1)^2`` pixels, the
     normalisation statistics see the whole image. ``norm="none"`` makes the network
-    strictly local (exactly the receptive field above).
+    strictly local (exactly the receptive field above). ``activation``, ``embedding`` and
+    ``num_classes`` as in the module doc; ``PAPER_ARCHITECTURES["resnet"]`` is the paper's.
     """
 
     def __init__(self, channels: int = 1, width: int = 32, depth: int = 8, padding: str = "zeros",
-                 temb_dim: Optional[int] = None, norm: str = "group"):
+                 temb_dim: Optional[int] = None, norm: str = "group", activation: str = "silu",
+                 embedding: str = "film", num_classes: Optional[int] = None):
         super().__init__()
-        _check_config_values(channels=channels, width=width, depth=depth, padding=padding, min_depth=2, norm=norm)
+        _check_config_values(channels=channels, width=width, depth=depth, padding=padding, min_depth=2, norm=norm,
+                             activation=activation, embedding=embedding, num_classes=num_classes, temb_dim=temb_dim)
         temb_dim = int(temb_dim or width)
         self.channels, self.width, self.depth, self.padding, self.norm = channels, width, depth, padding, norm
-        self.time = _TimeMLP(temb_dim)
+        self.embedding = embedding
+        self._init_conditioning(temb_dim, activation, num_classes)
         self.conv_in = _conv3x3(channels, width, padding)
         inner = depth - 2
         self.blocks = nn.ModuleList(
-            [ResBlock(width, width, 2 * temb_dim, padding, convs=min(2, inner - 2 * i), norm=norm)
+            [ResBlock(width, width, 2 * temb_dim, padding, convs=min(2, inner - 2 * i), norm=norm,
+                      activation=activation, embedding=embedding)
              for i in range((inner + 1) // 2)])
         self.norm_out = _norm(norm, width)
         self.conv_out = _conv3x3(width, channels, padding)
@@ -170,48 +282,70 @@ class ConvResNet(nn.Module):
     def receptive_field(self) -> int:
         return 2 * self.depth + 1
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        temb = F.silu(self.time(t))
+    def forward(self, x: torch.Tensor, t: torch.Tensor, class_labels=None) -> torch.Tensor:
+        """``eps_hat [B, C, H, W]`` from ``x [B, C, H, W]``, ``t [B]``, ``class_labels [B]`` (conditional nets)."""
+        temb = self.embed(x, t, class_labels)
         h = self.conv_in(x)
         for block in self.blocks:
             h = block(h, temb)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(_ACTIVATION_FUNCTIONS[self.activation](self.norm_out(h)))
 
 
-class SmallUNet(nn.Module):
-    """3-level UNet (H, H/2, H/4; widths ``width, 2*width, 2*width``), average-pool down, nearest up.
+class SmallUNet(_Conditioning):
+    """3-level UNet (H, H/2, H/4; widths ``width * mults``), pooling down, up-sampling up, skip concatenation.
 
-    ``H`` and ``W`` must be divisible by 4 (28x28 and 32x32 are).
+    ``down``: ``"avg"`` or ``"max"`` 2x2 pooling; ``up``: ``"nearest"`` (parameter-free) or
+    ``"transpose"`` (a 2x2 stride-2 ``ConvTranspose2d`` keeping the channel count). Defaults
+    (``mults=(1, 2, 2)``, avg, nearest, GroupNorm, SiLU, FiLM) are the original network;
+    ``PAPER_ARCHITECTURES["unet"]`` is the paper's. ``H`` and ``W`` must be divisible by 4
+    (28x28 and 32x32 are).
     """
 
     def __init__(self, channels: int = 1, width: int = 32, padding: str = "zeros", temb_dim: Optional[int] = None,
-                 norm: str = "group"):
+                 norm: str = "group", activation: str = "silu", embedding: str = "film",
+                 num_classes: Optional[int] = None, mults=(1, 2, 2), down: str = "avg", up: str = "nearest"):
         super().__init__()
-        _check_config_values(channels=channels, width=width, depth=None, padding=padding, norm=norm)
+        _check_config_values(channels=channels, width=width, depth=None, padding=padding, norm=norm,
+                             activation=activation, embedding=embedding, num_classes=num_classes, temb_dim=temb_dim,
+                             mults=mults, down=down, up=up)
         temb_dim = int(temb_dim or width)
         self.channels, self.width, self.padding, self.norm = channels, width, padding, norm
-        w1, w2, w3 = width, 2 * width, 2 * width
+        self.embedding, self.mults, self.down, self.up = embedding, tuple(int(m) for m in mults), down, up
+        w1, w2, w3 = (width * m for m in self.mults)
         e = 2 * temb_dim
-        self.time = _TimeMLP(temb_dim)
+        self._init_conditioning(temb_dim, activation, num_classes)
+        opts = dict(norm=norm, activation=activation, embedding=embedding)
         self.conv_in = _conv3x3(channels, w1, padding)
-        self.down1 = ResBlock(w1, w1, e, padding, norm=norm)
-        self.down2 = ResBlock(w1, w2, e, padding, norm=norm)
-        self.mid = ResBlock(w2, w3, e, padding, norm=norm)
-        self.up2 = ResBlock(w3 + w2, w2, e, padding, norm=norm)
-        self.up1 = ResBlock(w2 + w1, w1, e, padding, norm=norm)
+        self.down1 = ResBlock(w1, w1, e, padding, **opts)
+        self.down2 = ResBlock(w1, w2, e, padding, **opts)
+        self.mid = ResBlock(w2, w3, e, padding, **opts)
+        self.up2 = ResBlock(w3 + w2, w2, e, padding, **opts)
+        self.up1 = ResBlock(w2 + w1, w1, e, padding, **opts)
+        if up == "transpose":
+            self.upsample2 = nn.ConvTranspose2d(w3, w3, 2, stride=2)
+            self.upsample1 = nn.ConvTranspose2d(w2, w2, 2, stride=2)
         self.norm_out = _norm(norm, w1)
         self.conv_out = _conv3x3(w1, channels, padding)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def _down(self, h: torch.Tensor) -> torch.Tensor:
+        return F.max_pool2d(h, 2) if self.down == "max" else F.avg_pool2d(h, 2)
+
+    def _up(self, h: torch.Tensor, level: int) -> torch.Tensor:
+        if self.up == "transpose":
+            return (self.upsample2 if level == 2 else self.upsample1)(h)
+        return F.interpolate(h, scale_factor=2.0, mode="nearest")
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, class_labels=None) -> torch.Tensor:
+        """``eps_hat [B, C, H, W]`` from ``x [B, C, H, W]``, ``t [B]``, ``class_labels [B]`` (conditional nets)."""
         if x.shape[-1] % 4 or x.shape[-2] % 4:
             raise ValueError(f"SmallUNet needs H and W divisible by 4; got {tuple(x.shape[-2:])}")
-        temb = F.silu(self.time(t))
+        temb = self.embed(x, t, class_labels)
         h1 = self.down1(self.conv_in(x), temb)                 # H
-        h2 = self.down2(F.avg_pool2d(h1, 2), temb)             # H/2
-        h3 = self.mid(F.avg_pool2d(h2, 2), temb)               # H/4
-        u2 = self.up2(torch.cat([F.interpolate(h3, scale_factor=2.0, mode="nearest"), h2], 1), temb)
-        u1 = self.up1(torch.cat([F.interpolate(u2, scale_factor=2.0, mode="nearest"), h1], 1), temb)
-        return self.conv_out(F.silu(self.norm_out(u1)))
+        h2 = self.down2(self._down(h1), temb)                  # H/2
+        h3 = self.mid(self._down(h2), temb)                    # H/4
+        u2 = self.up2(torch.cat([self._up(h3, 2), h2], 1), temb)
+        u1 = self.up1(torch.cat([self._up(u2, 1), h1], 1), temb)
+        return self.conv_out(_ACTIVATION_FUNCTIONS[self.activation](self.norm_out(u1)))
 
 
 def _check_int(value, name: str, minimum: int) -> int:
@@ -220,42 +354,63 @@ def _check_int(value, name: str, minimum: int) -> int:
     return int(value)
 
 
-def _check_config_values(*, channels, width, depth, padding, min_depth: int = 2, norm: str = "group") -> None:
+def _check_config_values(*, channels, width, depth, padding, min_depth: int = 2, norm: str = "group",
+                         activation: str = "silu", embedding: str = "film", num_classes=None, temb_dim=None,
+                         mults=(1, 2, 2), down: str = "avg", up: str = "nearest") -> None:
     _check_int(channels, "channels", 1)
     _check_int(width, "width", 1)
     if depth is not None:
         _check_int(depth, "depth", min_depth)
-    if padding not in PADDINGS:
-        raise ValueError(f"padding must be one of {', '.join(PADDINGS)}; got {padding!r}")
-    if norm not in NORMS:
-        raise ValueError(f"norm must be one of {', '.join(NORMS)}; got {norm!r}")
+    if temb_dim is not None:
+        _check_int(temb_dim, "temb_dim", 1)
+    if num_classes is not None:
+        _check_int(num_classes, "num_classes", 1)
+    for name, value, choices in (("padding", padding, PADDINGS), ("norm", norm, NORMS),
+                                 ("activation", activation, ACTIVATIONS), ("embedding", embedding, EMBEDDINGS),
+                                 ("down", down, DOWNSAMPLES), ("up", up, UPSAMPLES)):
+        if value not in choices:
+            raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+    if isinstance(mults, (str, bytes)) or not hasattr(mults, "__len__") or len(mults) != 3:
+        raise ValueError(f"mults must be 3 positive ints (the UNet's level widths / width); got {mults!r}")
+    for m in mults:
+        _check_int(m, "mults entry", 1)
+
+
+_COMMON_KEYS = ("channels", "width", "padding", "temb_dim", "norm", "activation", "embedding", "num_classes")
+_ARCH_KEYS = {"resnet": _COMMON_KEYS + ("depth",), "unet": _COMMON_KEYS + ("mults", "down", "up")}
 
 
 def build_network(config: dict) -> nn.Module:
-    """Network from a config dict: ``{"arch": "resnet"|"unet", "channels", "width", "depth" (resnet), "padding",
-    "norm" ("group" default | "none"), "temb_dim"}``."""
+    """Network from a config dict: ``{"arch": "resnet"|"unet", "channels", "width", "padding", "temb_dim", "norm",
+    "activation", "embedding", "num_classes"}`` plus ``"depth"`` (resnet) or ``"mults", "down", "up"`` (unet).
+
+    A missing key takes the constructor's default (the original networks), so checkpoints written
+    before an option existed rebuild unchanged. An unknown key is an error (a typo must not be ignored).
+    """
     if not isinstance(config, dict):
         raise TypeError(f"config must be a dict; got {type(config).__name__}")
     arch = config.get("arch")
     if arch not in ARCHITECTURES:
         raise ValueError(f"config['arch'] must be one of {', '.join(ARCHITECTURES)}; got {arch!r}")
-    kwargs = dict(channels=config.get("channels", 1), width=config.get("width", 32),
-                  padding=config.get("padding", "zeros"), temb_dim=config.get("temb_dim"),
-                  norm=config.get("norm", "group"))
-    if arch == "resnet":
-        return ConvResNet(depth=config.get("depth", 8), **kwargs)
-    return SmallUNet(**kwargs)
+    unknown = sorted(set(config) - set(_ARCH_KEYS[arch]) - {"arch"})
+    if unknown:
+        raise ValueError(f"config has keys a {arch} does not take: {', '.join(unknown)}")
+    kwargs = {k: config[k] for k in _ARCH_KEYS[arch] if k in config}
+    return ConvResNet(**kwargs) if arch == "resnet" else SmallUNet(**kwargs)
 
 
 def network_config(net: nn.Module) -> dict:
-    """The config dict that rebuilds ``net`` with ``build_network``."""
+    """The config dict that rebuilds ``net`` with ``build_network`` (plain values: safe for ``weights_only``)."""
+    if not isinstance(net, (ConvResNet, SmallUNet)):
+        raise TypeError(f"net must be a ConvResNet or SmallUNet; got {type(net).__name__}")
+    cfg = dict(arch="resnet" if isinstance(net, ConvResNet) else "unet", channels=net.channels, width=net.width,
+               padding=net.padding, temb_dim=net.time.dim, norm=net.norm, activation=net.activation,
+               embedding=net.embedding, num_classes=net.num_classes)
     if isinstance(net, ConvResNet):
-        return dict(arch="resnet", channels=net.channels, width=net.width, depth=net.depth, padding=net.padding,
-                    temb_dim=net.time.dim, norm=net.norm)
-    if isinstance(net, SmallUNet):
-        return dict(arch="unet", channels=net.channels, width=net.width, padding=net.padding, temb_dim=net.time.dim,
-                    norm=net.norm)
-    raise TypeError(f"net must be a ConvResNet or SmallUNet; got {type(net).__name__}")
+        cfg["depth"] = net.depth
+    else:
+        cfg.update(mults=list(net.mults), down=net.down, up=net.up)
+    return cfg
 
 
 # --------------------------------------------------------------------------- #
@@ -274,14 +429,18 @@ def vp_noise(x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, s: float = CO
 
 
 class NetworkDenoiser:
-    """An eps-prediction VP network as a sigma-space denoiser ``denoiser(z, sigma) -> x0_hat``.
+    """An eps-prediction VP network as a sigma-space denoiser ``denoiser(z, sigma, class_labels=None) -> x0_hat``.
 
     ``abar = 1/(1+sigma^2)``, ``x_t = z sqrt(abar)``, ``t = (s/pi) atan(sigma)`` (cosine schedule,
-    ``s = 2.016``), ``x0_hat = z - sigma * eps_hat(x_t, t)``, then clamped to
+    ``s = 2.016``), ``x0_hat = z - sigma * eps_hat(x_t, t, class_labels)``, then clamped to
     ``clip = (lo, hi)`` (default ``(-1, 1)``, the data range; ``None`` for the raw estimate). Runs
     under ``torch.no_grad`` in eval mode, in batches of at most ``batch_size`` on the network's
-    device; returns on ``z``'s device and dtype. ``sigma`` is a float or a ``[B]`` tensor. The
-    network is unconditional: ``class_labels`` must be None.
+    device; returns on ``z``'s device and dtype. ``sigma`` is a float or a ``[B]`` tensor.
+
+    ``class_labels``: int ``[B]`` (or one label for the whole batch) for a class-conditional
+    network (``num_classes`` is not None: then required), None for an unconditional one
+    (labels are then an error, see the module doc). A network without a ``num_classes``
+    attribute (any user module ``net(x_t, t)``) counts as unconditional.
     """
 
     def __init__(self, net: nn.Module, *, s: float = COSINE_S, batch_size: int = 256, name: str = "network",
@@ -299,15 +458,25 @@ class NetworkDenoiser:
         self.name = name
 
     @property
+    def num_classes(self) -> Optional[int]:
+        """The network's class count, or None for an unconditional network."""
+        return getattr(self.net, "num_classes", None)
+
+    @property
+    def class_conditional(self) -> bool:
+        return self.num_classes is not None
+
+    @property
     def device(self) -> torch.device:
         try:
             return next(self.net.parameters()).device
         except StopIteration:
             return torch.device("cpu")
 
-    def eps(self, z: torch.Tensor, sigma) -> torch.Tensor:
+    def eps(self, z: torch.Tensor, sigma, class_labels=None) -> torch.Tensor:
         """``eps_hat`` at sigma-space state ``z``."""
         sig = sigma_float64(sigma, z)
+        labels = check_class_labels(class_labels, self.num_classes, z.shape[0])
         abar = 1.0 / (1.0 + sig.double() ** 2)
         t = (self.s / math.pi) * torch.atan(sig.double())
         xt = z.double() * abar.sqrt()[:, None, None, None]
@@ -315,16 +484,18 @@ class NetworkDenoiser:
         with torch.no_grad():
             for i in range(0, z.shape[0], self.batch_size):
                 sl = slice(i, i + self.batch_size)
-                out.append(self.net(xt[sl].float().to(dev), t[sl].float().to(dev)).to(z.device))
+                args = (xt[sl].float().to(dev), t[sl].float().to(dev))
+                if labels is not None:
+                    args += (labels[sl].to(dev),)
+                out.append(self.net(*args).to(z.device))
         return torch.cat(out).to(z.dtype)
 
     def __call__(self, z: torch.Tensor, sigma, class_labels=None, **_unused) -> torch.Tensor:
-        if class_labels is not None:
-            raise ValueError("this network is unconditional: class_labels must be None")
         if not isinstance(z, torch.Tensor) or z.dim() != 4:
             raise ValueError(f"z must be a [B, C, H, W] tensor; got {getattr(z, 'shape', type(z).__name__)}")
+        check_class_labels(class_labels, self.num_classes, z.shape[0])  # before any work
         sig = sigma_float64(sigma, z)
-        x0 = (z - sig.to(z.dtype)[:, None, None, None] * self.eps(z, sig)).to(z.dtype)
+        x0 = (z - sig.to(z.dtype)[:, None, None, None] * self.eps(z, sig, class_labels)).to(z.dtype)
         return x0 if self.clip is None else x0.clamp(*self.clip)
 
 
