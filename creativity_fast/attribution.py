@@ -396,27 +396,33 @@ def exposure(att: dict, n_train: int, *, top: int = 10, draws: int = 200, seed: 
     return {"n_samples": n_samples, "pixels": pixels, "largest_region": largest, "summary": summary}
 
 
-def agreement(att: dict, provenance: torch.Tensor, data: Optional[torch.Tensor] = None, *,
-              n_boot: int = 2000, seed: int = 0) -> dict:
+def agreement(att: dict, provenance: torch.Tensor, data: Optional[torch.Tensor] = None,
+              samples: Optional[torch.Tensor] = None, *, n_boot: int = 2000, seed: int = 0) -> dict:
     """Attribution vs a recorded ``provenance [B, H, W, 2]`` (image, flat location).
 
     Meaningful when ``att`` was computed at the patch size of the step that recorded
-    ``provenance`` (docs/theory.md §7, "Validating nearest-patch attribution"). Returns:
+    ``provenance`` (docs/theory.md §7, "Validating attribution against provenance"). Returns:
 
-    - ``image``, ``image_and_location``: on the *credited* pixels, the credited image is the
-      recorded one (and its best key the recorded location); Wilson 95% intervals
-      (``metrics.fraction_summary``);
-    - ``all_pixels``: the same two over every pixel, comparing the nearest image (``source``)
-      whatever its label; with ``data [N, C, H, W]`` also ``patch_content``: the nearest
-      training patch holds exactly the recorded patch's values (identical patches, such as the
-      all-background ones of many images, cannot be told apart by any method). Each with a
-      Wilson interval over pixels and, because pixels of one sample are not independent, a
+    - ``image``, ``image_and_location``: on the *credited* pixels (where attribution names a
+      source), the credited image is the recorded one (and its best key the recorded
+      location); Wilson 95% intervals (``metrics.fraction_summary``);
+    - ``all_pixels``: over every pixel, ``image`` and ``image_and_location`` of the nearest
+      image (``source``) whatever its label; with ``data [N, C, H, W]`` also ``patch_content``
+      (the nearest training patch holds exactly the recorded patch's values: identical
+      patches, such as the all-background ones of many images, cannot be told apart), and
+      with ``samples [B, C, H, W]`` too ``verdict``: the label is consistent with the recorded
+      source (credited: the same image; common: the recorded patch is within ``margin`` RMS
+      of the nearest, so it is one of the near-equal candidates the rule refused to choose
+      among; novel: the recorded patch is farther than ``match_tol`` too). Each with a Wilson
+      interval over pixels and, since the pixels of one sample are not independent, a
       percentile bootstrap over *samples* (``ci95_by_sample``; ``n_boot`` seeded draws);
     - ``credited_fraction``.
     """
     label = att["label"]
     if provenance.shape != (*label.shape, 2):
         raise ValueError(f"provenance must be [B, H, W, 2] = {[*label.shape, 2]}; got {list(provenance.shape)}")
+    if samples is not None and data is None:
+        raise ValueError("samples needs data (the recorded patches are read from it)")
     prov = provenance.to(label.device)
     credited = label >= 0
     same_mu = (label == prov[..., 0])[credited]
@@ -426,11 +432,22 @@ def agreement(att: dict, provenance: torch.Tensor, data: Optional[torch.Tensor] 
              "image_and_location": (src[..., 0] == prov[..., 0]) & (src[..., 1] == prov[..., 1])}
     if data is not None:
         B, H, W = label.shape
-        P, boundary = att["params"]["P_attr"], att["params"]["boundary"]
-        dev = label.device
+        params = att["params"]
+        P, boundary, dev = params["P_attr"], params["boundary"], label.device
         nearest = _winner_patches(data, src[..., 0].reshape(B, -1), src[..., 1].reshape(B, -1), P, boundary, dev)
         recorded = _winner_patches(data, prov[..., 0].reshape(B, -1), prov[..., 1].reshape(B, -1), P, boundary, dev)
         flags["patch_content"] = ((nearest - recorded).abs().amax(-1) == 0).reshape(B, H, W) | flags["image_and_location"]
+        if samples is not None:
+            q, n_values = _patches(samples.to(dev), P, boundary, torch.float64)
+            rms_rec = (((q - recorded) ** 2).sum(-1) / n_values).sqrt().reshape(B, H, W)
+            rms_near = att["rms"][..., 0]
+            match_tol = params["match_tol"]
+            verdict = torch.where(label == COMMON, rms_rec - rms_near <= params["margin"] + 1e-12,
+                                  torch.zeros_like(credited))
+            verdict |= credited & (label == prov[..., 0])
+            if match_tol is not None:
+                verdict |= (label == NOVEL) & (rms_rec > match_tol)
+            flags["verdict"] = verdict
     all_pixels = {}
     for name, f in flags.items():
         per_sample = f.reshape(f.shape[0], -1).double().mean(1).cpu().numpy()

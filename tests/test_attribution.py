@@ -150,6 +150,18 @@ def test_agreement_over_all_pixels_counts_identical_patches_as_the_same_patch():
     wrong = torch.stack([torch.full((1, H, W), 0), loc], -1)  # a different image entirely
     c = A.agreement(att, wrong, data)["all_pixels"]["patch_content"]
     assert c["count"] == 0 and c["per_sample"] == [0.0]
+    # The verdict: credited pixels must name the recorded image; the twin's pixels are all
+    # common (two images tie), consistent with either twin as the recorded source.
+    att_c = A.attribute(sample, data, 3)
+    assert bool((att_c["label"] == A.COMMON).all())
+    assert A.agreement(att_c, twin, data, sample)["all_pixels"]["verdict"]["fraction"] == 1
+    solo = data[1:2].clone()  # image 1 has no twin: credited (non-flat pixels), not common
+    att_s = A.attribute(solo, data, 3)
+    assert bool((att_s["label"] == 1).all())  # random values: every window is decisive
+    right = torch.stack([torch.full((1, H, W), 1), loc], -1)
+    assert A.agreement(att_s, right, data, solo)["all_pixels"]["verdict"]["fraction"] == 1
+    v = A.agreement(att_s, wrong, data, solo)["all_pixels"]["verdict"]
+    assert v["count"] == 0  # every pixel is credited, to another image than the recorded one
     # Without data there is no content check; two samples give a by-sample interval.
     att2 = A.attribute(torch.cat([sample, data[1:2]]), data, 3, flat_tol=0.0)
     prov2 = torch.cat([own, torch.stack([torch.full((1, H, W), 1), loc], -1)])

@@ -71,7 +71,8 @@ def attribute_file(args) -> dict:
         prov = torch.from_numpy(np.asarray(arrays["provenance"], dtype=np.int64))
         P_rec = int(np.asarray(arrays["patch_sizes"]).reshape(-1)[-1]) if "patch_sizes" in arrays else args.P_attr
         at_rec = att if P_rec == args.P_attr else A.attribute(samples, data.images, P_rec, **kwargs)
-        result["agreement_with_recorded_provenance"] = {"P": P_rec, **A.agreement(at_rec, prov.to(device), data.images)}
+        result["agreement_with_recorded_provenance"] = {"P": P_rec, **A.agreement(at_rec, prov.to(device), data.images,
+                                                                                     samples)}
     out = Path(args.out) if args.out else Path(args.results).resolve().parent
     out.mkdir(parents=True, exist_ok=True)
     files = {"attribution": out / "attribution.json"}
@@ -98,11 +99,11 @@ def summary_lines(result: dict) -> list[str]:
     agree = result.get("agreement_with_recorded_provenance")
     if agree:
         a = agree["image"]
-        c = agree["all_pixels"]["patch_content"]
+        v, c = agree["all_pixels"]["verdict"], agree["all_pixels"]["patch_content"]
         lines.append(f"agreement with the recorded provenance at P={agree['P']}: {a['fraction']:.3f} "
-                     f"[{a['ci95'][0]:.3f}, {a['ci95'][1]:.3f}] of {a['n']} credited pixels; same patch on "
-                     f"{c['fraction']:.3f} [{c['ci95_by_sample'][0]:.3f}, {c['ci95_by_sample'][1]:.3f}] of all "
-                     f"{c['n']} pixels (interval over samples)")
+                     f"[{a['ci95'][0]:.3f}, {a['ci95'][1]:.3f}] of {a['n']} credited pixels; verdict consistent on "
+                     f"{v['fraction']:.3f} [{v['ci95_by_sample'][0]:.3f}, {v['ci95_by_sample'][1]:.3f}] and the same "
+                     f"patch on {c['fraction']:.3f} of all {c['n']} pixels (intervals over samples)")
     return lines
 
 
