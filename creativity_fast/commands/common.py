@@ -19,7 +19,7 @@ from ..data import Dataset, load_dataset
 from ..classes import resolve_class_label
 from ..registry import applicable, get_machine, machine_names, make_denoiser, make_sharded_denoiser
 from ..samplers import SAMPLERS, get_sampler, initial_noise
-from ..schedules import PUBLISHED_PATCH_SCHEDULES, PatchSchedule, cosine_vp_sigmas, karras_sigmas
+from ..schedules import PatchSchedule, published_schedule_names, cosine_vp_sigmas, karras_sigmas
 
 NOISE_SCHEDULES = ("cosine", "karras")
 # Machine options every command sets from its own flags; --opt may not set them.
@@ -71,7 +71,8 @@ def add_machine_options(p: argparse.ArgumentParser, *, default_machine: str = "e
                    help="circular ELS key set (default: %(default)s)")
     g.add_argument("--patch-schedule", default="fashion_mnist", metavar="SCHEDULE",
                    help="P per step: an odd int, a comma list (one per step, sampling order) or a published "
-                        f"schedule ({', '.join(PUBLISHED_PATCH_SCHEDULES)}); default: %(default)s")
+                        f"schedule ({', '.join(published_schedule_names())}; the last two are aliases of the ResNet, zero-padding "
+                        "schedules); default: %(default)s")
     g.add_argument("--backend", default="auto", choices=("auto", "kernel", "reference"), help="default: %(default)s")
     g.add_argument("--opt", dest="machine_opts", action="append", default=[], metavar="KEY=VALUE",
                    help="machine-specific option, repeatable, e.g. --opt lam=1 --opt gamma=0; an option the "
