@@ -165,8 +165,9 @@ def test_published_schedule_resampled(name, n_steps):
     sizes = patch_sizes_for_steps(name, n_steps)
     assert len(sizes) == n_steps
     assert all(p % 2 == 1 and p > 0 for p in sizes)
-    assert all(a >= b for a, b in zip(sizes, sizes[1:])), sizes  # non-increasing in sampling order
     published = PUBLISHED_PATCH_SCHEDULES[name][::-1]
+    if all(a >= b for a, b in zip(published, published[1:])):  # the circular ones are not monotone
+        assert all(a >= b for a, b in zip(sizes, sizes[1:])), sizes  # non-increasing in sampling order
     assert set(sizes) <= set(published)
     if n_steps >= 20:  # the ends of the trajectory keep the ends of the published schedule
         assert sizes[0] == published[0] and sizes[-1] == published[-1]
