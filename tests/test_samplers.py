@@ -176,7 +176,7 @@ def test_published_schedule_resampled(name, n_steps):
 
 
 def test_resampling_nearest_by_relative_position():
-    published = PUBLISHED_PATCH_SCHEDULES["mnist"][::-1]
+    published = PUBLISHED_PATCH_SCHEDULES["mnist_resnet_zeros"][::-1]
     # the middle of step j of 10 lies on the boundary of steps 2j and 2j+1 of 20: the later one
     assert patch_sizes_for_steps("mnist", 10) == published[1::2]
     assert patch_sizes_for_steps("mnist", 5) == [published[k] for k in (2, 6, 10, 14, 18)]
@@ -221,7 +221,7 @@ def test_patch_schedule_lookup():
     assert sched(torch.full((5,), float(sigmas[2]))) == 5
     with pytest.raises(ValueError, match="sigma"):
         sched(torch.tensor([1.0, 2.0]))
-    assert PatchSchedule(cosine_vp_sigmas(20), "mnist").sizes == PUBLISHED_PATCH_SCHEDULES["mnist"][::-1]
+    assert PatchSchedule(cosine_vp_sigmas(20), "mnist").sizes == PUBLISHED_PATCH_SCHEDULES["mnist_resnet_zeros"][::-1]
 
 
 def test_patch_schedule_drives_heun():
