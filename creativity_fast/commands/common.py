@@ -191,8 +191,11 @@ class SampleRun:
 def sample_images(denoiser, seeds: Sequence[int], shape_chw, sigmas: torch.Tensor, *, sampler: str = "ddim",
                   eta: float = 0.0, batch_size: int = 16, progress: bool = True,
                   checkpoint: Optional[Callable[[dict], None]] = None, done: Optional[dict] = None,
-                  device: Optional[torch.device] = None) -> dict:
+                  device: Optional[torch.device] = None, class_of: Optional[dict] = None) -> dict:
     """Sample one image per seed in batches; returns ``{seed: (sample [C,H,W], provenance or None)}``.
+
+    ``class_of``: ``{seed: class label}`` for a class-conditional run (passed to the denoiser as
+    ``class_labels [B]``); None: unconditional.
 
     ``done`` holds already finished seeds (resume); ``checkpoint(results)`` is called after each batch so
     that an interrupted run loses at most one batch. ``device``: where the batches run (the denoiser's
@@ -213,6 +216,8 @@ def sample_images(denoiser, seeds: Sequence[int], shape_chw, sigmas: torch.Tenso
             last["stats"] = getattr(denoiser, "last_stats", None)
 
         kwargs = dict(generator=generators, callback=remember_last, progress=progress)
+        if class_of is not None:
+            kwargs["extra_args"] = {"class_labels": torch.tensor([int(class_of[s]) for s in batch])}
         if sampler == "ddim":
             kwargs["eta"] = eta
         out = sample_fn(denoiser, z, sigmas, **kwargs).cpu()
