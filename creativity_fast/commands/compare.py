@@ -187,14 +187,15 @@ def check_seed_overlap(spec, seeds, *, allow: bool, what: str = "--patch-schedul
     return overlap
 
 
-def count_machine_pairs(name: str, sizes, classes, data, *, boundary: str, keys: str) -> Optional[int]:
+def count_machine_pairs(name: str, sizes, classes, data, n_seeds: int, *, boundary: str,
+                        keys: str) -> Optional[int]:
     """(query pixel, key) pairs a machine evaluates over a run: the sum over seeds and steps of
     ``count_pairs`` with that seed's dictionary (its class's images); None for other machines."""
     if name not in ("els", "local", "ideal"):
         return None
     H, W = data.image_shape[1:]
     if classes is None:
-        counts = [len(data)]
+        counts = [len(data)] * n_seeds
     else:
         per_class = {c: int((data.labels == c).sum()) for c in set(classes)}
         counts = [per_class[c] for c in classes]
@@ -334,7 +335,7 @@ def run(args) -> int:
                      sample_fn=sample_fn, net_sigmas=net_sigmas, networks=networks, class_labels=classes)
     seconds = time.perf_counter() - start
     from .. import has_kernel
-    pairs = {name: count_machine_pairs(name, patch_sizes[name], classes, data, boundary=args.boundary,
+    pairs = {name: count_machine_pairs(name, patch_sizes[name], classes, data, len(seeds), boundary=args.boundary,
                                        keys=args.keys) for name in names}
     result.settings.update(
         net=net_path, net_config=info["config"],
