@@ -25,6 +25,8 @@ from typing import Dict, Mapping, Optional, Sequence
 
 import numpy as np
 
+from .metrics import bootstrap_interval, wilson_interval as _wilson
+
 __all__ = ["BOOTSTRAP_RESAMPLES", "BOOTSTRAP_SEED", "bootstrap_median_ci", "wilson_interval", "median_summary",
            "win_fraction", "summarize", "per_seed_rows"]
 
@@ -47,46 +49,15 @@ def _check_level(level: float) -> float:
 
 def bootstrap_median_ci(values, *, level: float = 0.95, n_boot: int = BOOTSTRAP_RESAMPLES,
                         seed: int = BOOTSTRAP_SEED) -> tuple[float, float]:
-    """Percentile bootstrap interval for the median of ``values [n]`` (NaN and inf dropped).
-
-    ``n_boot`` resamples of size ``n`` with replacement, drawn by ``numpy.random.default_rng(seed)``;
-    the interval is the ``(1 - level)/2`` and ``(1 + level)/2`` quantiles (linear interpolation)
-    of the resampled medians. One finite value gives ``(v, v)``; none gives ``(nan, nan)``.
-    """
-    level = _check_level(level)
-    if int(n_boot) < 1:
-        raise ValueError(f"n_boot must be a positive int; got {n_boot}")
-    x = _finite(values)
-    if x.size == 0:
-        return math.nan, math.nan
-    if x.size == 1:
-        return float(x[0]), float(x[0])
-    rng = np.random.default_rng(int(seed))
-    idx = rng.integers(0, x.size, size=(int(n_boot), x.size))
-    medians = np.median(x[idx], axis=1)
-    lo, hi = np.quantile(medians, [(1 - level) / 2, (1 + level) / 2])
-    return float(lo), float(hi)
+    """Percentile bootstrap interval for the median of ``values [n]`` (NaN and inf dropped):
+    :func:`creativity_fast.metrics.bootstrap_interval` with ``np.median``. One finite value gives
+    ``(v, v)``; none gives ``(nan, nan)``."""
+    return bootstrap_interval(values, np.median, n_boot=n_boot, confidence=_check_level(level), seed=seed)
 
 
 def wilson_interval(k: int, n: int, *, level: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval for a proportion ``k / n`` (``(nan, nan)`` when ``n = 0``).
-
-    ``(p + z^2/2n -+ z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n)`` with ``z`` the normal quantile
-    of ``(1 + level) / 2``; it stays inside [0, 1] and is not degenerate at ``k = 0`` or ``k = n``.
-    """
-    level = _check_level(level)
-    k, n = int(k), int(n)
-    if n < 0 or not 0 <= k <= max(n, 0):
-        raise ValueError(f"need 0 <= k <= n; got k={k}, n={n}")
-    if n == 0:
-        return math.nan, math.nan
-    from statistics import NormalDist
-    z = NormalDist().inv_cdf((1 + level) / 2)
-    p = k / n
-    den = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / den
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return max(0.0, centre - half), min(1.0, centre + half)
+    """Wilson score interval for ``k / n`` (:func:`creativity_fast.metrics.wilson_interval`)."""
+    return _wilson(k, n, _check_level(level))
 
 
 def median_summary(values, *, level: float = 0.95, n_boot: int = BOOTSTRAP_RESAMPLES,

@@ -53,7 +53,7 @@ def test_wilson_interval_known_values():
     lo, hi = wilson_interval(10, 10)
     assert lo == pytest.approx(0.7225, abs=1e-4) and hi == pytest.approx(1.0, abs=1e-12)
     assert all(math.isnan(v) for v in wilson_interval(0, 0))
-    with pytest.raises(ValueError, match="k"):
+    with pytest.raises(ValueError, match="successes"):
         wilson_interval(4, 3)
 
 
