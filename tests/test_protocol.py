@@ -216,6 +216,13 @@ def test_class_conditional_cli_with_the_els_machine_as_the_network(tmp_path, mon
     assert main(["compare", "--limit", "40", "--steps", "2", "--seeds", "0-1", "--no-progress", "--machine", "els",
                  "--patch-schedule", "3", "--class", str(present[0]), "--out", str(tmp_path / "k")]) == 0
     assert json.loads((tmp_path / "k" / "compare.json").read_text())["class_labels"] == [present[0]] * 2
+    # calibrate gives the seeds classes the same way, and recovers the "network"'s constant P = 3
+    cal = tmp_path / "cal"
+    assert main(["calibrate", "--limit", "40", "--steps", "2", "--seeds", "1000-1002", "--no-progress",
+                 "--candidates", "3,5", "--out", str(cal)]) == 0
+    obj = json.loads((cal / "calibration.json").read_text())
+    assert obj["class_labels"] == seed_classes([1000, 1001, 1002], present) and obj["conditional"] is True
+    assert obj["patch_sizes"] == [3, 3] and obj["selection"] == "per_seed" and obj["seeds"] == [1000, 1001, 1002]
     # the samples of the IS machine are training images of the seed's class
     samples = np.load(out / "compare_samples.npz")
     for i, c in enumerate(res["class_labels"]):
