@@ -5,7 +5,8 @@ class (docs/theory.md §2). :class:`TrainingClasses` holds a machine's training 
 their labels and global image ids, hands out per-class subsets and groups a batch by
 the class of each sample. :func:`resolve_class_label` turns an int, a numeric string or
 a class name into an int label, and :func:`class_indices` finds a class's images
-(both also serve ``Dataset.with_class`` and ``--class``).
+(both also serve ``Dataset.with_class`` and ``--class``). :func:`seed_classes` gives each
+seed of a class-conditional ``compare``/``calibrate`` run its class (docs/calibration.md).
 """
 
 from __future__ import annotations

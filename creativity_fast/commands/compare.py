@@ -299,18 +299,18 @@ def run(args) -> int:
         patch_sizes[name] = schedule.sizes
     common.report_device(device, args.device, show=not args.no_progress)
     net_path = info["path"]
-    base_settings = dict(net=net_path, net_clip=bool(args.clip), conditional=classes is not None,
-                         class_label=args.class_label, data=data.name, n_train=len(data), resize=args.resize,
-                         limit=args.limit, sampler=args.sampler, eta=args.eta, noise_schedule=args.noise_schedule,
-                         device=device.type)
+    base_settings = dict(conditional=classes is not None, class_label=args.class_label, data=data.name,
+                         n_train=len(data), resize=args.resize, limit=args.limit, sampler=args.sampler, eta=args.eta,
+                         noise_schedule=args.noise_schedule, device=device.type)
 
     def entry_settings(name: str, schedule) -> str:
-        """What one entry's samples depend on: a rerun with the same string reuses its finished seeds."""
+        """What one entry's samples depend on: a rerun with the same string reuses its finished seeds
+        (a machine's samples do not depend on the network, its steps or its clipping)."""
         steps = int(schedule.numel() - 1)
         if name == "network":
-            extra = dict(entry=name, steps=steps)
+            extra = dict(entry=name, steps=steps, net=net_path, net_clip=bool(args.clip))
         elif name in networks:
-            extra = dict(entry=name, steps=steps, ceiling=args.net_ceiling)
+            extra = dict(entry=name, steps=steps, ceiling=args.net_ceiling, net_clip=bool(args.clip))
         else:
             extra = dict(entry=name, steps=steps, patch_sizes=patch_sizes[name], boundary=args.boundary,
                          keys=args.keys, machine_opts=args.machine_opts, backend=args.backend)
