@@ -190,6 +190,15 @@ def test_compare_cli_net_steps_resume_overlap_and_ceiling(tmp_path, tiny_net, ca
     assert ceiling["machines"]["ceiling"]["r"] == pytest.approx([1.0, 1.0])
     assert main(["compare", *common[:-4], "--machine", "none", "--out", str(tmp_path / "d")]) == 2
 
+    # --resize 32 reaches the samples and every output's settings
+    assert main(["compare", *common[:-4], "--machine", "ideal", "--resize", "32", "--out", str(tmp_path / "r")]) == 0
+    resized = json.loads((tmp_path / "r" / "compare.json").read_text())
+    assert resized["settings"]["resize"] == 32
+    assert np.load(tmp_path / "r" / "compare_samples.npz")["samples_ideal"].shape == (2, 1, 32, 32)
+    assert main(["calibrate", *common[:-4], "--seeds", "100", "--candidates", "3", "--resize", "32",
+                 "--out", str(tmp_path / "rc")]) == 0
+    assert json.loads((tmp_path / "rc" / "calibration.json").read_text())["resize"] == 32
+
 
 def test_class_conditional_cli_with_the_els_machine_as_the_network(tmp_path, monkeypatch, capsys):
     """A class-conditional "network" that is the ELS machine: every seed gets its class, r(ELS) = 1."""
