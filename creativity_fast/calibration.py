@@ -2,8 +2,11 @@
 
 ``calibrate``: run the *network's* sampler trajectory from per-seed initial noise; at
 every step ``i`` (state ``z_i`` at ``sigma_i``) evaluate the network and the machine for
-every candidate patch size ``P`` on the same ``z_i``, score their agreement per seed,
-take the median over seeds and pick, per step, the best ``P``:
+every candidate patch size ``P`` on the same ``z_i`` and score their agreement per seed.
+Per step, the chosen ``P`` is (``selection="per_seed"``, the paper's rule and the default)
+the median over seeds of each seed's best ``P``, rounded to the nearest candidate (ties
+to the smaller), or (``selection="median_score"``, earlier versions) the ``P`` with the
+best median score. The metric:
 
 - ``metric="cosine"``: cosine similarity of the scores ``(x0_hat - z) / sigma^2``
   (higher is better; the ``1/sigma^2`` cancels, so it is the cosine of ``x0_hat - z``);
@@ -12,13 +15,15 @@ take the median over seeds and pick, per step, the best ``P``:
 
 ``compare``: sample the network and every machine from the same initial noise (one
 ``torch.Generator`` per seed) with the same sampler and sigmas, then per seed compare
-each machine's final sample ``m`` with the network's ``n`` over all pixels:
+each machine's final sample ``m`` with the network's ``n`` over all pixels (the network may
+take its own schedule, ``net_sigmas``: the paper's Table 1 samples it with 150 steps and
+the machines with 20; class-conditional runs pass one class per seed to every denoiser):
 
 - Pearson ``r = cov(n, m) / (std(n) std(m))``;
 - ``R^2 = 1 - sum (n - m)^2 / sum (n - mean(n))^2``, the coefficient of determination of
   the network's sample by the machine's (it can be negative; ``R^2 <= r^2``).
 
-Medians over seeds summarise. IS (``ideal``) and LS (``local``) are the baselines that
+Medians over seeds with bootstrap intervals summarise (``creativity_fast.stats``). IS (``ideal``) and LS (``local``) are the baselines that
 the ELS machine should beat (Kamb & Ganguli 2025, Table 1).
 """
 
@@ -39,12 +44,14 @@ from .samplers import get_sampler, initial_noise
 from .schedules import _check_sigmas_1d, resample_steps
 
 __all__ = [
-    "METRICS", "CalibrationResult", "CompareResult", "calibrate", "compare", "agreement", "sample_seeds",
-    "load_patch_schedule", "resolve_patch_schedule", "default_schedule_path", "save_calibration",
-    "calibration_figure", "agreement_figure",
+    "METRICS", "SELECTIONS", "CalibrationResult", "CompareResult", "calibrate", "select_patch_sizes", "compare", "agreement",
+    "sample_seeds",
+    "load_patch_schedule", "resolve_patch_schedule", "calibration_seeds", "default_schedule_path", "save_calibration",
+    "calibration_figure", "agreement_figure", "scatter_figure",
 ]
 
 METRICS = ("cosine", "mse")
+SELECTIONS = ("per_seed", "median_score")
 SCHEDULE_FORMAT = "creativity_fast.patch_schedule"
 DEFAULT_SCHEDULE = "calibrated_schedule.json"
 
@@ -97,6 +104,16 @@ def _check_candidates(candidates) -> List[int]:
     return cands
 
 
+def _check_class_labels(class_labels, n: int) -> Optional[torch.Tensor]:
+    """``class_labels`` (one int per seed, or None) as a ``[n]`` int64 CPU tensor."""
+    if class_labels is None:
+        return None
+    labels = torch.as_tensor(list(class_labels) if not isinstance(class_labels, torch.Tensor) else class_labels)
+    if labels.dim() != 1 or labels.numel() != n or labels.is_floating_point():
+        raise ValueError(f"class_labels must hold one int label per seed ({n}); got {labels.tolist()}")
+    return labels.long().cpu()
+
+
 def _make_factory(machine_factory, machine_options: Optional[dict]):
     """``(data, P) -> denoiser`` from a callable or a registered machine name."""
     if isinstance(machine_factory, str):
@@ -113,13 +130,16 @@ def _make_factory(machine_factory, machine_options: Optional[dict]):
 
 def sample_seeds(denoiser: Denoiser, seeds: Sequence[int], shape_chw, sigmas: torch.Tensor, *,
                  sampler: str = "ddim", eta: float = 0.0, batch_size: int = 16, progress: bool = False,
-                 callback: Optional[Callable[[List[int], dict], None]] = None, device=None) -> torch.Tensor:
+                 callback: Optional[Callable[[List[int], dict], None]] = None, device=None,
+                 class_labels: Optional[Sequence[int]] = None) -> torch.Tensor:
     """One final sample per seed, ``[B, C, H, W]``, from ``initial_noise(seeds)`` (per-seed generators).
 
     ``callback(batch_seeds, info)`` receives the sampler's per-step info for each batch. ``device``: where
     the sampler runs (the noise is drawn on the CPU and moved there); the samples come back on the CPU.
+    ``class_labels``: one class per seed, passed to the denoiser as ``class_labels [B]`` (None: unconditional).
     """
     seeds = _check_seeds(seeds)
+    labels = _check_class_labels(class_labels, len(seeds))
     if batch_size <= 0:
         raise ValueError(f"batch_size must be a positive int; got {batch_size}")
     fn = get_sampler(sampler)
@@ -128,6 +148,8 @@ def sample_seeds(denoiser: Denoiser, seeds: Sequence[int], shape_chw, sigmas: to
         batch = seeds[start:start + batch_size]
         z, gens = initial_noise(batch, shape_chw, float(sigmas[0]), device=device)
         kwargs = dict(generator=gens, progress=progress)
+        if labels is not None:
+            kwargs["extra_args"] = {"class_labels": labels[start:start + batch_size]}
         if callback is not None:
             kwargs["callback"] = lambda info, batch=batch: callback(batch, info)
         if sampler == "ddim":
@@ -146,7 +168,9 @@ class CalibrationResult:
 
     ``patch_sizes[i]``: chosen ``P`` at step ``i`` (sampling order, step 0 = highest noise).
     ``scores [n_steps, n_candidates]``: median over seeds of the metric; ``per_seed
-    [n_steps, n_candidates, n_seeds]``: the values themselves.
+    [n_steps, n_candidates, n_seeds]``: the values themselves; ``per_seed_best [n_steps, n_seeds]``:
+    each seed's best ``P`` per step; ``selection``: how ``patch_sizes`` follow from them (module doc);
+    ``class_labels``: the class of each seed (None: unconditional).
     """
 
     patch_sizes: List[int]
@@ -156,6 +180,9 @@ class CalibrationResult:
     sigmas: np.ndarray
     seeds: List[int]
     metric: str
+    selection: str = "per_seed"
+    per_seed_best: Optional[np.ndarray] = None
+    class_labels: Optional[List[int]] = None
 
     @property
     def best_scores(self) -> List[float]:
@@ -173,6 +200,10 @@ class CalibrationResult:
             "sigmas": [float(s) for s in self.sigmas],
             "best_scores": self.best_scores,
             "scores": [[float(v) for v in row] for row in self.scores],
+            "selection": self.selection,
+            "per_seed_best": None if self.per_seed_best is None else [[int(v) for v in row]
+                                                                       for row in self.per_seed_best],
+            "class_labels": None if self.class_labels is None else [int(c) for c in self.class_labels],
         }
 
 
@@ -191,7 +222,8 @@ def calibrate(net_denoiser: Denoiser, machine_factory, data, sigmas, candidates:
               seeds: Sequence[int], metric: str = "cosine", *, sampler: str = "ddim", eta: float = 0.0,
               machine_options: Optional[dict] = None, batch_size: int = 64, progress: bool = False,
               done: Optional[Mapping[int, np.ndarray]] = None,
-              checkpoint: Optional[Callable[[Dict[int, np.ndarray]], None]] = None) -> CalibrationResult:
+              checkpoint: Optional[Callable[[Dict[int, np.ndarray]], None]] = None,
+              selection: str = "per_seed", class_labels: Optional[Sequence[int]] = None) -> CalibrationResult:
     """Per step, the ``P`` whose machine best matches the network along the network's trajectory.
 
     Args:
@@ -208,12 +240,19 @@ def calibrate(net_denoiser: Denoiser, machine_factory, data, sigmas, candidates:
         batch_size: seeds per network/machine call.
         done / checkpoint: resume support; ``done[i]`` is a finished step's ``[n_candidates, n_seeds]``
             table; ``checkpoint(tables)`` is called after every finished step.
+        selection: ``"per_seed"`` (the median over seeds of each seed's best ``P``, the paper's rule)
+            or ``"median_score"`` (the ``P`` with the best median score); see :func:`select_patch_sizes`.
+        class_labels: one class per seed, passed as ``class_labels`` to the network and the machines
+            (the machine then uses that class's images only); None: unconditional.
     Returns:
         :class:`CalibrationResult`. Ties go to the smaller ``P``.
     """
     metric = _check_metric(metric)
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}; got {selection!r}")
     cands = _check_candidates(candidates)
     seeds = _check_seeds(seeds)
+    labels = _check_class_labels(class_labels, len(seeds))
     images = _as_images(data)
     s = _check_sigmas_1d(sigmas)
     sig = s.to(torch.float32)
@@ -238,7 +277,8 @@ def calibrate(net_denoiser: Denoiser, machine_factory, data, sigmas, candidates:
         z0, _ = initial_noise(batch, images.shape[1:], float(sig[0]))
         states[0, start:start + len(batch)] = z0
         sample_seeds(net_denoiser, batch, images.shape[1:], sig, sampler=sampler, eta=eta, batch_size=len(batch),
-                     callback=record, device=device)
+                     callback=record, device=device,
+                     class_labels=None if labels is None else labels[start:start + batch_size])
 
     # 2. every candidate machine at every state
     tables: Dict[int, np.ndarray] = {int(k): np.asarray(v, dtype=np.float64) for k, v in (done or {}).items()}
@@ -256,7 +296,8 @@ def calibrate(net_denoiser: Denoiser, machine_factory, data, sigmas, candidates:
             for start in range(0, len(seeds), batch_size):
                 sl = slice(start, start + batch_size)
                 z = states[i, sl]
-                mx = machines[P](z.to(device), sig[i].expand(z.shape[0]).to(device)).cpu()
+                extra = {} if labels is None else {"class_labels": labels[sl]}
+                mx = machines[P](z.to(device), sig[i].expand(z.shape[0]).to(device), **extra).cpu()
                 table[j, sl] = _agreement_per_seed(net_x0[i, sl], mx, z, metric)
             bar.update(1)
         tables[i] = table
@@ -264,9 +305,37 @@ def calibrate(net_denoiser: Denoiser, machine_factory, data, sigmas, candidates:
             checkpoint(dict(tables))
     bar.close()
     per_seed = np.stack([tables[i] for i in range(n_steps)])          # [steps, cands, seeds]
-    scores = np.median(per_seed, axis=2)
-    pick = scores.argmax(1) if metric == "cosine" else scores.argmin(1)  # first optimum: smaller P on ties
-    return CalibrationResult([cands[j] for j in pick], cands, scores, per_seed, s.numpy(), seeds, metric)
+    sizes, scores, best = select_patch_sizes(per_seed, cands, metric, selection)
+    return CalibrationResult(sizes, cands, scores, per_seed, s.numpy(), seeds, metric, selection, best,
+                             None if labels is None else labels.tolist())
+
+
+def select_patch_sizes(per_seed: np.ndarray, candidates: Sequence[int], metric: str = "cosine",
+                       selection: str = "per_seed") -> tuple[List[int], np.ndarray, np.ndarray]:
+    """The patch size per step from a score table ``per_seed [n_steps, n_candidates, n_seeds]``.
+
+    Returns ``(sizes [n_steps], median scores [n_steps, n_candidates], per-seed best P [n_steps, n_seeds])``.
+    Each seed's best ``P`` is the candidate with the highest cosine (lowest MSE); ties go to the
+    smaller ``P``. ``selection="per_seed"``: per step, the median of those per-seed best values
+    (``numpy.median``; with an even number of seeds it may fall between candidates) rounded to the
+    nearest candidate, ties to the smaller. ``selection="median_score"``: the candidate whose median
+    score over seeds is best.
+    """
+    cands = np.asarray(list(candidates))
+    order = np.argsort(cands, kind="stable")                 # ties to the smaller P whatever the order given
+    table = np.asarray(per_seed, dtype=np.float64)[:, order, :]
+    sorted_cands = cands[order]
+    sign = 1.0 if metric == "cosine" else -1.0
+    best = sorted_cands[np.argmax(sign * table, axis=1)]     # [steps, seeds]
+    scores = np.median(np.asarray(per_seed, dtype=np.float64), axis=2)
+    if selection == "per_seed":
+        med = np.median(best.astype(np.float64), axis=1)     # [steps]
+        pick = np.argmin(np.abs(sorted_cands[None, :] - med[:, None]), axis=1)  # first minimum: the smaller P
+        sizes = [int(sorted_cands[j]) for j in pick]
+    else:
+        pick = np.argmax(sign * np.median(table, axis=2), axis=1)
+        sizes = [int(sorted_cands[j]) for j in pick]
+    return sizes, scores, best
 
 
 # --------------------------------------------------------------------------- #
@@ -296,6 +365,22 @@ def load_patch_schedule(path: Union[str, os.PathLike], n_steps: Optional[int] = 
         raise ValueError(f"{path}: 'patch_sizes' must be a non-empty list of odd positive ints "
                          "(one per step, highest noise first)")
     return sizes if n_steps is None else resample_steps(sizes, n_steps)
+
+
+def calibration_seeds(spec) -> Optional[List[int]]:
+    """The seeds a ``--patch-schedule`` value was calibrated on (its JSON's ``seeds``), or None when the
+    value is not a calibration file (an int, a list, a published name)."""
+    if not isinstance(spec, (str, os.PathLike)):
+        return None
+    text = os.fspath(spec)
+    path = default_schedule_path() if text.strip().lower() == "calibrated" else Path(text)
+    if not (text.strip().lower() == "calibrated" or text.lower().endswith(".json") or path.is_file()):
+        return None
+    try:
+        seeds = json.loads(path.read_text()).get("seeds")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return [int(v) for v in seeds] if isinstance(seeds, list) else None
 
 
 def resolve_patch_schedule(spec, n_steps: int):
@@ -339,7 +424,13 @@ def agreement(reference: torch.Tensor, other: torch.Tensor) -> tuple[np.ndarray,
 
 @dataclass
 class CompareResult:
-    """Agreement of machines with a network on the same seeds (see the module doc)."""
+    """Agreement of machines with a network on the same seeds (see the module doc).
+
+    ``r[name]``, ``r2[name]``: per-seed Pearson ``r`` and coefficient of determination ``R^2`` (of the
+    network's sample by that machine's; ``r2`` keeps its historical name and means ``R^2``, not ``r*r``).
+    ``class_labels``: the class of each seed (None: unconditional). ``baseline``: the machine the others
+    are tested against (fraction of seeds beaten, paired difference; ``ideal`` by default).
+    """
 
     seeds: List[int]
     samples: Dict[str, torch.Tensor]          # "network" and every machine name -> [B, C, H, W]
@@ -347,6 +438,8 @@ class CompareResult:
     r2: Dict[str, np.ndarray]
     reference: str = "network"
     settings: dict = field(default_factory=dict)
+    class_labels: Optional[List[int]] = None
+    baseline: Optional[str] = "ideal"
 
     @property
     def machines(self) -> List[str]:
@@ -360,58 +453,94 @@ class CompareResult:
     def median_r2(self) -> Dict[str, float]:
         return {k: float(np.nanmedian(v)) for k, v in self.r2.items()}
 
+    def statistics(self, **kwargs) -> dict:
+        """:func:`creativity_fast.stats.summarize` of ``r`` and ``R^2`` (medians, bootstrap intervals,
+        fraction of seeds beating ``baseline``, paired differences)."""
+        from .stats import summarize
+        return summarize(self.r, self.r2, baseline=self.baseline, **kwargs)
+
+    def per_seed_rows(self) -> List[dict]:
+        from .stats import per_seed_rows
+        classes = self.class_labels if self.class_labels is not None else [None] * len(self.seeds)
+        return per_seed_rows(self.seeds, classes, self.r, self.r2)
+
     def to_json(self) -> dict:
         return {
             "reference": self.reference, "seeds": list(self.seeds), "n_seeds": len(self.seeds),
+            "class_labels": None if self.class_labels is None else [int(c) for c in self.class_labels],
             "median_r": self.median_r, "median_r2": self.median_r2,
+            "statistics": self.statistics(),
             "machines": {k: {"median_r": self.median_r[k], "median_r2": self.median_r2[k],
                              "r": [float(v) for v in self.r[k]], "r2": [float(v) for v in self.r2[k]]}
                          for k in self.r},
+            "definitions": {"r": "Pearson correlation over all pixels and channels, per seed",
+                            "r_squared": "r * r per seed", "r2 / R2": "coefficient of determination "
+                            "1 - SS_res / SS_tot of the network sample by the machine sample, per seed"},
             "settings": dict(self.settings),
         }
 
 
 def compare(net_denoiser: Denoiser, machines: Mapping[str, Denoiser], seeds: Sequence[int], sigmas,
             shape, *, sampler: str = "ddim", eta: float = 0.0, batch_size: int = 16, progress: bool = False,
-            sample_fn: Optional[Callable[[str, Denoiser], torch.Tensor]] = None) -> CompareResult:
+            sample_fn: Optional[Callable[[str, Denoiser], torch.Tensor]] = None, net_sigmas=None,
+            networks: Optional[Mapping[str, Denoiser]] = None, class_labels: Optional[Sequence[int]] = None,
+            baseline: Optional[str] = "ideal") -> CompareResult:
     """Sample the network and each machine from the same initial noise; per-seed ``r`` and ``R^2``.
 
     Args:
         net_denoiser: the reference (the network's samples are what the machines should predict).
-        machines: ``{name: denoiser}`` (e.g. ``els``, ``local``, ``ideal``).
+        machines: ``{name: denoiser}`` (e.g. ``els``, ``local``, ``ideal``), sampled over ``sigmas``.
         seeds: one sample per seed; ``initial_noise(seeds)`` makes the shared starting noise.
-        sigmas: ``[n+1]`` schedule; shape: ``(C, H, W)``.
+        sigmas: ``[n+1]`` schedule of the machines; shape: ``(C, H, W)``.
         sampler, eta, batch_size, progress: as ``sample_seeds``.
-        sample_fn: ``(name, denoiser) -> [B, C, H, W]`` overrides the sampling (the CLI uses it to
-            save finished batches and resume); it must use the same seeds and schedule.
+        sample_fn: ``(name, denoiser, sigmas) -> [B, C, H, W]`` overrides the sampling (the CLI uses it
+            to save finished batches and resume); it must use the same seeds, the given schedule and
+            the same class labels.
+        net_sigmas: the network's schedule (default ``sigmas``); its first sigma must equal
+            ``sigmas[0]`` so that both start from the same noise.
+        networks: further networks ``{name: denoiser}`` compared with the reference like machines but
+            sampled over ``net_sigmas`` (e.g. a second network of the same recipe: the ceiling).
+        class_labels: one class per seed, passed as ``class_labels`` to every denoiser; None: unconditional.
+        baseline: the entry the others are tested against in :meth:`CompareResult.statistics`.
     Returns:
         :class:`CompareResult`.
     """
     seeds = _check_seeds(seeds)
-    if not isinstance(machines, Mapping) or not machines:
-        raise ValueError("machines must be a non-empty dict {name: denoiser}")
-    if "network" in machines:
-        raise ValueError("'network' is reserved for the reference; rename that machine")
+    networks = dict(networks or {})
+    if not isinstance(machines, Mapping) or not (machines or networks):
+        raise ValueError("machines must be a non-empty dict {name: denoiser} (or give networks)")
+    clash = sorted(({"network"} | set(machines)) & set(networks)) + (["network"] if "network" in machines else [])
+    if clash:
+        raise ValueError(f"{clash[0]!r} names the reference or two entries; rename it")
     sig = _check_sigmas_1d(sigmas).to(torch.float32)
+    net_sig = sig if net_sigmas is None else _check_sigmas_1d(net_sigmas).to(torch.float32)
+    if float(net_sig[0]) != float(sig[0]):
+        raise ValueError(f"net_sigmas must start at the machines' first sigma {float(sig[0])} (the same noise); "
+                         f"got {float(net_sig[0])}")
+    labels = _check_class_labels(class_labels, len(seeds))
     shape = tuple(int(d) for d in shape)
     if sample_fn is None:
-        def sample_fn(name, den):
-            return sample_seeds(den, seeds, shape, sig, sampler=sampler, eta=eta, batch_size=batch_size,
-                                progress=progress)
-    samples = {"network": sample_fn("network", net_denoiser)}
+        def sample_fn(name, den, schedule):
+            return sample_seeds(den, seeds, shape, schedule, sampler=sampler, eta=eta, batch_size=batch_size,
+                                progress=progress, class_labels=labels)
+    samples = {"network": sample_fn("network", net_denoiser, net_sig)}
     r, r2 = {}, {}
-    for name, den in machines.items():
-        samples[name] = sample_fn(name, den)
+    for name, den, schedule in ([(n, d, sig) for n, d in machines.items()]
+                                + [(n, d, net_sig) for n, d in networks.items()]):
+        samples[name] = sample_fn(name, den, schedule)
         r[name], r2[name] = agreement(samples["network"], samples[name])
-    settings = dict(sampler=sampler, eta=eta, n_steps=int(sig.numel() - 1))
-    return CompareResult(seeds, samples, r, r2, settings=settings)
+    settings = dict(sampler=sampler, eta=eta, n_steps=int(sig.numel() - 1), net_steps=int(net_sig.numel() - 1),
+                    networks=list(networks))
+    return CompareResult(seeds, samples, r, r2, settings=settings,
+                         class_labels=None if labels is None else labels.tolist(),
+                         baseline=baseline if baseline in r else None)
 
 
 # --------------------------------------------------------------------------- #
 # figures
 # --------------------------------------------------------------------------- #
 
-_LABELS = {"network": "network", "els": "ELS", "local": "LS", "ideal": "IS"}
+_LABELS = {"network": "network", "els": "ELS", "local": "LS", "ideal": "IS", "ceiling": "network B"}
 
 
 def _save_figure(fig, path: Union[str, os.PathLike]) -> Path:
@@ -470,6 +599,40 @@ def agreement_figure(result: CompareResult, path: Union[str, os.PathLike], *, co
     fig.suptitle(f"network vs machines from the same noise ({n} seeds; per-image Pearson r under each sample)",
                  fontsize=8)
     fig.subplots_adjust(wspace=0.05, hspace=0.35)
+    out = _save_figure(fig, path)
+    plt.close(fig)
+    return out
+
+
+def scatter_figure(result: CompareResult, path: Union[str, os.PathLike], *, baseline: Optional[str] = None) -> Path:
+    """Per-seed ``r`` of each machine (y) against the baseline's ``r`` (x, default ``result.baseline``),
+    with the diagonal: points above it are seeds where the machine beats the baseline. Writes a PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    base = baseline or result.baseline
+    if base is None or base not in result.r:
+        raise ValueError(f"the scatter needs a baseline among the machines ({', '.join(result.r)}); got {base!r}")
+    others = [m for m in result.machines if m != base]
+    fig, ax = plt.subplots(figsize=(4.2, 4.2))
+    x = np.asarray(result.r[base], dtype=np.float64)
+    lo = np.nanmin([np.nanmin(x)] + [np.nanmin(result.r[m]) for m in others]) if others else np.nanmin(x)
+    lo = min(0.0, float(lo)) if np.isfinite(lo) else 0.0
+    ax.plot([lo, 1], [lo, 1], color="0.6", lw=0.8, ls="--", zorder=0)
+    stats = result.statistics(n_boot=2000) if others else {"versus": {}}
+    for m, marker in zip(others, "os^vDPX*"):
+        y = np.asarray(result.r[m], dtype=np.float64)
+        beats = stats["versus"].get(m, {}).get("beats", {})
+        label = f"{_LABELS.get(m, m)} (above the line: {beats.get('wins', 0)}/{beats.get('n', 0)})"
+        ax.scatter(x, y, s=14, marker=marker, alpha=0.75, label=label)
+    ax.set_xlabel(f"r({_LABELS.get(base, base)}) per seed")
+    ax.set_ylabel("r(machine) per seed")
+    ax.set_xlim(lo, 1)
+    ax.set_ylim(lo, 1)
+    ax.set_aspect("equal")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title(f"agreement with the network, {len(result.seeds)} seeds", fontsize=8)
     out = _save_figure(fig, path)
     plt.close(fig)
     return out

@@ -5,7 +5,8 @@ class (docs/theory.md §2). :class:`TrainingClasses` holds a machine's training 
 their labels and global image ids, hands out per-class subsets and groups a batch by
 the class of each sample. :func:`resolve_class_label` turns an int, a numeric string or
 a class name into an int label, and :func:`class_indices` finds a class's images
-(both also serve ``Dataset.with_class`` and ``--class``).
+(both also serve ``Dataset.with_class`` and ``--class``). :func:`seed_classes` gives each
+seed of a class-conditional ``compare``/``calibrate`` run its class (docs/calibration.md).
 """
 
 from __future__ import annotations
@@ -138,3 +139,35 @@ class TrainingClasses:
         if class_labels.shape[0] != batch:
             raise ValueError(f"class_labels has {class_labels.shape[0]} entries for a batch of {batch}")
         return [(int(c), (class_labels == c).nonzero().reshape(-1)) for c in class_labels.unique()]
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def splitmix64(x: int) -> int:
+    """SplitMix64 (Steele, Lea & Flood 2014) of a non-negative int: a fixed 64-bit mixing function,
+    ``x + 0x9E3779B97F4A7C15`` then two xor-shift-multiply rounds and a final xor-shift."""
+    z = (int(x) + 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
+def seed_classes(seeds: Sequence[int], labels_present: Sequence[int]) -> list[int]:
+    """The class of each seed in a class-conditional comparison: ``sorted(labels_present)[splitmix64(seed) % K]``.
+
+    ``K`` is the number of distinct labels. The rule is pure integer arithmetic, so it gives the same
+    class for a seed on every run and machine and for any batch, and it is independent of the seed's
+    initial noise (a ``torch.Generator`` seeded with the seed). Over many seeds every class is drawn
+    about equally often (the modulo bias is below ``K / 2**64``).
+    """
+    present = sorted({int(c) for c in labels_present})
+    if not present:
+        raise ValueError("class-conditional sampling needs at least one labelled training image")
+    out = []
+    for s in seeds:
+        s = int(s)
+        if s < 0:
+            raise ValueError(f"seeds must be non-negative ints; got {s}")
+        out.append(present[splitmix64(s) % len(present)])
+    return out

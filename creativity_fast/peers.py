@@ -234,22 +234,41 @@ class SmoothedDenoiser:
 # pca_locality
 # --------------------------------------------------------------------------- #
 
-def wiener_mask(evals: torch.Tensor, evecs: torch.Tensor, sigma: float, theta: float, *,
-                binary: bool = True, eps: float = 1e-6) -> torch.Tensor:
-    """Lukoianov et al.'s mask ``M(sigma) [D, D]`` from ``Sigma = U diag(l) U^T`` (docs/theory.md §3.6).
+SMALL_DIAGONAL_RULES = ("absolute", "relative")
 
-    ``L = U diag(l / (l + sigma^2)) U^T`` (the Wiener operator); ``R[n, m] = |L[n, m]| / L[n, n]``
-    (each row of ``|L|`` over its diagonal entry; rows whose diagonal is below
-    ``eps * max diag``, pixels without variance, are zero); ``M = [R >= theta * max R]``
-    (``binary``) or ``R * [R >= theta * max R]``. ``M[n, m]`` weights input ``n`` for output ``m``.
+
+def wiener_mask(evals: torch.Tensor, evecs: torch.Tensor, sigma: float, theta: float, *,
+                binary: bool = True, eps: float = 1e-6, small_diagonal: str = "absolute") -> torch.Tensor:
+    """Lukoianov et al.'s mask ``M(sigma) [D, D]`` from ``Sigma = U diag(l) U^T`` (docs/peers.md, ``pca_locality``).
+
+    ``L = U diag(l / (l + sigma^2)) U^T`` (the Wiener operator); ``R[n, m] = |L[n, m]| / d[n]`` (each row
+    of ``|L|`` over its diagonal entry ``d[n] = L[n, n]``); ``M = [R >= theta * max R]`` (``binary``) or
+    ``R * [R >= theta * max R]``. ``M[n, m]`` weights input ``n`` for output ``m``.
+
+    Rows with a tiny diagonal (pixels with almost no variance), ``small_diagonal``:
+
+    - ``"absolute"`` (the published rule, the default): where ``|L[n, n]| < eps`` (an absolute ``1e-6``),
+      ``L[n, n]`` is set to 1 and the row is divided by 1; so ``R[n, n] = 1`` and the rest of the row
+      keeps its (tiny) entries;
+    - ``"relative"`` (earlier versions of this project): rows with ``L[n, n] <= eps * max_n L[n, n]`` are
+      zero; the others are divided by their diagonal. A near-constant pixel whose diagonal lies between
+      the two cut-offs then has a large ratio, sets ``max R`` and with it the threshold of the whole mask.
     """
     evals = evals.double().clamp_min(0)
     evecs = evecs.double()
     L = (evecs * (evals / (evals + float(sigma) ** 2))[None, :]) @ evecs.T
     diag = L.diagonal()
-    ok = diag > eps * diag.max().clamp_min(torch.finfo(torch.float64).tiny)
-    R = torch.where(ok[:, None], L.abs() / torch.where(ok, diag, torch.ones_like(diag))[:, None],
-                    torch.zeros_like(L))
+    if small_diagonal == "absolute":
+        small = diag.abs() < eps
+        L = L.clone()
+        L.diagonal()[small] = 1.0              # the published code writes the 1 into the matrix too
+        R = L.abs() / L.diagonal()[:, None]
+    elif small_diagonal == "relative":
+        ok = diag > eps * diag.max().clamp_min(torch.finfo(torch.float64).tiny)
+        R = torch.where(ok[:, None], L.abs() / torch.where(ok, diag, torch.ones_like(diag))[:, None],
+                        torch.zeros_like(L))
+    else:
+        raise ValueError(f"small_diagonal must be one of {', '.join(SMALL_DIAGONAL_RULES)}; got {small_diagonal!r}")
     keep = R >= theta * R.max()
     return keep.double() if binary else torch.where(keep, R, torch.zeros_like(R))
 
@@ -272,6 +291,10 @@ class PCALocalityDenoiser:
             ``Sigma`` is the ``[H*W, H*W]`` pixel covariance pooled over channels, the mask is
             shared by the channels and one softmax per pixel covers all of them. Same for ``C = 1``.
         binary: 0/1 mask (as published) or the thresholded normalised weights.
+        small_diagonal: ``"absolute"`` (default, as published) or ``"relative"``: the rule for pixels
+            whose Wiener diagonal is tiny (:func:`wiener_mask`).
+        ddof: the covariance is ``sum (x - mean)(x - mean)^T / (N - ddof)``: 0 (default, the
+            maximum-likelihood covariance) or 1 (the unbiased one of the published code).
         mask: a fixed mask instead of the Wiener one (``[U, U]`` for the chosen ``channels``),
             used at every sigma; ``torch.ones`` gives the ideal machine.
         max_cached: masks kept (an LRU keyed by class and sigma value; a mask depends on sigma).
@@ -280,7 +303,7 @@ class PCALocalityDenoiser:
     def __init__(self, data, *, theta: Optional[float] = None, tau: float = 1.0, channels: str = "full",
                  binary: bool = True, mask: Optional[torch.Tensor] = None, labels=None,
                  class_label: Optional[int] = None, backend: str = "auto", chunk_size: Optional[int] = None,
-                 max_cached: int = 64):
+                 max_cached: int = 64, small_diagonal: str = "absolute", ddof: int = 0):
         self.classes = TrainingClasses(data, labels, class_label)
         C, H, W = self.data.shape[1:]
         if theta is None:
@@ -291,6 +314,10 @@ class PCALocalityDenoiser:
         self.tau = _positive("tau", tau)
         self.channels = check_choice("channels", channels, ("full", "shared"))
         self.binary = bool(binary)
+        self.small_diagonal = check_choice("small_diagonal", small_diagonal, SMALL_DIAGONAL_RULES)
+        if isinstance(ddof, bool) or ddof not in (0, 1):
+            raise ValueError(f"ddof must be 0 (divide the covariance by N) or 1 (by N - 1); got {ddof!r}")
+        self.ddof = int(ddof)
         self.backend = check_backend(backend)
         self.chunk_size = chunk_size
         self.units = C * H * W if self.channels == "full" else H * W
@@ -320,7 +347,7 @@ class PCALocalityDenoiser:
             x = self.classes.subset(label).double()
             x = x.reshape(x.shape[0], -1) if self.channels == "full" else x.reshape(-1, x.shape[2] * x.shape[3])
             centred = x - x.mean(0)
-            cov = centred.T @ centred / max(1, x.shape[0])
+            cov = centred.T @ centred / max(1, x.shape[0] - self.ddof)
             evals, evecs = torch.linalg.eigh(cov)
             self._eig[label] = (evals.clamp_min(0), evecs)
         return self._eig[label]
@@ -328,7 +355,7 @@ class PCALocalityDenoiser:
     def mask(self, sigma: float, label: Optional[int] = None) -> torch.Tensor:
         """The dense mask ``M(sigma) [U, U]`` (``M[n, m]``: input ``n`` for output unit ``m``)."""
         evals, evecs = self.eig(label)
-        return wiener_mask(evals, evecs, sigma, self.theta, binary=self.binary)
+        return wiener_mask(evals, evecs, sigma, self.theta, binary=self.binary, small_diagonal=self.small_diagonal)
 
     def support(self, sigma: float, label: Optional[int] = None) -> MaskedSupport:
         if self.fixed_support is not None:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Dict, List, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 
@@ -54,6 +54,9 @@ __all__ = [
     "x0_to_v",
     "edm_preconditioning",
     "PUBLISHED_PATCH_SCHEDULES",
+    "PATCH_SCHEDULE_ALIASES",
+    "published_patch_schedule",
+    "published_schedule_names",
     "patch_sizes_for_steps",
     "resample_steps",
     "PatchSchedule",
@@ -391,13 +394,43 @@ def edm_preconditioning(sigma, sigma_data: float = 0.5):
 # patch-size schedules
 # --------------------------------------------------------------------------- #
 
-#: Patch sizes fitted by Kamb & Ganguli (2025) to ResNets with zero padding, one per
-#: step of a 20-step cosine schedule, listed from LOW noise to HIGH noise (the order
-#: of the paper). :func:`patch_sizes_for_steps` reverses them into sampling order.
+#: Patch sizes fitted by Kamb & Ganguli (2025) to their trained networks, one per step of
+#: a 20-step cosine schedule, listed from LOW noise to HIGH noise (the order of the paper
+#: and its released code). Names are ``<data set>_<network>_<padding>``; the machine's
+#: ``boundary`` should match the padding (docs/calibration.md). They were fitted at
+#: 32 x 32 (every set resized). :func:`patch_sizes_for_steps` reverses them into sampling order.
 PUBLISHED_PATCH_SCHEDULES: Dict[str, List[int]] = {
-    "mnist": [3, 3, 5, 5, 5, 7, 7, 7, 9, 9, 11, 11, 11, 11, 13, 15, 15, 15, 15, 15],
-    "fashion_mnist": [3, 3, 5, 5, 7, 7, 9, 9, 9, 11, 11, 11, 13, 13, 13, 15, 15, 15, 17, 17],
+    "mnist_resnet_zeros": [3, 3, 5, 5, 5, 7, 7, 7, 9, 9, 11, 11, 11, 11, 13, 15, 15, 15, 15, 15],
+    "mnist_resnet_circular": [3, 3, 5, 5, 5, 7, 7, 9, 9, 9, 11, 11, 11, 11, 9, 9, 7, 7, 3, 3],
+    "mnist_unet_zeros": [3, 3, 3, 5, 5, 7, 7, 7, 9, 9, 9, 11, 13, 15, 17, 21, 23, 23, 25, 27],
+    "fashion_mnist_resnet_zeros": [3, 3, 5, 5, 7, 7, 9, 9, 9, 11, 11, 11, 13, 13, 13, 15, 15, 15, 17, 17],
+    "fashion_mnist_unet_zeros": [3, 3, 5, 5, 7, 7, 7, 9, 11, 11, 11, 13, 15, 15, 21, 23, 25, 25, 25, 25],
+    "cifar10_resnet_zeros": [3, 3, 3, 3, 5, 5, 5, 7, 7, 7, 7, 9, 9, 11, 11, 13, 15, 17, 17, 17],
+    "cifar10_resnet_circular": [3, 3, 3, 3, 5, 5, 5, 5, 7, 7, 7, 9, 9, 11, 11, 13, 13, 15, 15, 15],
+    "cifar10_unet_zeros": [3, 3, 3, 3, 5, 5, 5, 5, 7, 7, 7, 7, 9, 9, 11, 13, 13, 15, 17, 25],
+    "celeba_resnet_zeros": [3, 3, 3, 5, 5, 5, 5, 5, 7, 7, 9, 9, 9, 11, 11, 11, 13, 15, 19, 19],
+    "celeba_unet_zeros": [3, 3, 3, 3, 3, 3, 3, 5, 5, 5, 5, 5, 7, 7, 9, 9, 9, 13, 19, 27],
 }
+
+#: Short names kept from earlier versions: each is the ResNet / zero-padding schedule of its data set.
+PATCH_SCHEDULE_ALIASES: Dict[str, str] = {
+    "mnist": "mnist_resnet_zeros",
+    "fashion_mnist": "fashion_mnist_resnet_zeros",
+}
+
+
+def published_patch_schedule(name: str) -> Optional[List[int]]:
+    """The published schedule ``name`` (or alias; case, ``-`` and spaces ignored), LOW to HIGH noise;
+    None when ``name`` is not one."""
+    key = _normalise_name(name)
+    key = PATCH_SCHEDULE_ALIASES.get(key, key)
+    sizes = PUBLISHED_PATCH_SCHEDULES.get(key)
+    return None if sizes is None else list(sizes)
+
+
+def published_schedule_names() -> List[str]:
+    """Every name :func:`published_patch_schedule` accepts: the ten schedules, then the aliases."""
+    return list(PUBLISHED_PATCH_SCHEDULES) + list(PATCH_SCHEDULE_ALIASES)
 
 
 def _check_odd(p, where: str) -> int:
@@ -445,8 +478,9 @@ def patch_sizes_for_steps(spec, n_steps: int) -> List[int]:
               its length must equal ``n_steps``;
             - a comma-separated string of ints (``"15,13,...,3"``), read like a list;
               a single int (``"7"``) means a constant;
-            - the name of a published schedule (``"mnist"``, ``"fashion_mnist"``; see
-              :data:`PUBLISHED_PATCH_SCHEDULES`). These are stored low-to-high noise for
+            - the name of a published schedule (``"fashion_mnist_resnet_zeros"``, ...; see
+              :data:`PUBLISHED_PATCH_SCHEDULES`, and the aliases ``"mnist"`` and
+              ``"fashion_mnist"`` of :data:`PATCH_SCHEDULE_ALIASES`). These are stored low-to-high noise for
               20 steps; they are reversed into sampling order and, for
               ``n_steps != 20``, resampled by relative position (nearest; see
               :func:`resample_steps`).
@@ -465,17 +499,16 @@ def patch_sizes_for_steps(spec, n_steps: int) -> List[int]:
             raise ValueError(f"spec must be an int, a 1-D list of ints, a string or a schedule name; "
                              f"got a tensor of shape {tuple(spec.shape)}")
     if isinstance(spec, str):
-        name = _normalise_name(spec)
-        if name in PUBLISHED_PATCH_SCHEDULES:
-            published = list(reversed(PUBLISHED_PATCH_SCHEDULES[name]))
-            return resample_steps(published, n_steps)
+        low_to_high = published_patch_schedule(spec)
+        if low_to_high is not None:
+            return resample_steps(low_to_high[::-1], n_steps)
         parts = [p.strip() for p in spec.split(",")]
         try:
             values = [int(p) for p in parts]
         except ValueError:
             raise ValueError(
                 f"spec {spec!r} is neither a published patch schedule "
-                f"({', '.join(map(repr, PUBLISHED_PATCH_SCHEDULES))}) nor a comma-separated list of "
+                f"({', '.join(map(repr, published_schedule_names()))}) nor a comma-separated list of "
                 "odd ints") from None
         if len(values) == 1:
             return [_check_odd(values[0], "spec")] * n_steps
@@ -488,7 +521,7 @@ def patch_sizes_for_steps(spec, n_steps: int) -> List[int]:
     if isinstance(spec, numbers.Integral) and not isinstance(spec, bool):
         return [_check_odd(spec, "spec")] * n_steps
     raise TypeError(f"spec must be an odd int, a list of odd ints, a comma-separated string or one of "
-                    f"{', '.join(map(repr, PUBLISHED_PATCH_SCHEDULES))}; got {type(spec).__name__} {spec!r}")
+                    f"{', '.join(map(repr, published_schedule_names()))}; got {type(spec).__name__} {spec!r}")
 
 
 def _check_sigmas_1d(sigmas) -> torch.Tensor:

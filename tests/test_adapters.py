@@ -426,7 +426,7 @@ def test_compare_and_calibrate_take_a_diffusers_folder(diffusers_folders, tmp_pa
     for name in ("pipe", "bare"):
         out = tmp_path / f"cmp_{name}"
         assert main(["compare", "--net", str(root / name), *common, "--machine", "els,ideal",
-                     "--patch-schedule", "5", "--out", str(out)]) == 0
+                     "--patch-schedule", "5", "--clip", "--out", str(out)]) == 0
         res = json.loads((out / "compare.json").read_text())
         assert set(res["median_r"]) == {"els", "ideal"} and res["n_seeds"] == 2
         assert res["settings"]["net"] == str(root / name)
@@ -434,7 +434,8 @@ def test_compare_and_calibrate_take_a_diffusers_folder(diffusers_folders, tmp_pa
         assert res["settings"]["boundary"] == "zeros"
         samples = np.load(out / "compare_samples.npz", allow_pickle=False)
         assert samples["samples_network"].shape == (2, 1, 28, 28)
-        assert np.abs(samples["samples_network"]).max() <= 1.0
+        assert np.abs(samples["samples_network"]).max() <= 1.0  # --clip: the untrained UNet's x0 clipped
+        assert res["settings"]["net_clip"] is True
     assert "median r" in capsys.readouterr().out
     cal = tmp_path / "cal"
     assert main(["calibrate", "--net", str(root / "pipe"), *common, "--candidates", "3,5", "--out", str(cal)]) == 0

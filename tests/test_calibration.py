@@ -130,7 +130,7 @@ def test_calibrate_and_compare_cli(tmp_path, tiny_net, capsys):
     from creativity_fast.cli import main
     common = ["--net", str(tiny_net), "--limit", "12", "--steps", "2", "--seeds", "0-1", "--no-progress"]
     cal = tmp_path / "cal"
-    assert main(["calibrate", *common, "--candidates", "3,5", "--out", str(cal)]) == 0
+    assert main(["calibrate", *common, "--seeds", "100-101", "--candidates", "3,5", "--out", str(cal)]) == 0
     obj = json.loads((cal / "calibration.json").read_text())
     assert len(obj["patch_sizes"]) == 2 and set(obj["patch_sizes"]) <= {3, 5}
     assert obj["boundary"] == "zeros" and (cal / "calibration.png").stat().st_size > 0
@@ -142,10 +142,19 @@ def test_calibrate_and_compare_cli(tmp_path, tiny_net, capsys):
     for key in ("median_r", "median_r2"):
         assert set(res[key]) == {"els", "local", "ideal"}
     assert res["n_seeds"] == 2 and res["settings"]["patch_sizes"]["els"] == obj["patch_sizes"]
-    assert (cmp_out / "compare.png").stat().st_size > 0
+    assert (cmp_out / "compare.png").stat().st_size > 0 and (cmp_out / "compare_scatter.png").stat().st_size > 0
     samples = np.load(cmp_out / "compare_samples.npz", allow_pickle=False)
     assert samples["samples_network"].shape == (2, 1, 28, 28)
-    assert not list(cmp_out.glob(".*partial*"))
+    stats = res["statistics"]
+    assert set(stats["machines"]) == {"els", "local", "ideal"} and set(stats["versus"]) == {"els", "local"}
+    assert stats["machines"]["els"]["r"]["median"] == pytest.approx(res["median_r"]["els"])
+    assert res["settings"]["net_clip"] is False and res["settings"]["resize"] is None
+    assert res["settings"]["conditional"] is False and res["class_labels"] is None
+    rows = (cmp_out / "compare_per_seed.csv").read_text().splitlines()
+    assert rows[0].startswith("seed,class,r_els,r2_els,R2_els") and len(rows) == 3
+    # finished seeds stay on disk: a rerun samples nothing and gives the same numbers
+    assert sorted(p.name for p in cmp_out.glob("per_seed_*.npz")) == [
+        "per_seed_els.npz", "per_seed_ideal.npz", "per_seed_local.npz", "per_seed_network.npz"]
     # any registered machine; bad names are one-line errors
     assert main(["compare", *common, "--machine", "gaussian", "--out", str(tmp_path / "g")]) == 0
     # without --data/--limit the machines use the network's own training set (12 images here)
@@ -172,5 +181,9 @@ def test_shipped_network_and_schedule():
     assert x0.shape == (2, 1, 28, 28) and float(x0.abs().max()) <= 1.0
     sizes = load_patch_schedule(default_schedule_path())
     assert len(sizes) == 20 and all(p % 2 == 1 for p in sizes)
-    assert default_patch_schedule() == "calibrated" and resolve_patch_schedule("calibrated", 20) == sizes
+    assert resolve_patch_schedule("calibrated", 20) == sizes
+    # the shipped schedule was fitted on seeds 0-1 (the earlier rule), so it is not the default
+    assert default_patch_schedule() == "fashion_mnist_resnet_zeros"
+    from creativity_fast.calibration import calibration_seeds
+    assert calibration_seeds("calibrated") == [0, 1]
     assert (path.parent / "training_log.jsonl").is_file()

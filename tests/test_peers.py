@@ -261,6 +261,53 @@ def test_pca_locality_mask_and_output_match_brute_force(channels):
     assert not torch.equal(m.support(0.3).key_ptr, m.support(50.0).key_ptr)  # M depends on sigma
 
 
+def published_pca_locality(z, images, sigma, theta, tau=1.0):
+    """Lukoianov et al.'s rule written out in float64 numpy, step by step as their released code does it
+    (covariance over N - 1, SVD, Wiener matrix, diagonals below an absolute 1e-6 set to 1 in the matrix
+    and in the divisor, binary threshold at theta * max), with the exact softmax over all images.
+    z [B, C, H, W], images [N, C, H, W] numpy -> (x0_hat [B, C, H, W], mask [D, D])."""
+    x = images.reshape(images.shape[0], -1)
+    mean = x.mean(0)
+    S = (x - mean).T @ (x - mean) / (x.shape[0] - 1)
+    U, lam, Vh = np.linalg.svd(S)
+    L = U @ np.diag(lam / (lam + sigma ** 2)) @ Vh
+    denom = np.diagonal(L).copy()
+    small = np.abs(denom) < 1e-6
+    denom[small] = 1.0
+    idx = np.arange(L.shape[0])[small]
+    L[idx, idx] = 1.0
+    M = L / denom[:, None]
+    M = (np.abs(M) >= np.abs(M).max() * theta).astype(np.float64)
+    zf = z.reshape(z.shape[0], -1)
+    logits = -(((zf[:, None, :] - x[None, :, :]) ** 2) @ M) / (2 * sigma ** 2 * tau)  # [B, N, D]
+    w = np.exp(logits - logits.max(1, keepdims=True))
+    w /= w.sum(1, keepdims=True)
+    return np.einsum("bkm,km->bm", w, x).reshape(z.shape), M
+
+
+def test_pca_locality_matches_the_published_rule_on_fashion_mnist():
+    """Real images have near-constant border pixels; the published small-diagonal rule matters there
+    (the project's earlier relative rule differed from the published code by up to 1.68)."""
+    from creativity_fast.data import load_dataset
+    images = load_dataset(None, limit=120).images.double()
+    g = torch.Generator().manual_seed(5)
+    for sigma, backend in ((1.0, "reference"), (3.0, "auto")):
+        z = images[:2] + sigma * torch.randn(2, 1, 28, 28, generator=g, dtype=torch.float64)
+        expect, M = published_pca_locality(z.numpy(), images.numpy(), sigma, 0.005)
+        machine = PCALocalityDenoiser(images, ddof=1, backend=backend)  # default: the published rule
+        np.testing.assert_array_equal(machine.mask(sigma).numpy(), M)
+        np.testing.assert_allclose(machine(z, sigma).numpy(), expect, rtol=0, atol=1e-10)
+        # the earlier relative rule is far off on the same inputs (this test would have caught it)
+        relative = PCALocalityDenoiser(images, ddof=1, small_diagonal="relative", backend=backend)
+        assert np.abs(relative(z, sigma).numpy() - expect).max() > 0.5
+    # the covariance normalisation is an option: N (default) or N - 1 (published); both give masks
+    assert PCALocalityDenoiser(images).ddof == 0
+    with pytest.raises(ValueError, match="ddof"):
+        PCALocalityDenoiser(images, ddof=2)
+    with pytest.raises(ValueError, match="small_diagonal"):
+        PCALocalityDenoiser(images, small_diagonal="none")
+
+
 def test_pca_locality_all_ones_mask_and_theta0_are_ideal():
     z, data = make_data(N=6, C=2, H=3, W=4, B=2)
     ideal = patch_posterior_mean(z, data, 0.9, 1, mode="ideal")

@@ -16,12 +16,15 @@ from creativity_fast.samplers import (
     sample_heun,
 )
 from creativity_fast.schedules import (
+    PATCH_SCHEDULE_ALIASES,
     PUBLISHED_PATCH_SCHEDULES,
     PatchSchedule,
     abar_to_sigma,
     cosine_vp_sigmas,
     karras_sigmas,
     patch_sizes_for_steps,
+    published_patch_schedule,
+    published_schedule_names,
     sigma_to_abar,
     sigma_to_t,
     t_to_sigma,
@@ -118,21 +121,62 @@ def test_published_schedule_reversed_into_sampling_order():
     assert patch_sizes_for_steps("Fashion-MNIST", 20)[0] == 17
 
 
+# A few entries of each published schedule (Kamb & Ganguli 2025; 20 steps, low -> high noise),
+# typed in from the published lists: (index, P) pairs plus the total, so a shifted or mistyped
+# entry anywhere fails.
+PUBLISHED_PINS = {
+    "mnist_resnet_zeros": ({0: 3, 4: 5, 13: 11, 14: 13, 19: 15}, 192),
+    "mnist_resnet_circular": ({0: 3, 7: 9, 13: 11, 14: 9, 17: 7, 19: 3}, 144),
+    "mnist_unet_zeros": ({0: 3, 2: 3, 11: 11, 15: 21, 18: 25, 19: 27}, 242),
+    "fashion_mnist_resnet_zeros": ({0: 3, 4: 7, 9: 11, 12: 13, 18: 17, 19: 17}, 208),
+    "fashion_mnist_unet_zeros": ({0: 3, 7: 9, 8: 11, 14: 21, 15: 23, 19: 25}, 266),
+    "cifar10_resnet_zeros": ({0: 3, 3: 3, 4: 5, 12: 9, 16: 15, 19: 17}, 174),
+    "cifar10_resnet_circular": ({0: 3, 7: 5, 8: 7, 15: 13, 17: 15, 19: 15}, 164),
+    "cifar10_unet_zeros": ({0: 3, 11: 7, 15: 13, 18: 17, 19: 25}, 172),
+    "celeba_resnet_zeros": ({0: 3, 2: 3, 3: 5, 9: 7, 17: 15, 18: 19, 19: 19}, 174),
+    "celeba_unet_zeros": ({0: 3, 6: 3, 7: 5, 12: 7, 17: 13, 18: 19, 19: 27}, 146),
+}
+
+
+def test_the_ten_published_schedules_are_pinned():
+    assert sorted(PUBLISHED_PATCH_SCHEDULES) == sorted(PUBLISHED_PINS)
+    for name, (pins, total) in PUBLISHED_PINS.items():
+        low_to_high = PUBLISHED_PATCH_SCHEDULES[name]
+        assert len(low_to_high) == 20 and sum(low_to_high) == total, name
+        for i, p in pins.items():
+            assert low_to_high[i] == p, (name, i)
+        # selectable by name (any case, '-' for '_'), in sampling order (highest noise first)
+        assert patch_sizes_for_steps(name, 20) == low_to_high[::-1]
+        assert patch_sizes_for_steps(name.upper().replace("_", "-"), 20) == low_to_high[::-1]
+        assert PatchSchedule(cosine_vp_sigmas(20), name).sizes == low_to_high[::-1]
+
+
+def test_short_schedule_names_are_aliases():
+    assert PATCH_SCHEDULE_ALIASES == {"mnist": "mnist_resnet_zeros", "fashion_mnist": "fashion_mnist_resnet_zeros"}
+    assert patch_sizes_for_steps("mnist", 20) == patch_sizes_for_steps("mnist_resnet_zeros", 20)
+    assert patch_sizes_for_steps("fashion_mnist", 13) == patch_sizes_for_steps("fashion_mnist_resnet_zeros", 13)
+    assert published_patch_schedule("cifar10") is None
+    assert "celeba_unet_zeros" in published_schedule_names() and "mnist" in published_schedule_names()
+
+
 @pytest.mark.parametrize("name", sorted(PUBLISHED_PATCH_SCHEDULES))
 @pytest.mark.parametrize("n_steps", [1, 7, 10, 40])
 def test_published_schedule_resampled(name, n_steps):
     sizes = patch_sizes_for_steps(name, n_steps)
     assert len(sizes) == n_steps
     assert all(p % 2 == 1 and p > 0 for p in sizes)
-    assert all(a >= b for a, b in zip(sizes, sizes[1:])), sizes  # non-increasing in sampling order
     published = PUBLISHED_PATCH_SCHEDULES[name][::-1]
+    if all(a >= b for a, b in zip(published, published[1:])):  # the circular ones are not monotone
+        assert all(a >= b for a, b in zip(sizes, sizes[1:])), sizes  # non-increasing in sampling order
     assert set(sizes) <= set(published)
-    if n_steps >= 7:  # the ends of the trajectory keep the ends of the published schedule
+    if n_steps >= 20:  # the ends of the trajectory keep the ends of the published schedule
         assert sizes[0] == published[0] and sizes[-1] == published[-1]
+    else:  # fewer steps: the first step takes the entry whose interval holds its middle
+        assert sizes[0] == published[(20 // n_steps) // 2]
 
 
 def test_resampling_nearest_by_relative_position():
-    published = PUBLISHED_PATCH_SCHEDULES["mnist"][::-1]
+    published = PUBLISHED_PATCH_SCHEDULES["mnist_resnet_zeros"][::-1]
     # the middle of step j of 10 lies on the boundary of steps 2j and 2j+1 of 20: the later one
     assert patch_sizes_for_steps("mnist", 10) == published[1::2]
     assert patch_sizes_for_steps("mnist", 5) == [published[k] for k in (2, 6, 10, 14, 18)]
@@ -177,7 +221,7 @@ def test_patch_schedule_lookup():
     assert sched(torch.full((5,), float(sigmas[2]))) == 5
     with pytest.raises(ValueError, match="sigma"):
         sched(torch.tensor([1.0, 2.0]))
-    assert PatchSchedule(cosine_vp_sigmas(20), "mnist").sizes == PUBLISHED_PATCH_SCHEDULES["mnist"][::-1]
+    assert PatchSchedule(cosine_vp_sigmas(20), "mnist").sizes == PUBLISHED_PATCH_SCHEDULES["mnist_resnet_zeros"][::-1]
 
 
 def test_patch_schedule_drives_heun():

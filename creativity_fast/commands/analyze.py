@@ -18,6 +18,7 @@ it is recomputed as the nearest admissible training patch of each final pixel.
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 from typing import Optional
@@ -67,7 +68,9 @@ def register(sub) -> None:
                      help="sample this network (a `creativity-fast train` checkpoint or a local diffusers folder) "
                           "and analyze its samples instead of RESULTS.npz")
     net.add_argument("--net-batch-size", type=int, default=256, help="network batch size (default: %(default)s)")
-    net.add_argument("--no-clip", action="store_true", help="the network's raw x0 estimate (default: clipped)")
+    net.add_argument("--clip", action=argparse.BooleanOptionalAction, default=False,
+                     help="clip the network's x0 estimate to [-1, 1] at every step (default: the raw estimate, "
+                          "as compare)")
     net.add_argument("--boundary", default=None, choices=("zeros", "circular"),
                      help="boundary of the recomputed provenance (default: the file's setting or the network's "
                           "padding)")
@@ -151,7 +154,7 @@ def sample_network(args) -> Path:
     denoiser, info, data = load_net_and_data(args)
     common.network_to(denoiser, device)
     sigmas = common.noise_sigmas(args)
-    settings = json.dumps(dict(machine="network", net=info["path"], net_clip=not args.no_clip, data=args.data,
+    settings = json.dumps(dict(machine="network", net=info["path"], net_clip=bool(args.clip), data=args.data,
                                limit=args.limit, resize=args.resize, data_name=data.name, boundary=args.boundary,
                                keys="all", steps=args.steps, sampler=args.sampler, eta=args.eta,
                                noise_schedule=args.noise_schedule, device=device.type), sort_keys=True)

@@ -1,8 +1,12 @@
 """``creativity-fast calibrate``: fit a patch-size schedule to a trained network.
 
 Along the network's own sampling trajectory, every step tries each candidate ``P`` for
-the machine (default ELS) and keeps the one whose output agrees best with the network
-(cosine similarity of scores or MSE, median over seeds). Writes ``OUT/calibration.json``
+the machine (default ELS) and scores its agreement with the network per seed (cosine
+similarity of scores, or MSE); per step it keeps the median over seeds of each seed's best
+``P`` (``--selection per_seed``, the paper's rule) or the ``P`` with the best median score
+(``--selection median_score``). Calibrate LS separately (``--machine local``). The default
+seeds (1000-1015) are disjoint from ``compare``'s evaluation seeds, which ``compare`` checks.
+Class-conditional networks give every seed a class as ``compare`` does. Writes ``OUT/calibration.json``
 (``patch_sizes`` in sampling order plus the whole score table; pass it to
 ``compare --patch-schedule OUT/calibration.json`` or ``sample --patch-schedule``
 after ``creativity_fast.calibration.load_patch_schedule``) and ``OUT/calibration.png``.
@@ -18,10 +22,10 @@ import time
 import numpy as np
 
 from .. import io
-from ..calibration import METRICS, calibrate, calibration_figure, save_calibration
+from ..calibration import METRICS, SELECTIONS, calibrate, calibration_figure, save_calibration
 from ..registry import make_denoiser
 from . import common
-from .compare import _action, add_network_options, load_net_and_data
+from .compare import _action, add_network_options, load_net_and_data, resolve_seed_classes
 
 
 def parse_candidates(text: str) -> list[int]:
@@ -50,12 +54,15 @@ def register(sub) -> None:
     common.add_machine_options(p)
     _action(p, "patch_schedule").help = argparse.SUPPRESS  # calibration chooses P itself
     add_network_options(p)
-    common.add_sampling_options(p, default_seeds="0-7")
+    common.add_sampling_options(p, default_seeds="1000-1015")
     common.add_device_option(p)
     p.add_argument("--candidates", default="3-27",
                    help="patch sizes to try: '3-27' (odd) or '3,5,7' (default: %(default)s)")
     p.add_argument("--metric", default="cosine", choices=METRICS,
                    help="cosine similarity of scores (higher is better) or MSE of x0_hat (default: %(default)s)")
+    p.add_argument("--selection", default="per_seed", choices=SELECTIONS,
+                   help="per step: the median over seeds of each seed's best P (per_seed, the paper's rule) or "
+                        "the P with the best median score (median_score) (default: %(default)s)")
     p.add_argument("--out", default="out/calibrate", help="output directory (default: %(default)s)")
     p.set_defaults(func=run)
 
@@ -64,13 +71,12 @@ def run(args) -> int:
     start = time.perf_counter()
     seeds = common.parse_seeds(args.seeds)
     candidates = parse_candidates(args.candidates)
-    if args.class_label is not None:
-        raise ValueError("calibrate uses an unconditional network: --class is not supported")
     if args.batch_size <= 0:
         raise ValueError(f"--batch-size must be a positive int; got {args.batch_size}")
     device = common.resolve_device(args.device)
     out = common.ensure_out_dir(args.out)
     net, info, data = load_net_and_data(args)
+    classes = resolve_seed_classes(args, net, info, data, seeds)
     common.network_to(net, device)  # the network and the training images move to the device once
     data = common.images_to(data, device)
     sigmas = common.noise_sigmas(args)
@@ -79,13 +85,15 @@ def run(args) -> int:
 
     def factory(images, P):
         return make_denoiser(args.machine, images, **common.machine_kwargs(
-            args.machine, opts, P=P, boundary=args.boundary, keys=args.keys, backend=args.backend))
+            args.machine, opts, P=P, boundary=args.boundary, keys=args.keys, backend=args.backend,
+            labels=None if classes is None else data.labels))
 
-    settings = json.dumps(dict(net=info["path"], net_clip=not args.no_clip, machine=args.machine, machine_opts=opts,
+    settings = json.dumps(dict(net=info["path"], net_clip=bool(args.clip), machine=args.machine, machine_opts=opts,
                                boundary=args.boundary, keys=args.keys,
                                steps=args.steps, noise_schedule=args.noise_schedule, sampler=args.sampler,
                                eta=args.eta, seeds=seeds, candidates=candidates, metric=args.metric,
-                               data=data.name, n_train=len(data), resize=args.resize,
+                               data=data.name, n_train=len(data), resize=args.resize, limit=args.limit,
+                               class_labels=classes,
                                device=device.type), sort_keys=True)
     partial = common.partial_results_path(out, "calibrate")
     done = {}
@@ -107,16 +115,19 @@ def run(args) -> int:
     common.report_device(device, args.device, show=not args.no_progress)
     result = calibrate(net, factory, data.images, sigmas, candidates, seeds, metric=args.metric,
                        sampler=args.sampler, eta=args.eta, batch_size=args.batch_size,
-                       progress=not args.no_progress, done=done, checkpoint=checkpoint)
+                       progress=not args.no_progress, done=done, checkpoint=checkpoint, selection=args.selection,
+                       class_labels=classes)
     seconds = time.perf_counter() - start
     js = save_calibration(out / "calibration.json", result, net=info["path"], net_config=info["config"],
-                          net_clip=not args.no_clip, machine=args.machine, machine_opts=opts, boundary=args.boundary,
+                          net_clip=bool(args.clip), machine=args.machine, machine_opts=opts, boundary=args.boundary,
                           keys=args.keys,
                           noise_schedule=args.noise_schedule, sampler=args.sampler, data=data.name,
-                          n_train=len(data), resize=args.resize, device=device.type, seconds=round(seconds, 1))
+                          n_train=len(data), limit=args.limit, resize=args.resize, conditional=classes is not None,
+                          class_label=args.class_label, device=device.type, seconds=round(seconds, 1))
     png = calibration_figure(result, out / "calibration.png")
     common.remove_quietly(partial)
-    print("patch sizes (highest noise first):", " ".join(map(str, result.patch_sizes)))
+    print(f"patch sizes (highest noise first; {args.selection} selection over {len(seeds)} seeds):",
+          " ".join(map(str, result.patch_sizes)))
     print("best median", args.metric, "per step:", " ".join(f"{v:.3f}" for v in result.best_scores))
     print(f"wrote {js} and {png} ({seconds:.1f} s on {device}); use it with --patch-schedule {js}")
     return 0

@@ -19,7 +19,7 @@ from ..data import Dataset, load_dataset
 from ..classes import resolve_class_label
 from ..registry import applicable, get_machine, machine_names, make_denoiser, make_sharded_denoiser
 from ..samplers import SAMPLERS, get_sampler, initial_noise
-from ..schedules import PUBLISHED_PATCH_SCHEDULES, PatchSchedule, cosine_vp_sigmas, karras_sigmas
+from ..schedules import PatchSchedule, published_schedule_names, cosine_vp_sigmas, karras_sigmas
 
 NOISE_SCHEDULES = ("cosine", "karras")
 # Machine options every command sets from its own flags; --opt may not set them.
@@ -71,7 +71,8 @@ def add_machine_options(p: argparse.ArgumentParser, *, default_machine: str = "e
                    help="circular ELS key set (default: %(default)s)")
     g.add_argument("--patch-schedule", default="fashion_mnist", metavar="SCHEDULE",
                    help="P per step: an odd int, a comma list (one per step, sampling order) or a published "
-                        f"schedule ({', '.join(PUBLISHED_PATCH_SCHEDULES)}); default: %(default)s")
+                        f"schedule ({', '.join(published_schedule_names())}; the last two are aliases of the ResNet, zero-padding "
+                        "schedules); default: %(default)s")
     g.add_argument("--backend", default="auto", choices=("auto", "kernel", "reference"), help="default: %(default)s")
     g.add_argument("--opt", dest="machine_opts", action="append", default=[], metavar="KEY=VALUE",
                    help="machine-specific option, repeatable, e.g. --opt lam=1 --opt gamma=0; an option the "
@@ -190,8 +191,11 @@ class SampleRun:
 def sample_images(denoiser, seeds: Sequence[int], shape_chw, sigmas: torch.Tensor, *, sampler: str = "ddim",
                   eta: float = 0.0, batch_size: int = 16, progress: bool = True,
                   checkpoint: Optional[Callable[[dict], None]] = None, done: Optional[dict] = None,
-                  device: Optional[torch.device] = None) -> dict:
+                  device: Optional[torch.device] = None, class_of: Optional[dict] = None) -> dict:
     """Sample one image per seed in batches; returns ``{seed: (sample [C,H,W], provenance or None)}``.
+
+    ``class_of``: ``{seed: class label}`` for a class-conditional run (passed to the denoiser as
+    ``class_labels [B]``); None: unconditional.
 
     ``done`` holds already finished seeds (resume); ``checkpoint(results)`` is called after each batch so
     that an interrupted run loses at most one batch. ``device``: where the batches run (the denoiser's
@@ -212,6 +216,8 @@ def sample_images(denoiser, seeds: Sequence[int], shape_chw, sigmas: torch.Tenso
             last["stats"] = getattr(denoiser, "last_stats", None)
 
         kwargs = dict(generator=generators, callback=remember_last, progress=progress)
+        if class_of is not None:
+            kwargs["extra_args"] = {"class_labels": torch.tensor([int(class_of[s]) for s in batch])}
         if sampler == "ddim":
             kwargs["eta"] = eta
         out = sample_fn(denoiser, z, sigmas, **kwargs).cpu()
