@@ -418,6 +418,9 @@ def main(argv=None) -> int:
     sets = {"embedded": "embedded", "full": "full"}
     wanted = [sets[s.strip()] for s in args.sets.split(",") if s.strip()]
     names = args.stages.split(",") if args.stages else [n for n, st in STAGES.items() if st[1] in wanted]
+    unknown = [n for n in names if n not in STAGES]
+    if unknown:
+        p.error(f"--stages: unknown stage(s) {unknown}; choose from {list(STAGES)}")
     datasets: dict = {}
     if not args.no_synthetic and "embedded" in wanted:
         synthetic_mosaic(root, args.P_attr, datasets)
