@@ -117,15 +117,6 @@ def test_calibration_json_round_trip(tmp_path):
         load_patch_schedule(bad)
 
 
-@pytest.fixture(scope="module")
-def tiny_net(tmp_path_factory):
-    from creativity_fast.cli import main
-    out = tmp_path_factory.mktemp("net")
-    assert main(["train", "--limit", "12", "--width", "4", "--depth", "2", "--batch-size", "4", "--steps", "2",
-                 "--out", str(out), "--no-progress"]) == 0
-    return out / "model.pt"
-
-
 def test_calibrate_and_compare_cli(tmp_path, tiny_net, capsys):
     from creativity_fast.cli import main
     common = ["--net", str(tiny_net), "--limit", "12", "--steps", "2", "--seeds", "0-1", "--no-progress"]
