@@ -66,6 +66,8 @@ struct State {
 #pragma unroll
       for (int c = 0; c < CMAX; ++c) acc[c] = acc[c] * a + acc2[c] * b;
       m = nm;
+    } else {
+      s = s + s2;  // both without a finite logit: 0, or NaN from a NaN logit (kept)
     }
     if (best2 > best || (best2 == best && id2 < id)) {
       best = best2;
@@ -119,7 +121,7 @@ template <typename T, int CMAX, int TQ, int TK>
 __device__ void load_keys(Meta<T, CMAX, TQ, TK>& mt, const PatchParams<T>& p, const GroupInfo& g, int64_t kstart,
                           int64_t kend) {
   const int64_t HW = static_cast<int64_t>(p.H) * p.W;
-  for (int i = threadIdx.x; i < TK; i += blockDim.x) {
+  for (int i = threadIdx.x; i < TK; i += blockDim.x) {  // sass: trips=TK/THREADS
     const int64_t k = kstart + i;
     if (k < kend) {
       const int64_t per = g.nrk * g.nck;
@@ -134,12 +136,12 @@ __device__ void load_keys(Meta<T, CMAX, TQ, TK>& mt, const PatchParams<T>& p, co
       for (int ch = 0; ch < CMAX; ++ch)
         mt.k_centre[ch][i] = ch < p.C ? p.data[(mu * p.C + ch) * HW + pix] : T(0);
     } else {
-      mt.k_mu[i] = -1;
-      mt.k_r[i] = 0;
-      mt.k_c[i] = 0;
-      mt.k_logw[i] = neg_inf<T>();
+      mt.k_mu[i] = -1;  // sass: cold
+      mt.k_r[i] = 0;  // sass: cold
+      mt.k_c[i] = 0;  // sass: cold
+      mt.k_logw[i] = neg_inf<T>();  // sass: cold
 #pragma unroll
-      for (int ch = 0; ch < CMAX; ++ch) mt.k_centre[ch][i] = T(0);
+      for (int ch = 0; ch < CMAX; ++ch) mt.k_centre[ch][i] = T(0);  // sass: cold
     }
   }
 }
@@ -152,20 +154,23 @@ __device__ void load_chunk(T* Qs, T* Ks, int ldq, int ldk, const Meta<T, CMAX, T
   const int64_t CHW = static_cast<int64_t>(p.C) * p.H * p.W;
   const int4* dtab = reinterpret_cast<const int4*>(p.dtab);
   if (load_q) {
-    for (int e = threadIdx.x; e < DK * TQ; e += blockDim.x) {
+    for (int e = threadIdx.x; e < DK * TQ; e += blockDim.x) {  // sass: trips=DK*TQ/THREADS
       const int row = ROW_MAJOR ? e / DK : e % TQ, dd = ROW_MAJOR ? e % DK : e / TQ;
       const int d = d0 + dd, b = mt.q_b[row];
       T v = T(0);
-      if (d < p.D && b >= 0) v = gather(p.z + b * CHW, __ldg(dtab + d), mt.q_r[row], mt.q_c[row], ar, ac, p.H, p.W, true);
+      if (d < p.D && b >= 0)
+        v = gather(p.z + b * CHW, __ldg(dtab + d), mt.q_r[row], mt.q_c[row], ar, ac, p.H, p.W,
+                   true);  // sass: weight=D/(NCHUNK*DK)
       Qs[ROW_MAJOR ? row * ldq + dd : dd * ldq + row] = v;
     }
   }
-  for (int e = threadIdx.x; e < DK * TK; e += blockDim.x) {
+  for (int e = threadIdx.x; e < DK * TK; e += blockDim.x) {  // sass: trips=DK*TK/THREADS
     const int k = ROW_MAJOR ? e / DK : e % TK, dd = ROW_MAJOR ? e % DK : e / TK;
     const int d = d0 + dd, mu = mt.k_mu[k];
     T v = T(0);
     if (d < p.D && mu >= 0)
-      v = gather(p.data + mu * CHW, __ldg(dtab + d), mt.k_r[k], mt.k_c[k], ar, ac, p.H, p.W, scale_k);
+      v = gather(p.data + mu * CHW, __ldg(dtab + d), mt.k_r[k], mt.k_c[k], ar, ac, p.H, p.W,
+                 scale_k);  // sass: weight=D/(NCHUNK*DK)
     Ks[ROW_MAJOR ? k * ldk + dd : dd * ldk + k] = v;
   }
 }
@@ -181,7 +186,7 @@ __device__ void distance_tile_simt(T* St, T* Qs, T* Ks, const Meta<T, CMAX, TQ, 
   for (int i = 0; i < RM; ++i)
 #pragma unroll
     for (int j = 0; j < RN; ++j) acc[i][j] = T(0);
-  for (int d0 = 0; d0 < p.D; d0 += DK) {
+  for (int d0 = 0; d0 < p.D; d0 += DK) {  // sass: trips=NCHUNK
     load_chunk<T, CMAX, TQ, TK, DK, false>(Qs, Ks, TQ, TK, mt, p, ar, ac, d0, true, true);
     __syncthreads();
 #pragma unroll
@@ -208,6 +213,26 @@ __device__ void distance_tile_simt(T* St, T* Qs, T* Ks, const Meta<T, CMAX, TQ, 
   __syncthreads();
 }
 
+// sum_d (q_d - k_d)^2 of one (query row, key) pair, gathered from global memory: the
+// tf32 path's fallback for pairs with a non-finite norm, so that NaN and inf give the same
+// logit on every path (the rare case of non-finite inputs; never taken on finite data).
+template <typename T, int CMAX, int TQ, int TK>
+__device__ CF_NOINLINE T direct_distance(const Meta<T, CMAX, TQ, TK>& mt, const PatchParams<T>& p,
+                                          const AxisPatch& ar, const AxisPatch& ac, int row, int k) {
+  const int64_t CHW = static_cast<int64_t>(p.C) * p.H * p.W;
+  const int4* dtab = reinterpret_cast<const int4*>(p.dtab);
+  const T* zq = p.z + mt.q_b[row] * CHW;
+  const T* zk = p.data + mt.k_mu[k] * CHW;
+  T acc = T(0);
+  for (int d = 0; d < p.D; ++d) {
+    const int4 t = __ldg(dtab + d);
+    const T diff = gather(zq, t, mt.q_r[row], mt.q_c[row], ar, ac, p.H, p.W, true) -
+                   gather(zk, t, mt.k_r[k], mt.k_c[k], ar, ac, p.H, p.W, true);
+    acc = fma(diff, diff, acc);
+  }
+  return acc;
+}
+
 // Cross-term tile on tensor cores (float only, sm_80+): St[k * LDS + q] = <q, k> in tf32 with
 // fp32 accumulation; qn[q] = |q|^2 and kn[k] = |k|^2 in fp32 from the unrounded values.
 template <int CMAX, int LDS>
@@ -224,14 +249,16 @@ __device__ void cross_tile_tf32(float* St, float* Qs, float* Ks, float* qn, floa
   wmma::fill_fragment(c0, 0.0f);
   wmma::fill_fragment(c1, 0.0f);
   float norm = 0.0f;
-  for (int d0 = 0; d0 < p.D; d0 += DK) {
+  for (int d0 = 0; d0 < p.D; d0 += DK) {  // sass: trips=NCHUNK
     load_chunk<float, CMAX, TQ, TK, DK, true>(Qs, Ks, LDK, LDK, mt, p, ar, ac, d0, true, true);
     __syncthreads();
     if (threadIdx.x < TQ) {
-      for (int dd = 0; dd < DK; ++dd) norm = fmaf(Qs[threadIdx.x * LDK + dd], Qs[threadIdx.x * LDK + dd], norm);
+      for (int dd = 0; dd < DK; ++dd)  // sass: weight=TQ/THREADS; trips=DK
+        norm = fmaf(Qs[threadIdx.x * LDK + dd], Qs[threadIdx.x * LDK + dd], norm);  // sass: weight=TQ/THREADS
     } else if (threadIdx.x < TQ + TK) {
       const int k = threadIdx.x - TQ;
-      for (int dd = 0; dd < DK; ++dd) norm = fmaf(Ks[k * LDK + dd], Ks[k * LDK + dd], norm);
+      for (int dd = 0; dd < DK; ++dd)  // sass: weight=TK/THREADS; trips=DK
+        norm = fmaf(Ks[k * LDK + dd], Ks[k * LDK + dd], norm);  // sass: weight=TK/THREADS
     }
 #pragma unroll
     for (int kk = 0; kk < DK; kk += 8) {
@@ -297,7 +324,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const PatchParams<T> 
   __syncthreads();
   const T scale = mt.q_scale[row];
 
-  for (int64_t kstart = wi.k0; kstart < wi.k1; kstart += TK) {
+  for (int64_t kstart = wi.k0; kstart < wi.k1; kstart += TK) {  // sass: tile=TQ*TK/THREADS
     load_keys(mt, p, g, kstart, wi.k1);
     __syncthreads();
     if constexpr (TF32) {
@@ -315,8 +342,15 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const PatchParams<T> 
       const int k = part * KPT + j;
       T dist = St[k * LDS + row];
       if constexpr (TF32) {
-        dist = qn[row] + kn[k] - T(2) * dist;
-        dist = dist > T(0) ? dist : T(0);
+        const T norms = qn[row] + kn[k];
+        if (isfinite(norms)) {
+          dist = norms - T(2) * dist;
+          dist = dist < T(0) ? T(0) : dist;  // clamps rounding below 0; keeps a NaN a NaN
+        } else if (mt.q_b[row] >= 0 && mt.k_mu[k] >= 0) {
+          // A non-finite entry (or an overflowing norm): the expanded form cannot tell an
+          // infinite distance from an undefined one, so evaluate the pair as the fp32 path does.
+          dist = direct_distance(mt, p, ar, ac, row, k);  // sass: cold
+        }
       }
       const T l = mt.k_mu[k] >= 0 ? -dist * scale + mt.k_logw[k] : neg_inf<T>();
       lv[j] = l;
@@ -325,16 +359,18 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const PatchParams<T> 
         kbest = k;
       }
     }
+    // A new best or maximum is rare after the first tiles (cold for bench/sass_count.py).
     if (lmax > st.best) {
-      st.best = lmax;
-      st.id = static_cast<int64_t>(mt.k_mu[kbest]) * HW + static_cast<int64_t>(mt.k_r[kbest]) * p.W + mt.k_c[kbest];
+      st.best = lmax;  // sass: cold
+      st.id = static_cast<int64_t>(mt.k_mu[kbest]) * HW +                     // sass: cold
+              static_cast<int64_t>(mt.k_r[kbest]) * p.W + mt.k_c[kbest];  // sass: cold
     }
     if (lmax > st.m) {
-      const T r = fast_exp(st.m - lmax);  // exp(-inf) = 0 on the first finite logit
-      st.s *= r;
+      const T r = fast_exp(st.m - lmax);  // exp(-inf) = 0 on the first finite logit; sass: cold
+      st.s *= r;                          // sass: cold
 #pragma unroll
-      for (int c = 0; c < CMAX; ++c) st.acc[c] *= r;
-      st.m = lmax;
+      for (int c = 0; c < CMAX; ++c) st.acc[c] *= r;  // sass: cold
+      st.m = lmax;                                    // sass: cold
     }
     if (st.m > neg_inf<T>()) {
 #pragma unroll
@@ -344,6 +380,12 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const PatchParams<T> 
 #pragma unroll
         for (int c = 0; c < CMAX; ++c) st.acc[c] = fma(w, mt.k_centre[c][part * KPT + j], st.acc[c]);
       }
+    } else {
+      // No finite logit yet (cold: only before the first one). A NaN logit must still
+      // poison the sum, so that x0_hat and lse are NaN as in the reference, not "no key".
+#pragma unroll
+      for (int j = 0; j < KPT; ++j)
+        if (lv[j] != lv[j]) st.s = lv[j];  // sass: cold
     }
     __syncthreads();  // St, Qs, Ks and the key metadata are rewritten by the next tile
   }
@@ -446,7 +488,7 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(const PatchParams<T>
   const int64_t e = g.part + wi.split * g.nq + wi.q0 + row;
   T ssum = T(0);
 
-  for (int64_t kstart = wi.k0; kstart < wi.k1; kstart += TK) {
+  for (int64_t kstart = wi.k0; kstart < wi.k1; kstart += TK) {  // sass: tile=TQ*TK/THREADS
     load_keys(mt, p, g, kstart, wi.k1);
     __syncthreads();
     distance_tile_simt<T, CMAX, TQ, TK, DK, LDS>(St, Qs, Ks, mt, p, ar, ac);
@@ -467,7 +509,7 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(const PatchParams<T>
     }
     __syncthreads();
     // A[q, d] += sum_k a[q, k] K[k, d] (unweighted key entries), chunk by chunk.
-    for (int d0 = 0; d0 < p.D; d0 += DK) {
+    for (int d0 = 0; d0 < p.D; d0 += DK) {  // sass: trips=NCHUNK
       load_chunk<T, CMAX, TQ, TK, DK, false>(Qs, Ks, TQ, TK, mt, p, ar, ac, d0, false, false);
       __syncthreads();
 #pragma unroll
@@ -475,7 +517,7 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(const PatchParams<T>
         const int dd = part + PARTS * s;
         T o = T(0);
 #pragma unroll 8
-        for (int k = 0; k < TK; ++k) o = fma(St[k * LDS + row], Ks[dd * TK + k], o);
+        for (int k = 0; k < TK; ++k) o = fma(St[k * LDS + row], Ks[dd * TK + k], o);  // sass: trips=TK/8
         if (mt.q_b[row] >= 0 && d0 + dd < p.D) p.pA[e * p.D + d0 + dd] += o;
       }
       __syncthreads();
