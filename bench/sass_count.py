@@ -57,7 +57,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CSRC = ROOT / "csrc"
+CSRC = ROOT / "csrc"  # --root DIR counts another checkout's sources (e.g. a `git archive` of a baseline)
 THREADS = 256  # kThreads and kAttnThreads of csrc/cuda/common.cuh
 
 # Annotations of lines in headers outside csrc/cuda (files shared with the CPU kernels), as
@@ -132,12 +132,17 @@ class Kernel:
     labels: dict = field(default_factory=dict)
 
 
-LOC_RE = re.compile(r'File "([^"]+)", line (\d+)')
+LOC_RE = re.compile(r'"([^"]+)", line (\d+)')  # a location and each 'inlined at' one
 
 
 def disassemble(cubin: Path, nvdisasm: str) -> dict[str, Kernel]:
     out = subprocess.run([nvdisasm, "--print-line-info-inline", "-c", str(cubin)], check=True,
                          capture_output=True, text=True).stdout
+    return parse_disassembly(out)
+
+
+def parse_disassembly(out: str) -> dict[str, Kernel]:
+    """{kernel name: Kernel} from ``nvdisasm --print-line-info-inline -c`` text."""
     kernels: dict[str, Kernel] = {}
     cur = None
     chain: tuple = ()
@@ -159,8 +164,8 @@ def disassemble(cubin: Path, nvdisasm: str) -> dict[str, Kernel]:
             continue
         m = re.match(r"/\*([0-9a-f]+)\*/\s+(.*?)\s*;", line)
         if m:
-            if pending:  # the first location line holds the innermost location and its inline chain
-                chain = pending[0]
+            if pending:  # consecutive location lines: the innermost first, each with its caller
+                chain = tuple(dict.fromkeys(loc for locs in pending for loc in locs))
                 pending = []
             cur.instrs.append(Instr(int(m.group(1), 16), m.group(2), chain))
     return kernels
@@ -278,11 +283,18 @@ def attention_geometry(H: int, W: int, exclude: int):
     return sum(hs) / n, sum(ws) / n, sum(hws) / n
 
 
-def patch_env(C: int, P: int, dtype: str = "float", H: int = 28, W: int = 28) -> dict:
-    TQ, TK, DK = (64, 64, 16) if dtype == "float" else (64, 32, 8)
+def patch_env(C: int, P: int, dtype: str = "float", H: int = 28, W: int = 28, tf32: bool = False) -> dict:
+    TQ, TK, DK, DQ = (64, 64, 16, 64) if dtype == "float" else (64, 32, 8, 16)  # csrc/cuda/common.cuh: Cfg
     D = C * min(P, 2 * H - 1) * min(P, 2 * W - 1)
-    return dict(C=C, P=P, D=D, TQ=TQ, TK=TK, DK=DK, NCHUNK=math.ceil(D / DK), THREADS=THREADS, H=H, W=W,
-                boundary="zeros", KPT=TK // (THREADS // TQ))
+    nchunk, full, rem = math.ceil(D / DK), D // DK, D % DK
+    # PARTC: the fraction of chunk-loop iterations that are the last, partial chunk; PARTW:
+    # the same times rem / DK, for code of that chunk that runs on its real entries only.
+    # QRES: the query patches stay in shared memory for the block (fp32 path, D <= DQ)
+    return dict(C=C, P=P, D=D, TQ=TQ, TK=TK, DK=DK, NCHUNK=nchunk, FULL=full, REM=rem,
+                QRES=int(D <= DQ and not tf32),
+                PARTW=(1 if rem else 0) / nchunk * rem / DK, PARTC=(1 if rem else 0) / nchunk,
+                THREADS=THREADS, H=H, W=W, boundary="zeros",
+                KPT=TK // (THREADS // TQ))
 
 
 def attention_env(C: int, P: int, H: int = 28, W: int = 28, K: int = 8) -> dict:
@@ -306,7 +318,8 @@ def cases():
             cmax = 1 if C == 1 else 4
             env = patch_env(C, P)
             out.append((f"forward fp32 C={C} P={P}", "patch_kernels.cu", rf"forward_kernelIfLi{cmax}ELb0E", env))
-            out.append((f"forward tf32 C={C} P={P}", "patch_kernels.cu", rf"forward_kernelIfLi{cmax}ELb1E", env))
+            out.append((f"forward tf32 C={C} P={P}", "patch_kernels.cu", rf"forward_kernelIfLi{cmax}ELb1E",
+                        patch_env(C, P, tf32=True)))
             out.append((f"backward fp32 C={C} P={P}", "patch_kernels.cu", rf"backward_kernelIfLi{cmax}EE", env))
     for P in (3, 7):
         out.append((f"attention hard C=1 P={P}", "patch_argmax_attention.cu", r"attention_kernelIfLi0EE",
@@ -344,7 +357,11 @@ def main(argv=None):
     ap.add_argument("--json", help="write the results to this file")
     ap.add_argument("--breakdown", action="store_true", help="per source line of each hot loop")
     ap.add_argument("--only", help="regex of the case labels to count")
+    ap.add_argument("--root", help="count the csrc/ of this directory instead of this checkout's")
     args = ap.parse_args(argv)
+    if args.root:
+        global CSRC
+        CSRC = Path(args.root).resolve() / "csrc"
     results = run(args.breakdown, args.only)
     print(f"\n{'case':30s} {'instr/pair':>10s}")
     for r in results:

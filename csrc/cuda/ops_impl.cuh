@@ -226,7 +226,7 @@ inline bool choose_tf32(const at::Tensor& z, const at::Tensor& data, const at::T
   return use;
 }
 
-// A plan with its tables on the device: int64 [groups | work items], int32 [dtab | rowclass | colclass].
+// A plan with its tables on the device: int64 [groups | work items], int32 [dtab | rowclass | colclass | doff].
 struct DevicePlan {
   HostPlan host;
   at::Tensor buf64, buf32;
@@ -238,12 +238,14 @@ inline DevicePlan upload_plan(HostPlan&& pl, const at::Device& device) {
   at::Tensor h64 = at::empty({n64}, at::TensorOptions().dtype(at::kLong));
   std::memcpy(h64.data_ptr<int64_t>(), pl.groups.data(), pl.groups.size() * sizeof(GroupInfo));
   std::memcpy(h64.data_ptr<int64_t>() + pl.groups.size() * 12, pl.work.data(), pl.work.size() * sizeof(WorkItem));
-  const int64_t n32 = int64_t(pl.dtab.size() + pl.rowclass.size() + pl.colclass.size());
+  const int64_t n32 = int64_t(pl.dtab.size() + pl.rowclass.size() + pl.colclass.size() + pl.doff.size());
   at::Tensor h32 = at::empty({n32}, at::TensorOptions().dtype(at::kInt));
   int* p32 = h32.data_ptr<int>();
   std::memcpy(p32, pl.dtab.data(), pl.dtab.size() * sizeof(int));
   std::memcpy(p32 + pl.dtab.size(), pl.rowclass.data(), pl.rowclass.size() * sizeof(int));
   std::memcpy(p32 + pl.dtab.size() + pl.rowclass.size(), pl.colclass.data(), pl.colclass.size() * sizeof(int));
+  std::memcpy(p32 + pl.dtab.size() + pl.rowclass.size() + pl.colclass.size(), pl.doff.data(),
+              pl.doff.size() * sizeof(int));
   dp.buf64 = h64.to(device);
   dp.buf32 = h32.to(device);
   if (verbose())
@@ -277,6 +279,7 @@ PatchParams<T> patch_params(const DevicePlan& dp, const at::Tensor& z, const at:
   p.dtab = b32;
   p.rowclass = b32 + pl.dtab.size();
   p.colclass = b32 + pl.dtab.size() + pl.rowclass.size();
+  p.doff = b32 + pl.dtab.size() + pl.rowclass.size() + pl.colclass.size();
   p.ncolclass = pl.ncc;
   const int64_t* b64 = dp.buf64.data_ptr<int64_t>();
   p.groups = reinterpret_cast<const GroupInfo*>(b64);

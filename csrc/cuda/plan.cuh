@@ -45,6 +45,7 @@ struct HostPlan {
   std::vector<WorkItem> work;     // one per block
   std::vector<int> rowclass, colclass;
   std::vector<int> dtab;  // [D][4]: channel, row offset index, col offset index, multiplicity
+  std::vector<int> doff;  // [D]: (channel * H + row offset index) * W + col offset index
   int ncc = 0, Kr = 0, Kc = 0, D = 0;
   double sumw = 0;  // sum of the multiplicities: the weighted patch dimension
   int64_t entries = 0, tiles_per_block = 0;
@@ -72,6 +73,7 @@ inline HostPlan build_plan(int B, int C, int H, int W, int N, int P, Mode mode, 
         pl.dtab[4 * d + 1] = i;
         pl.dtab[4 * d + 2] = j;
         pl.dtab[4 * d + 3] = mult;
+        pl.doff.push_back((ch * H + i) * W + j);
         pl.sumw += mult;
       }
   const auto rows = axis_classes(H, P, mode, boundary, keys, &pl.rowclass);
