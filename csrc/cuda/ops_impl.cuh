@@ -168,7 +168,9 @@ inline DataNorms data_patch_norms(const at::Tensor& data, int P, Boundary bounda
   const int64_t N = data.size(0), H = data.size(2), W = data.size(3);
   const at::Tensor Ar = axis_patch_matrix(H, P, boundary).to(data.device());
   const at::Tensor Ac = axis_patch_matrix(W, P, boundary).to(data.device());
-  const int64_t chunk = std::max<int64_t>(1, (int64_t(1) << 24) / std::max<int64_t>(1, data[0].numel()));
+  // about 2^22 values per chunk: float64 temporaries of ~32 MiB, whatever N
+  const int64_t per_image = std::max<int64_t>(1, data.size(1) * data.size(2) * data.size(3));
+  const int64_t chunk = std::max<int64_t>(1, (int64_t(1) << 22) / per_image);
   at::Tensor kn2 = at::zeros({1}, data.options().dtype(at::kDouble)), amax = kn2.clone();
   for (int64_t s = 0; s < N; s += chunk) {
     const at::Tensor part = data.narrow(0, s, std::min(chunk, N - s));
