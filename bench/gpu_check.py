@@ -3,7 +3,7 @@
 
 Run once on a machine with an NVIDIA GPU, from anywhere:
 
-    python bench/gpu_check.py            # build, check, time (about 3-5 minutes on an H200)
+    python bench/gpu_check.py            # build, check, time (about 6-9 minutes on an H200)
     python bench/gpu_check.py --no-build # use the extension already built in the source tree
 
 1. Build: ``FORCE_CUDA=1 python setup.py build_ext --inplace`` in the repository, for the
@@ -15,13 +15,20 @@ Run once on a machine with an NVIDIA GPU, from anywhere:
    policy; patch_argmax_attention (hard and soft, float32 and float64, shared-memory and
    global scratch, split displacements) against the CPU kernel (y* bitwise) and, on exact
    inputs with ties, the reference; one PASS/FAIL line each.
-3. Timing: one full Fashion-MNIST ELS step (60,000 training images; the real set when its
-   IDX files are installed, else the embedded subset tiled to 60,000, else random images of
-   that shape) for P in {3, 7, 15}, at a low sigma (exact fp32 path) and a high sigma (where
-   the automatic policy picks tf32 tensor cores); prints G pairs/s, useful TFLOP/s
-   (2*D flops per pair, docs/theory.md §9) and the fraction of the GPU's measured fp32 and tf32 matmul
-   peaks. Then patch_argmax_attention over the 60,000 training images (the in-degree of
-   AELS, once per P) and over a batch of samples: ms, G pairs/s, against the CPU kernel.
+3. Accuracy at scale: 60,000 training images (the real set when its IDX files are installed,
+   else the embedded subset tiled to 60,000, else random images of that shape), B = 2,
+   P in {3, 7}: fp32 and forced tf32 against the GPU's own float64 path, at sigma = 1 and at
+   the sigma where the policy switches to tf32 (the fp32 running sums over ~1e5 keys per
+   thread). The precision switch itself is checked on both sides in step 2.
+4. Timing, B in {1, 8, 64} (``--batches``), P in {3, 7, 15}: the forward and a warm backward
+   by CUDA events, each kernel's share by the CUDA profiler; G pairs/s of useful pairs
+   (``count_pairs``) with the padded pairs the tiles compute beside them, the fraction of the
+   nominal exp-unit ceiling (SMs x 16 ex2/clock x SM clock) and of the measured fp32 matmul
+   peak. Then patch_argmax_attention over the 60,000 images and over a batch of samples.
+   ``--max-seconds`` bounds the timing section (later configurations are skipped).
+
+``--dry-run`` (no GPU): the script's own logic (padded-pair counts, parsing of the policy's
+verbose line) on the CPU emulator of the kernels.
 
 Exit status 0 when every check passed. The operator variants, the random input factory and
 the float32 tolerance model are the tests' own (tests/helpers.py).
@@ -187,26 +194,15 @@ def correctness() -> None:
         except Exception as exc:  # noqa: BLE001
             record(f"gradcheck {'/'.join(machine)} f64", False, str(exc).splitlines()[0][:200])
 
-    # Precision policy: tf32 at high sigma within its error estimate, fp32 at low sigma.
+    # Precision policy: tf32 only where the proven bound allows (docs/theory.md §4.4); both
+    # sides of the switch, errors against the GPU's float64 path within the bound.
     if torch.cuda.get_device_capability()[0] >= 8:
         for P in (3, 7, 15):
             seed += 1
-            z, data, sigma, _ = random_inputs(B=2, C=1, H=28, W=28, N=100, sigma=(80.0,), seed=seed)
-            args = (z.float().cuda(), data.float().cuda(), sigma.float().cuda(), P, "els", "zeros", "all", None, True)
-            outs = {}
-            for math_path in ("auto", "tf32", "fp32"):
-                os.environ["CREATIVITY_FAST_CUDA_MATH"] = math_path
-                outs[math_path] = torch.ops.creativity_fast.patch_posterior_mean(*args)
-            os.environ.pop("CREATIVITY_FAST_CUDA_MATH")
-            # the estimate of csrc/cuda/plan.cuh (tf32_logit_error); D = P*P for 28x28, zeros, P <= 15
-            D, qmax, kmax = P * P, z.abs().max().item(), data.abs().max().item()
-            est = (2.0 ** -10 * math.sqrt(D) * qmax * kmax + 2.0 ** -25 * D * (qmax ** 2 + kmax ** 2)) / 80.0 ** 2
-            x_ref, l_ref, _ = patch_posterior_mean_reference(z, data, sigma, P, "els", "zeros", "all")
-            same = all(torch.equal(a, b) for a, b in zip(outs["auto"], outs["tf32" if est <= 1e-3 else "fp32"]))
-            ex_tf, ex_fp = max_err(outs["tf32"][0], x_ref), max_err(outs["fp32"][0], x_ref)
-            record(f"precision policy sigma=80 P={P}: auto = {'tf32' if est <= 1e-3 else 'fp32'}, tf32 within 2x estimate",
-                   same and ex_tf <= 2 * est and ex_fp <= 5e-5,
-                   f"estimate {est:.1e}, x0 err tf32 {ex_tf:.1e} / fp32 {ex_fp:.1e}")
+            z, data, _, _ = random_inputs(B=2, C=1, H=28, W=28, N=100, sigma=(80.0,), seed=seed, query="gaussian",
+                                          query_scale=3.0)
+            check_switch(f"precision switch P={P} (default tolerance)", z, data, P, tol=None)
+            check_switch(f"precision switch P={P} (tolerance 1e-3)", z, data, P, tol=1e-3)
         seed += 1
         z, data, sigma, _ = random_inputs(B=2, C=1, H=28, W=28, N=100, sigma=(0.2,), seed=seed)
         args = (z.float().cuda(), data.float().cuda(), sigma.float().cuda(), 7, "els", "zeros", "all", None, True)
@@ -217,6 +213,168 @@ def correctness() -> None:
         record("precision policy sigma=0.2 P=7: auto = fp32", all(torch.equal(a, b) for a, b in zip(auto, exact)))
 
     check_attention(seed + 1)
+
+
+def policy_decision(z, data, sigma, P):
+    """(path, bound, tol) of the automatic precision policy for this call, from its verbose
+    line on stderr (csrc/cuda/ops_impl.cuh: choose_tf32)."""
+    import re
+
+    text = _stderr_of(lambda: _forward(z, data, sigma, P, math="auto", verbose=True))
+    m = re.search(r"tf32 logit error <= ([0-9.eE+-]+|inf|nan) \(tol ([0-9.eE+-]+|inf|nan)\) -> (tf32|fp32)", text)
+    if not m:
+        return None, math.nan, math.nan
+    return m.group(3), float(m.group(1)), float(m.group(2))
+
+
+def _forward(z, data, sigma, P, math="auto", verbose=False, argmax=False):
+    import torch
+
+    old = {k: os.environ.get(k) for k in ("CREATIVITY_FAST_CUDA_MATH", "CREATIVITY_FAST_CUDA_VERBOSE")}
+    os.environ["CREATIVITY_FAST_CUDA_MATH"] = math
+    if verbose:
+        os.environ["CREATIVITY_FAST_CUDA_VERBOSE"] = "1"
+    try:
+        out = torch.ops.creativity_fast.patch_posterior_mean(z, data, sigma, P, "els", "zeros", "all", None, argmax)
+        torch.cuda.synchronize()
+        return out
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _stderr_of(fn) -> str:
+    """What fn() writes to the process's stderr (file descriptor 2: the C++ verbose lines)."""
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            fn()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        tmp.seek(0)
+        return tmp.read().decode(errors="replace")
+
+
+def check_switch(name, z, data, P, tol):
+    """At 1.02 and 0.98 times the switch sigma* (the bound is c / sigma^2 for fixed z), auto runs
+    tf32 and fp32; the tf32 errors against the GPU's float64 path stay within the bound."""
+    import torch
+
+    if tol is not None:
+        os.environ["CREATIVITY_FAST_TF32_TOL"] = str(tol)
+    try:
+        zc, dc = z.float().cuda(), data.float().cuda()
+        probe = torch.full((z.shape[0],), 1.0, device="cuda")
+        _, bound1, tol_used = policy_decision(zc, dc, probe, P)
+        if not (bound1 > 0 and tol_used > 0):
+            record(name, False, f"no policy decision parsed (bound {bound1}, tol {tol_used})")
+            return
+        sigma_star = math.sqrt(bound1 / tol_used)
+        R = (data.max() - data.min()).item()
+        ok, details = True, []
+        for side, factor in (("tf32", 1.02), ("fp32", 0.98)):
+            s = torch.full((z.shape[0],), sigma_star * factor, device="cuda")
+            path, bound, _ = policy_decision(zc, dc, s, P)
+            x64, l64, _ = _forward(zc.double(), dc.double(), s.double(), P)
+            xt, lt, _ = _forward(zc, dc, s, P, math="tf32")
+            xf, lf, _ = _forward(zc, dc, s, P, math="fp32")
+            ex_f, el_f = max_err(xf, x64.cpu()), max_err(lf, l64.cpu())
+            ex_t, el_t = max_err(xt, x64.cpu()), max_err(lt, l64.cpu())
+            within = ex_t <= R * math.tanh(bound / 2) + 2 * ex_f + 1e-6 and el_t <= bound + 2 * el_f + 1e-6
+            ok = ok and path == side and within
+            details.append(f"{factor} sigma*={sigma_star * factor:.3g}: auto {path}, bound {bound:.2e}, "
+                           f"x0 err tf32 {ex_t:.1e} fp32 {ex_f:.1e}, lse err tf32 {el_t:.1e}")
+        record(name, ok, "; ".join(details))
+    finally:
+        os.environ.pop("CREATIVITY_FAST_TF32_TOL", None)
+
+
+def accuracy_at_scale(images, source: str) -> None:
+    """N = 60,000, B = 2, P in {3, 7}: fp32 and forced tf32 against the GPU's float64 path, at
+    sigma = 1 (steep logits: fp32 running sums over ~1e5 keys per thread) and at the switch."""
+    import torch
+
+    from helpers import float32_x0_atol
+
+    log(f"\n== accuracy at scale: {source}, B = 2, against the GPU's float64 path ==")
+    data = images.float().cuda()
+    N, C, H, W = data.shape
+    g = torch.Generator().manual_seed(3)
+    idx = torch.randint(N, (2,), generator=g)
+    noise = torch.randn(2, C, H, W, generator=g)
+    for P in (3, 7):
+        sumw = C * min(P, 2 * H - 1) * min(P, 2 * W - 1)
+        z1 = (images[idx] + noise).float().cuda()
+        _, b1, tol = policy_decision(z1, data, torch.ones(2, device="cuda"), P)
+        sigma_star = math.sqrt(b1 / tol) if b1 > 0 and tol > 0 else float("nan")
+        for sigma, label in ((1.0, "sigma=1"), (sigma_star, "sigma at the tf32 switch")):
+            if not math.isfinite(sigma):
+                record(f"accuracy N={N} P={P} {label}", False, "no switch sigma")
+                continue
+            z = (images[idx] + sigma * noise).float().cuda()
+            s = torch.full((2,), sigma, device="cuda")
+            x64, l64, _ = _forward(z.double(), data.double(), s.double(), P)
+            x64, l64 = x64.cpu(), l64.cpu()
+            atol = 1e-5 * max(1.0, data.abs().max().item()) + float32_x0_atol(l64, sumw)
+            for path in ("fp32", "tf32"):
+                x, l, _ = _forward(z, data, s, P, math=path)
+                ex, el = max_err(x, x64), max_err(l, l64)
+                _, bound, _ = policy_decision(z, data, s, P)
+                allowed = atol if path == "fp32" else atol + 2 * math.tanh(bound / 2) * max(1.0, data.abs().max().item())
+                record(f"accuracy N={N} P={P} {label} {path}", ex <= allowed,
+                       f"sigma {sigma:.3g}: x0 err {ex:.2e} (allowed {allowed:.2e}), lse err {el:.2e}")
+        del x64, l64
+        torch.cuda.empty_cache()
+
+
+def padded_pairs(B: int, N: int, H: int, W: int, P: int, TQ: int = 64, TK: int = 64) -> int:
+    """(query, key) pairs the float kernels compute, padding of the query and key tiles included:
+    sum over the plan's groups (csrc/cuda/plan.cuh) of ceil(nq / TQ) TQ * ceil(nk / TK) TK."""
+    from creativity_fast.dictionary import admissible_centres
+
+    def classes(size):
+        mask = admissible_centres(size, P, "els", "zeros", "all")
+        out = []
+        for pos in range(size):
+            keys = tuple(int(k) for k in mask[pos].nonzero().flatten()) if mask.dim() == 2 else None
+            out.append(keys)
+        groups = []
+        for pos, keys in enumerate(out):
+            if groups and groups[-1][1] == keys:
+                groups[-1][0] += 1
+            else:
+                groups.append([1, keys])
+        return [(n, len(k)) for n, k in groups]
+
+    total = 0
+    for nr, nrk in classes(H):
+        for nc, nck in classes(W):
+            nq, nk = B * nr * nc, N * nrk * nck
+            total += -(-nq // TQ) * TQ * -(-nk // TK) * TK
+    return total
+
+
+def exp_ceiling() -> float:
+    """Nominal exp-unit ceiling: SMs x 16 ex2 per clock x the largest SM clock (nvidia-smi), else 1.98 GHz."""
+    import torch
+
+    props = torch.cuda.get_device_properties(0)
+    clock = 1.98e9
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=clocks.max.sm", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=20).stdout.split()
+        clock = float(out[0]) * 1e6
+    except Exception:  # noqa: BLE001
+        pass
+    return props.multi_processor_count * 16 * clock
 
 
 def check_attention(seed: int) -> None:
@@ -337,60 +495,90 @@ def fashion_mnist_60k():
     return torch.rand(60000, 1, 28, 28, generator=g) * 2 - 1, "random images 60,000 x 1 x 28 x 28"
 
 
-def timing(batch: int, reps: int) -> None:
+KERNEL_NAMES = ("forward_kernel", "merge_kernel", "backward_kernel", "adjoint_kernel", "attention_kernel",
+                "ideal_kernel")
+
+
+def kernel_times(fn, reps: int) -> tuple[float, dict]:
+    """(seconds per call by CUDA events, {kernel: seconds per call} from the CUDA profiler)."""
+    import torch
+
+    fn()  # warm: plan, caches (the data's patch norms), allocator
+    torch.cuda.synchronize()
+    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        fn()
+    stop.record()
+    torch.cuda.synchronize()
+    sec = start.elapsed_time(stop) / 1e3 / reps
+    per_kernel: dict = {}
+    try:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            fn()
+            torch.cuda.synchronize()
+        for ev in prof.key_averages():
+            for k in KERNEL_NAMES:
+                if k in ev.key:
+                    t = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0)
+                    per_kernel[k] = per_kernel.get(k, 0.0) + t / 1e6
+    except Exception as exc:  # noqa: BLE001  (the profiler is optional)
+        per_kernel["profiler unavailable"] = str(exc)[:80]
+    return sec, per_kernel
+
+
+def timing(batches, reps: int, max_seconds: float) -> None:
     import torch
     from creativity_fast.dictionary import count_pairs
 
-    log("\n== timing: one ELS step on 60,000 Fashion-MNIST images ==")
+    t0 = time.time()
+    log("\n== timing: one ELS step on 60,000 Fashion-MNIST images (CUDA events; kernels by the profiler) ==")
     fp32_peak, tf32_peak = measure_peaks()
-    log(f"measured matmul peaks: fp32 {fp32_peak / 1e12:.1f} TFLOP/s, tf32 {tf32_peak / 1e12:.1f} TFLOP/s")
+    ceiling = exp_ceiling()
+    log(f"measured matmul peaks: fp32 {fp32_peak / 1e12:.1f} TFLOP/s, tf32 {tf32_peak / 1e12:.1f} TFLOP/s; "
+        f"exp-unit ceiling (nominal) {ceiling / 1e12:.2f} T exp/s")
     images, source = fashion_mnist_60k()
-    log(f"data: {source}; queries B={batch}")
+    log(f"data: {source}")
     data = images.float().cuda()
     N, C, H, W = data.shape
+    accuracy_at_scale(images, source)
+    log(f"\n{'pass':>8} {'B':>3} {'P':>3} {'path':>5} {'ms':>9} {'useful Gp':>9} {'padded Gp':>9} "
+        f"{'G pairs/s':>10} {'/exp ceil':>9} {'TFLOP/s':>8} {'/fp32 pk':>8}  kernels (ms)")
     g = torch.Generator().manual_seed(1)
-    idx = torch.randint(N, (batch,), generator=g)
-    noise = torch.randn(batch, C, H, W, generator=g)
-    log(f"{'P':>3} {'sigma':>6} {'path':>5} {'ms':>9} {'G pairs':>9} {'G pairs/s':>10} {'TFLOP/s':>8} "
-        f"{'/fp32 pk':>9} {'/tf32 pk':>9} {'mem GiB':>8}")
-    for P in (3, 7, 15):
-        D = C * min(P, 2 * H - 1) * min(P, 2 * W - 1)
-        pairs = count_pairs(batch, N, H, W, P, "els", "zeros", "all")
-        for sigma in (1.0, 80.0):
-            z = (images[idx] + sigma * noise).cuda()
-            s = torch.full((batch,), sigma, device="cuda")
-            os.environ["CREATIVITY_FAST_CUDA_VERBOSE"] = "1"
-            proc_path = _chosen_path(z, data, s, P)
-            os.environ.pop("CREATIVITY_FAST_CUDA_VERBOSE")
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-            torch.ops.creativity_fast.patch_posterior_mean(z, data, s, P, "els", "zeros", "all", None, True)
-            torch.cuda.synchronize()
-            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(reps):
-                torch.ops.creativity_fast.patch_posterior_mean(z, data, s, P, "els", "zeros", "all", None, True)
-            stop.record()
-            torch.cuda.synchronize()
-            sec = start.elapsed_time(stop) / 1e3 / reps
-            mem = (torch.cuda.max_memory_allocated() - base) / 2 ** 30
-            flops = 2 * D * pairs / sec
-            log(f"{P:>3} {sigma:>6g} {proc_path:>5} {sec * 1e3:>9.1f} {pairs / 1e9:>9.2f} {pairs / sec / 1e9:>10.1f} "
-                f"{flops / 1e12:>8.2f} {flops / fp32_peak:>9.3f} {flops / tf32_peak:>9.3f} {mem:>8.2f}")
-    # One backward step (B=2) for scale.
-    P, b2 = 7, min(batch, 2)
-    z = (images[idx[:b2]] + noise[:b2]).cuda()
-    s = torch.ones(b2, device="cuda")
-    x0, lse, _ = torch.ops.creativity_fast.patch_posterior_mean(z, data, s, P, "els", "zeros", "all", None, False)
-    gout = torch.randn_like(x0)
-    torch.cuda.synchronize()
-    t0 = time.time()
-    torch.ops.creativity_fast.patch_posterior_mean_backward(gout, z, data, s, P, "els", "zeros", "all", None, x0, lse)
-    torch.cuda.synchronize()
-    sec = time.time() - t0
-    pairs = count_pairs(b2, N, H, W, P, "els", "zeros", "all")
-    log(f"backward P={P} B={b2}: {sec * 1e3:.1f} ms, {pairs / sec / 1e9:.1f} G pairs/s")
-    time_attention(images, batch, reps)
+    for B in batches:
+        idx = torch.randint(N, (B,), generator=g)
+        noise = torch.randn(B, C, H, W, generator=g)
+        z = (images[idx] + noise).float().cuda()  # sigma = 1: the exact fp32 path (policy)
+        s = torch.ones(B, device="cuda")
+        for P in (3, 7, 15):
+            if time.time() - t0 > max_seconds:
+                log(f"(time budget of {max_seconds:.0f} s spent: skipping B={B} P={P} and later)")
+                break
+            D = C * min(P, 2 * H - 1) * min(P, 2 * W - 1)
+            useful = count_pairs(B, N, H, W, P, "els", "zeros", "all")
+            padded = padded_pairs(B, N, H, W, P)
+            path, _, _ = policy_decision(z, data[:64], s, P)
+            n = reps if B <= 8 else 1
+            sec, ker = kernel_times(lambda: _forward(z, data, s, P), n)
+            flops = 2 * D * useful / sec
+            kstr = " ".join(f"{k.replace('_kernel', '')} {v * 1e3:.1f}" for k, v in ker.items() if isinstance(v, float))
+            log(f"{'forward':>8} {B:>3} {P:>3} {path or '?':>5} {sec * 1e3:>9.1f} {useful / 1e9:>9.2f} "
+                f"{padded / 1e9:>9.2f} {useful / sec / 1e9:>10.1f} {useful / sec / ceiling:>9.3f} "
+                f"{flops / 1e12:>8.2f} {flops / fp32_peak:>8.3f}  {kstr}")
+            x0, lse, _ = _forward(z, data, s, P)
+            gout = torch.randn_like(x0)
+            back = lambda: torch.ops.creativity_fast.patch_posterior_mean_backward(  # noqa: E731
+                gout, z, data, s, P, "els", "zeros", "all", None, x0, lse)
+            sec, ker = kernel_times(back, 1)
+            kstr = " ".join(f"{k.replace('_kernel', '')} {v * 1e3:.1f}" for k, v in ker.items() if isinstance(v, float))
+            log(f"{'backward':>8} {B:>3} {P:>3} {'fp32':>5} {sec * 1e3:>9.1f} {useful / 1e9:>9.2f} "
+                f"{padded / 1e9:>9.2f} {useful / sec / 1e9:>10.1f} {useful / sec / ceiling:>9.3f} "
+                f"{'':>8} {'':>8}  {kstr}")
+            del x0, lse, gout
+            torch.cuda.empty_cache()
+    time_attention(images, max(batches), reps)
 
 
 def _attention_pairs(H: int, W: int, exclude: int) -> int:
@@ -434,29 +622,35 @@ def time_attention(images, batch: int, reps: int) -> None:
         log(f"{M:>8} {P:>3} {str(tau):>5} {sec * 1e3:>9.1f} {pairs / 1e9:>9.2f} {pairs / sec / 1e9:>10.1f} {cpu:>21}")
 
 
-def _chosen_path(z, data, s, P) -> str:
-    """Which path the automatic policy picks (from the verbose line on stderr)."""
-    import torch
-
-    read, write = os.pipe()
-    saved = os.dup(2)
-    os.dup2(write, 2)
-    try:
-        small = torch.ops.creativity_fast.patch_posterior_mean(z, data[:64], s, P, "els", "zeros", "all", None, False)
-        del small
-        torch.cuda.synchronize()
-    finally:
-        os.dup2(saved, 2)
-        os.close(write)
-        os.close(saved)
-    text = os.read(read, 1 << 16).decode(errors="replace")
-    os.close(read)
-    if "-> tf32" in text:
-        return "tf32"
-    return "fp32"
-
-
 # ---------------------------------------------------------------------------------------
+
+
+def dry_run() -> int:
+    """The script's logic without a GPU: padded-pair counts against a brute-force count of the
+    plan, and the policy's verbose line parsed from the CPU emulator of the kernels."""
+    from creativity_fast.dictionary import count_pairs
+
+    sys.path.insert(0, str(ROOT))
+    ok = True
+    for B, N, H, W, P in ((1, 3, 28, 28, 3), (2, 5, 9, 7, 5), (8, 10, 28, 28, 15)):
+        useful, padded = count_pairs(B, N, H, W, P, "els", "zeros", "all"), padded_pairs(B, N, H, W, P)
+        good = useful <= padded < useful + (B * H * W + 64) * 64 * 4 * N * 10
+        ok &= good
+        log(f"{'ok' if good else 'BAD'}: B={B} N={N} {H}x{W} P={P}: useful {useful}, padded {padded}")
+    from cuda_backends import EmulatorRunner, set_env
+    from helpers import random_inputs
+
+    emu = EmulatorRunner()
+    z, data, sigma, _ = random_inputs(B=2, C=1, H=9, W=9, N=6, seed=1, sigma=(1e4,))
+    with set_env(CREATIVITY_FAST_CUDA_VERBOSE="1", CREATIVITY_FAST_CUDA_MATH="auto"):
+        text = _stderr_of(lambda: emu.forward(z.float(), data.float(), sigma.float(), 3, "els", "zeros", "all"))
+    import re
+
+    m = re.search(r"tf32 logit error <= ([0-9.eE+-]+) \(tol ([0-9.eE+-]+)\) -> (tf32|fp32)", text)
+    ok &= m is not None
+    log(f"{'ok' if m else 'BAD'}: policy line parsed from the emulator: {m.groups() if m else text[-300:]}")
+    log("dry run " + ("passed" if ok else "FAILED"))
+    return 0 if ok else 1
 
 
 def finish() -> None:
@@ -471,14 +665,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--no-build", action="store_true", help="use the extension already built")
     parser.add_argument("--build", choices=["inplace", "pip"], default="inplace")
-    parser.add_argument("--batch", type=int, default=8, help="query images per timed ELS step")
-    parser.add_argument("--reps", type=int, default=3, help="timed repetitions per configuration")
+    parser.add_argument("--batches", default="1,8,64", help="query images per timed ELS step (comma list)")
+    parser.add_argument("--reps", type=int, default=3, help="timed repetitions per configuration (1 for B > 8)")
+    parser.add_argument("--max-seconds", type=float, default=360.0, help="time budget of the timing section")
     parser.add_argument("--skip-timing", action="store_true")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="no GPU: check the script's own logic (padded pairs, policy parsing) on the CPU emulator")
     args = parser.parse_args()
     t_start = time.time()
 
     import torch
 
+    if args.dry_run:
+        sys.exit(dry_run())
     if not torch.cuda.is_available():
         log("no CUDA device: nothing to check")
         sys.exit(2)
@@ -497,7 +696,7 @@ def main() -> None:
     record("CUDA kernels registered", True)
     correctness()
     if not args.skip_timing:
-        timing(args.batch, args.reps)
+        timing([int(b) for b in args.batches.split(",")], args.reps, args.max_seconds)
     log(f"\ntotal wall time {time.time() - t_start:.0f} s")
     finish()
 

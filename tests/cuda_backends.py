@@ -35,6 +35,7 @@ SOURCE = (
     '  m.def("backward", &cf_emu::backward);\n'
     '  m.def("backward_lse", &cf_emu::backward_lse);\n'
     '  m.def("attention", &cf_emu::attention);\n'
+    '  m.def("precision_stats", &cf_emu::precision_stats);\n'
     "}\n"
 )
 CFLAGS = ["-O1", "-w"]
@@ -90,6 +91,12 @@ class EmulatorRunner:
     def tf32_capable(self):
         return True
 
+    STAT_NAMES = ("tf32", "fp32", "forced", "data_passes", "last_bound", "last_tol", "last_knorm", "last_qnorm")
+
+    def precision_stats(self):
+        """The precision policy's decisions so far in this process (ops_impl.cuh: PrecisionStats)."""
+        return dict(zip(self.STAT_NAMES, self.module.precision_stats()))
+
     def attention(self, images, center, P, exclude, tau):
         return tuple(self.module.attention(images, center, P, exclude, tau, self.SMS, self.MAJOR, self.SMEM))
 
@@ -114,6 +121,10 @@ class CudaRunner:
 
     def tf32_capable(self):
         return torch.cuda.get_device_capability()[0] >= 8
+
+    def precision_stats(self):
+        """Not exposed by the CUDA extension: tests compare with forced paths instead."""
+        return None
 
     def attention(self, images, center, P, exclude, tau):
         return torch.ops.creativity_fast.patch_argmax_attention(images, center, P, exclude, tau)

@@ -19,16 +19,18 @@ namespace cuda {
 constexpr int kThreads = 256;  // threads per block of every tiled kernel
 
 // Tile shape per scalar type: TQ query pixels x TK keys per tile, DK patch entries per
-// shared-memory chunk. double halves TK so that static shared memory stays < 48 KiB.
+// shared-memory chunk; query patches of at most DQ entries stay in shared memory for the whole
+// block (gathered once, not per key tile). double halves TK so that static shared memory
+// stays < 48 KiB.
 template <typename T>
 struct Cfg;
 template <>
 struct Cfg<float> {
-  static constexpr int TQ = 64, TK = 64, DK = 16;
+  static constexpr int TQ = 64, TK = 64, DK = 16, DQ = 64;
 };
 template <>
 struct Cfg<double> {
-  static constexpr int TQ = 64, TK = 32, DK = 8;
+  static constexpr int TQ = 64, TK = 32, DK = 8, DQ = 16;
 };
 
 // Query pixels are split into groups with one shared key rectangle (dictionary.h:
@@ -58,6 +60,7 @@ struct PatchParams {
   const T* inv2s2 = nullptr;  // [B] 1 / (2 sigma^2)
   const T* logw = nullptr;    // [N, H, W] log prior per key, or nullptr
   const int* dtab = nullptr;  // [D][4] patch entry d -> (channel, row offset i, col offset j, multiplicity)
+  const int* doff = nullptr;  // [D] (channel * H + i) * W + j: entry d's offset from a patch's first entry
   const GroupInfo* groups = nullptr;
   const WorkItem* work = nullptr;
   const int* rowclass = nullptr;  // [H] row class of a query row

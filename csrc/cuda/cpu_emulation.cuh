@@ -42,6 +42,7 @@
 
 using std::exp;
 using std::fma;
+using std::isfinite;
 using std::log;
 using std::sqrt;
 

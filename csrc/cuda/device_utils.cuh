@@ -14,6 +14,13 @@
   T* name = reinterpret_cast<T*>(cf_dynamic_smem)
 #endif
 
+// A rarely taken device function kept out of line (so it costs no registers in its caller).
+#if defined(CF_CUDA_EMULATION)
+#define CF_NOINLINE
+#else
+#define CF_NOINLINE __noinline__
+#endif
+
 namespace creativity_fast {
 namespace cuda {
 namespace detail {

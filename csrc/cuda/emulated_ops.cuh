@@ -90,6 +90,15 @@ inline at::Tensor backward_lse(const at::Tensor& grad, const at::Tensor& grad_ls
   return cfc::impl::backward(EmuLaunch{}, dev, grad, z, data, sigma, o, key_logw, x0, lse, &grad_lse);
 }
 
+// The precision policy's decisions so far (ops_impl.cuh: PrecisionStats), as
+// {tf32, fp32, forced, data_passes, last_bound, last_tol, last_knorm, last_qnorm}.
+inline std::vector<double> precision_stats() {
+  std::lock_guard<std::mutex> lock(cfc::impl::precision_mutex());
+  const auto& s = cfc::impl::precision_stats();
+  return {double(s.tf32), double(s.fp32), double(s.forced), double(s.data_passes),
+          s.last_bound, s.last_tol, s.last_knorm, s.last_qnorm};
+}
+
 // patch_argmax_attention on the emulator; smem_optin stands for the GPU's shared memory per
 // block (0 forces the global-memory scratch).
 inline std::vector<at::Tensor> attention(const at::Tensor& images, const at::Tensor& center, int64_t P, int64_t exclude,

@@ -64,12 +64,14 @@ __global__ void __launch_bounds__(kThreads) ideal_kernel(const IdealParams<T> p)
         s *= fast_exp(m - l);
         m = l;
       }
-      if (m > ninf) s += fast_exp(l - m);
+      if (m > ninf || l != l) s += fast_exp(l - m);  // a NaN logit poisons the sum, as in the reference
     } else {
       T a = fast_exp(l - lse);
       if (PHASE == 2) a *= gd - gx0;
       S += a;
-      if (a != T(0)) {
+      // Skip exact zeros (pruning at low sigma), but not a key at -inf or NaN: its image may hold
+      // an infinity, and 0 * inf must give NaN here as in every other path (NOTES.md, non-finite inputs).
+      if (a != T(0) || !(l > ninf)) {
         for (int64_t e = lane; e < p.CHW; e += 32) accw[e] = fma(a, ph[e], accw[e]);
       }
     }

@@ -6,16 +6,20 @@
 //
 // Environment (read on every call):
 //   CREATIVITY_FAST_CUDA_MATH = auto (default) | fp32 | tf32
-//       auto: the cross term runs in tf32 on tensor cores when the estimated logit error
-//       (plan.cuh: tf32_logit_error) is at most CREATIVITY_FAST_TF32_TOL (default 1e-3),
-//       the input is float32 and the GPU is sm_80 or newer; fp32 otherwise. fp32 / tf32
-//       force a path (tf32 still needs float32 input and sm_80+). float64 is always exact.
+//       auto: the cross term runs in tf32 on tensor cores when the proven logit-error bound
+//       (plan.cuh: tf32_logit_bound) is at most the tolerance, the input is float32 and the
+//       GPU is sm_80 or newer; fp32 otherwise. fp32 / tf32 force a path (tf32 still needs
+//       float32 input and sm_80+). float64 is always exact.
+//   CREATIVITY_FAST_TF32_TOL = e: the tolerance on the logit error (default: the share of
+//       the float32 precision contract given to tf32, plan.cuh: tf32_default_tolerance).
 //   CREATIVITY_FAST_CUDA_VERBOSE = 1: print the plan and the precision choice to stderr.
 #pragma once
 
 #include <ATen/TensorOperators.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/arange.h>
+#include <ATen/ops/cat.h>
+#include <ATen/ops/maximum.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/full_like.h>
@@ -25,12 +29,15 @@
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/zeros_like.h>
 #include <c10/util/Exception.h>
+#include <c10/util/intrusive_ptr.h>
 
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <algorithm>
 #include <limits>
+#include <mutex>
+#include <vector>
 #include <optional>
 #include <string>
 #include <tuple>
@@ -90,28 +97,138 @@ inline std::string env_string(const char* name, const char* fallback) {
 
 inline bool verbose() { return env_string("CREATIVITY_FAST_CUDA_VERBOSE", "0") == "1"; }
 
-// The precision policy (NOTES.md): tf32 tensor cores for the cross term when the estimated
-// logit error is within tolerance, exact fp32 otherwise.
-inline bool choose_tf32(const at::Tensor& z, const at::Tensor& data, const at::Tensor& sigma, double sumw,
-                        const DeviceInfo& dev) {
+// ------------------------------------------------------------------------------------
+// Precision policy (NOTES.md, "Precision policy"; derivation in docs/theory.md §4.4): tf32
+// tensor cores for the cross term only where the proven logit-error bound
+// (plan.cuh: tf32_logit_bound) is within the tolerance, exact fp32 otherwise.
+
+// [size, size] float64: A[x][s] = sum of the multiplicities of the patch offsets i with
+// source(x, i) = s on one axis (dictionary.h: AxisPatch), so that the squared weighted norm of
+// every patch of an image u is (A_r (sum_c u_c^2) A_c^T)[r, c], a separable box filter.
+inline at::Tensor axis_patch_matrix(int size, int P, Boundary boundary) {
+  const AxisPatch ax(P, size, boundary);
+  at::Tensor A = at::zeros({size, size}, at::TensorOptions().dtype(at::kDouble));
+  double* a = A.data_ptr<double>();
+  for (int x = 0; x < size; ++x)
+    for (int i = 0; i < ax.count; ++i) {
+      const int src = ax.source(x, i);
+      if (src >= 0) a[int64_t(x) * size + src] += ax.weight(i);
+    }
+  return A;
+}
+
+// Largest squared weighted patch norm of each image: u [n, C, H, W] -> [n] float64 (on u's device).
+inline at::Tensor max_patch_sq_norms(const at::Tensor& u, const at::Tensor& Ar, const at::Tensor& Ac) {
+  const at::Tensor ud = u.to(at::kDouble);
+  const at::Tensor sq = (ud * ud).sum(1);  // [n, H, W]
+  return Ar.matmul(sq).matmul(Ac.t()).amax({1, 2});
+}
+
+// Decisions of the policy in this process, for tests and diagnostics (the emulator module
+// exposes them; CREATIVITY_FAST_CUDA_VERBOSE=1 prints each decision).
+struct PrecisionStats {
+  int64_t tf32 = 0, fp32 = 0;  // automatic decisions
+  int64_t forced = 0;          // calls with CREATIVITY_FAST_CUDA_MATH=fp32|tf32 (or no choice: dtype, GPU)
+  int64_t data_passes = 0;     // passes over the training set for its patch norms (cache misses)
+  double last_bound = -1.0, last_tol = -1.0, last_knorm = -1.0, last_qnorm = -1.0;
+};
+inline std::mutex& precision_mutex() {
+  static std::mutex m;
+  return m;
+}
+inline PrecisionStats& precision_stats() {
+  static PrecisionStats s;
+  return s;
+}
+
+// The training set's largest weighted patch norm and largest |value|, cached per (tensor,
+// version, P, boundary): one pass over the data per data set and patch geometry, not per call.
+// The cache holds weak references, so a freed tensor never matches a new one at the same address.
+struct DataNorms {
+  double knorm = 0, absmax = 0;
+};
+struct DataNormEntry {
+  c10::weak_intrusive_ptr<c10::TensorImpl> impl;
+  int64_t version;
+  int P;
+  Boundary boundary;
+  DataNorms norms;
+};
+inline DataNorms data_patch_norms(const at::Tensor& data, int P, Boundary boundary) {
+  static std::vector<DataNormEntry> cache;  // a few recent entries, guarded by precision_mutex()
+  {
+    std::lock_guard<std::mutex> lock(precision_mutex());
+    for (const auto& e : cache) {
+      const auto alive = e.impl.lock();
+      if (alive.get() == data.unsafeGetTensorImpl() && e.version == data._version() && e.P == P &&
+          e.boundary == boundary)
+        return e.norms;
+    }
+  }
+  const int64_t N = data.size(0), H = data.size(2), W = data.size(3);
+  const at::Tensor Ar = axis_patch_matrix(H, P, boundary).to(data.device());
+  const at::Tensor Ac = axis_patch_matrix(W, P, boundary).to(data.device());
+  // about 2^22 values per chunk: float64 temporaries of ~32 MiB, whatever N
+  const int64_t per_image = std::max<int64_t>(1, data.size(1) * data.size(2) * data.size(3));
+  const int64_t chunk = std::max<int64_t>(1, (int64_t(1) << 22) / per_image);
+  at::Tensor kn2 = at::zeros({1}, data.options().dtype(at::kDouble)), amax = kn2.clone();
+  for (int64_t s = 0; s < N; s += chunk) {
+    const at::Tensor part = data.narrow(0, s, std::min(chunk, N - s));
+    kn2 = at::maximum(kn2, max_patch_sq_norms(part, Ar, Ac).amax().view({1}));
+    amax = at::maximum(amax, part.abs().amax().to(at::kDouble).view({1}));
+  }
+  const at::Tensor host = at::cat({kn2.sqrt(), amax}).cpu();
+  DataNorms out{host.data_ptr<double>()[0], host.data_ptr<double>()[1]};
+  std::lock_guard<std::mutex> lock(precision_mutex());
+  if (cache.size() >= 4) cache.erase(cache.begin());
+  cache.push_back({c10::weak_intrusive_ptr<c10::TensorImpl>(data.getIntrusivePtr()), data._version(), P, boundary, out});
+  ++precision_stats().data_passes;
+  return out;
+}
+
+inline bool choose_tf32(const at::Tensor& z, const at::Tensor& data, const at::Tensor& sigma, const Options& o,
+                        int D, const DeviceInfo& dev) {
   const std::string math = env_string("CREATIVITY_FAST_CUDA_MATH", "auto");
   TORCH_CHECK(math == "auto" || math == "fp32" || math == "tf32",
               "CREATIVITY_FAST_CUDA_MATH must be 'auto', 'fp32' or 'tf32'; got '", math, "'");
-  if (math == "fp32" || z.scalar_type() != at::kFloat || dev.major < 8) return false;
-  if (math == "tf32") return true;
-  const double tol = std::strtod(env_string("CREATIVITY_FAST_TF32_TOL", "1e-3").c_str(), nullptr);
-  const at::Tensor stats = at::stack({sigma.min(), z.abs().max(), data.abs().max()}).to(at::kDouble).cpu();
-  const double* s = stats.data_ptr<double>();
-  const double est = tf32_logit_error(sumw, s[1], s[2], s[0]);
-  const bool use = est <= tol;
+  if (math != "auto" || z.scalar_type() != at::kFloat || dev.major < 8) {
+    std::lock_guard<std::mutex> lock(precision_mutex());
+    ++precision_stats().forced;
+    return math == "tf32" && z.scalar_type() == at::kFloat && dev.major >= 8;
+  }
+  const DataNorms dn = data_patch_norms(data, o.P, o.boundary);
+  const int H = z.size(2), W = z.size(3);
+  const at::Tensor Ar = axis_patch_matrix(H, o.P, o.boundary).to(z.device());
+  const at::Tensor Ac = axis_patch_matrix(W, o.P, o.boundary).to(z.device());
+  const at::Tensor qs = at::stack({max_patch_sq_norms(z, Ar, Ac).sqrt(), sigma.to(at::kDouble)}).cpu();  // one sync
+  const int64_t B = z.size(0);
+  const double* q = qs.data_ptr<double>();
+  double bound = 0, qmax = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    bound = std::max(bound, tf32_logit_bound(D, q[b], dn.knorm, q[B + b]));
+    qmax = std::max(qmax, q[b]);
+  }
+  const std::string tol_env = env_string("CREATIVITY_FAST_TF32_TOL", "");
+  const double tol = tol_env.empty() ? tf32_default_tolerance(dn.absmax) : std::strtod(tol_env.c_str(), nullptr);
+  const bool use = bound <= tol;
+  {
+    std::lock_guard<std::mutex> lock(precision_mutex());
+    PrecisionStats& st = precision_stats();
+    ++(use ? st.tf32 : st.fp32);
+    st.last_bound = bound;
+    st.last_tol = tol;
+    st.last_knorm = dn.knorm;
+    st.last_qnorm = qmax;
+  }
   if (verbose())
     std::fprintf(stderr,
-                 "[creativity_fast cuda] sigma_min=%g qmax=%g kmax=%g sumw=%g: tf32 logit error ~%.3g (tol %.3g) -> %s\n",
-                 s[0], s[1], s[2], sumw, est, tol, use ? "tf32" : "fp32");
+                 "[creativity_fast cuda] precision: max|q|_w=%g max|k|_w=%g max|data|=%g D=%d: tf32 logit error <= %.3g "
+                 "(tol %.3g) -> %s\n",
+                 qmax, dn.knorm, dn.absmax, D, bound, tol, use ? "tf32" : "fp32");
   return use;
 }
 
-// A plan with its tables on the device: int64 [groups | work items], int32 [dtab | rowclass | colclass].
+// A plan with its tables on the device: int64 [groups | work items], int32 [dtab | rowclass | colclass | doff].
 struct DevicePlan {
   HostPlan host;
   at::Tensor buf64, buf32;
@@ -123,12 +240,14 @@ inline DevicePlan upload_plan(HostPlan&& pl, const at::Device& device) {
   at::Tensor h64 = at::empty({n64}, at::TensorOptions().dtype(at::kLong));
   std::memcpy(h64.data_ptr<int64_t>(), pl.groups.data(), pl.groups.size() * sizeof(GroupInfo));
   std::memcpy(h64.data_ptr<int64_t>() + pl.groups.size() * 12, pl.work.data(), pl.work.size() * sizeof(WorkItem));
-  const int64_t n32 = int64_t(pl.dtab.size() + pl.rowclass.size() + pl.colclass.size());
+  const int64_t n32 = int64_t(pl.dtab.size() + pl.rowclass.size() + pl.colclass.size() + pl.doff.size());
   at::Tensor h32 = at::empty({n32}, at::TensorOptions().dtype(at::kInt));
   int* p32 = h32.data_ptr<int>();
   std::memcpy(p32, pl.dtab.data(), pl.dtab.size() * sizeof(int));
   std::memcpy(p32 + pl.dtab.size(), pl.rowclass.data(), pl.rowclass.size() * sizeof(int));
   std::memcpy(p32 + pl.dtab.size() + pl.rowclass.size(), pl.colclass.data(), pl.colclass.size() * sizeof(int));
+  std::memcpy(p32 + pl.dtab.size() + pl.rowclass.size() + pl.colclass.size(), pl.doff.data(),
+              pl.doff.size() * sizeof(int));
   dp.buf64 = h64.to(device);
   dp.buf32 = h32.to(device);
   if (verbose())
@@ -162,6 +281,7 @@ PatchParams<T> patch_params(const DevicePlan& dp, const at::Tensor& z, const at:
   p.dtab = b32;
   p.rowclass = b32 + pl.dtab.size();
   p.colclass = b32 + pl.dtab.size() + pl.rowclass.size();
+  p.doff = b32 + pl.dtab.size() + pl.rowclass.size() + pl.colclass.size();
   p.ncolclass = pl.ncc;
   const int64_t* b64 = dp.buf64.data_ptr<int64_t>();
   p.groups = reinterpret_cast<const GroupInfo*>(b64);
@@ -196,7 +316,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> patch_forward(const L& launch, co
                              fixed_tiles_per_block()),
                   z.device());
   const int64_t E = dp.host.entries;
-  const bool tf32 = std::is_same<T, float>::value && choose_tf32(z, data, sigma, dp.host.sumw, dev);
+  const bool tf32 = std::is_same<T, float>::value && choose_tf32(z, data, sigma, o, dp.host.D, dev);
   const at::Tensor inv2s2 = inv_two_sigma_sq(sigma);
   const auto opts = z.options();
   at::Tensor pm = at::empty({E}, opts), ps = at::empty({E}, opts), pbest = at::empty({E}, opts);
@@ -264,8 +384,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ideal_forward(const L& launch, co
   at::Tensor x0 = pacc.sum(0).view({B, C, H, W});
   at::Tensor lse = lse_b.view({B, 1, 1}).expand({B, H, W}).contiguous();
   at::Tensor best = at::empty({0}, opts.dtype(at::kLong));
-  if (return_argmax)
-    best = (best_mu.view({B, 1}) * HW + at::arange(HW, opts.dtype(at::kLong)).view({1, HW})).view({B, H, W});
+  if (return_argmax) {
+    const at::Tensor ids = best_mu.view({B, 1}) * HW + at::arange(HW, opts.dtype(at::kLong)).view({1, HW});
+    best = at::where(best_mu.view({B, 1}) < 0, at::full_like(ids, -1), ids).view({B, H, W});  // -1: no finite logit
+  }
   return {x0, lse, best};
 }
 

@@ -119,12 +119,12 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(const Attention
     }
 
     const int d0 = split * p.per, d1 = imin(p.ndisp, d0 + p.per);
-    for (int k0 = d0; k0 < d1; k0 += p.K) {
+    for (int k0 = d0; k0 < d1; k0 += p.K) {  // sass: tile=K*2*AVG_HW/THREADS
       const int kc = imin(p.K, d1 - k0);
       const int* dk = p.disp + 2 * k0;
       __syncthreads();  // the tables of the previous round are consumed
       // Q_d(u) at table entry (i+1, j+1); zero first row and column.
-      for (int e = tid; e < kc * tstride; e += nt) {
+      for (int e = tid; e < kc * tstride; e += nt) {  // sass: trips=K*TSTRIDE/THREADS
         const int k = e / tstride, f = e % tstride;
         const int dr = dk[2 * k], dc = dk[2 * k + 1];
         const int h = H - dr, w = W - (dc < 0 ? -dc : dc), pw = w + 1;
@@ -139,34 +139,34 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(const Attention
       }
       __syncthreads();
       // Row prefix sums: row += Q.
-      for (int e = tid; e < kc * H; e += nt) {
+      for (int e = tid; e < kc * H; e += nt) {  // sass: trips=K*H/THREADS
         const int k = e / H, i = e % H;
         const int dr = dk[2 * k], dc = dk[2 * k + 1];
         const int h = H - dr, w = W - (dc < 0 ? -dc : dc), pw = w + 1;
         if (i >= h) continue;
         double* row = tab + k * tstride + (i + 1) * pw;
         double acc = 0.0;
-        for (int j = 1; j <= w; ++j) {
+        for (int j = 1; j <= w; ++j) {  // sass: trips=AVG_W
           acc += row[j];
           row[j] = acc;
         }
       }
       __syncthreads();
       // Column accumulation: S(i+1, j+1) = S(i, j+1) + row.
-      for (int e = tid; e < kc * W; e += nt) {
+      for (int e = tid; e < kc * W; e += nt) {  // sass: trips=K*W/THREADS
         const int k = e / W, j = e % W;
         const int dr = dk[2 * k], dc = dk[2 * k + 1];
         const int h = H - dr, w = W - (dc < 0 ? -dc : dc), pw = w + 1;
         if (j >= w) continue;
         double* col = tab + k * tstride + (j + 1);
-        for (int i = 0; i < h; ++i) col[(i + 1) * pw] = col[i * pw] + col[(i + 1) * pw];
+        for (int i = 0; i < h; ++i) col[(i + 1) * pw] = col[i * pw] + col[(i + 1) * pw];  // sass: trips=AVG_H
       }
       __syncthreads();
       // Pairs of the own pixels: (p, p - d) then (p, p + d); the score always takes the
       // earlier pixel of the pair as x (its table position, a(x) subtracted first).
-      for (int x = tid; x < HW; x += nt) {
+      for (int x = tid; x < HW; x += nt) {  // sass: trips=HW/THREADS
         const int r = x / W, c = x % W;
-        for (int k = 0; k < kc; ++k) {
+        for (int k = 0; k < kc; ++k) {  // sass: trips=K
           const int dr = dk[2 * k], dc = dk[2 * k + 1];
           const int h = H - dr, w = W - (dc < 0 ? -dc : dc), c0 = imax(0, -dc);
           const double* S = tab + k * tstride;

@@ -66,6 +66,8 @@ struct State {
 #pragma unroll
       for (int c = 0; c < CMAX; ++c) acc[c] = acc[c] * a + acc2[c] * b;
       m = nm;
+    } else {
+      s = s + s2;  // both without a finite logit: 0, or NaN from a NaN logit (kept)
     }
     if (best2 > best || (best2 == best && id2 < id)) {
       best = best2;
@@ -85,28 +87,46 @@ __device__ __forceinline__ T gather(const T* img, const int4 t, int r, int c, co
   return v;
 }
 
+// Offset in its [C, H, W] image of the first entry of the patch centred at (r, c) when the whole
+// patch lies inside the image with unit multiplicities, so that entry d is at this offset plus
+// p.doff[d] (no bounds, wrap or weight per entry); -1 otherwise (gather() then).
+__device__ __forceinline__ int patch_corner(int r, int c, const AxisPatch& ar, const AxisPatch& ac) {
+  const int r0 = r + ar.first, c0 = c + ac.first;
+  const bool inside = r0 >= 0 && r0 + ar.count <= ar.size && c0 >= 0 && c0 + ac.count <= ac.size;
+  const bool unit = ar.boundary == Boundary::Zeros || (ar.P <= ar.size && ac.P <= ac.size);
+  return inside && unit ? r0 * ac.size + c0 : -1;
+}
+
 // Shared state of a block: query metadata (fixed) and key metadata (per tile).
 template <typename T, int CMAX, int TQ, int TK>
 struct Meta {
+  int64_t q_base[TQ];             // z offset of the query patch's first entry (patch_corner), -1: gather
   int q_b[TQ], q_r[TQ], q_c[TQ];  // q_b = -1: padding row
   T q_scale[TQ];                  // 1 / (2 sigma_b^2)
+  int64_t k_base[TK];             // data offset of the key patch's first entry (patch_corner), -1: gather
   int k_mu[TK], k_r[TK], k_c[TK];  // k_mu = -1: padding key
   T k_logw[TK];                   // log prior (0 without key_logw; -inf for padding)
   T k_centre[CMAX][TK];           // centre pixel of the key patch, per channel
 };
 
 template <typename T, int CMAX, int TQ, int TK>
-__device__ void load_queries(Meta<T, CMAX, TQ, TK>& mt, const PatchParams<T>& p, const GroupInfo& g, int64_t q0) {
+__device__ void load_queries(Meta<T, CMAX, TQ, TK>& mt, const PatchParams<T>& p, const GroupInfo& g, int64_t q0,
+                             const AxisPatch& ar, const AxisPatch& ac) {
+  const int64_t CHW = static_cast<int64_t>(p.C) * p.H * p.W;
   for (int i = threadIdx.x; i < TQ; i += blockDim.x) {
     const int64_t q = q0 + i;
     if (q < g.nq) {
       const int64_t per = g.nr * g.nc;
       const int64_t b = q / per, rem = q - b * per;
+      const int r = static_cast<int>(g.r0 + rem / g.nc), c = static_cast<int>(g.c0 + rem % g.nc);
+      const int corner = patch_corner(r, c, ar, ac);
+      mt.q_base[i] = corner >= 0 ? b * CHW + corner : -1;
       mt.q_b[i] = static_cast<int>(b);
-      mt.q_r[i] = static_cast<int>(g.r0 + rem / g.nc);
-      mt.q_c[i] = static_cast<int>(g.c0 + rem % g.nc);
+      mt.q_r[i] = r;
+      mt.q_c[i] = c;
       mt.q_scale[i] = p.inv2s2[b];
     } else {
+      mt.q_base[i] = -1;
       mt.q_b[i] = -1;
       mt.q_r[i] = 0;
       mt.q_c[i] = 0;
@@ -117,14 +137,16 @@ __device__ void load_queries(Meta<T, CMAX, TQ, TK>& mt, const PatchParams<T>& p,
 
 template <typename T, int CMAX, int TQ, int TK>
 __device__ void load_keys(Meta<T, CMAX, TQ, TK>& mt, const PatchParams<T>& p, const GroupInfo& g, int64_t kstart,
-                          int64_t kend) {
+                          int64_t kend, const AxisPatch& ar, const AxisPatch& ac) {
   const int64_t HW = static_cast<int64_t>(p.H) * p.W;
-  for (int i = threadIdx.x; i < TK; i += blockDim.x) {
+  for (int i = threadIdx.x; i < TK; i += blockDim.x) {  // sass: trips=TK/THREADS
     const int64_t k = kstart + i;
     if (k < kend) {
       const int64_t per = g.nrk * g.nck;
       const int64_t mu = k / per, rem = k - mu * per;
       const int r = static_cast<int>(g.rlo + rem / g.nck), c = static_cast<int>(g.clo + rem % g.nck);
+      const int corner = patch_corner(r, c, ar, ac);
+      mt.k_base[i] = corner >= 0 ? mu * p.C * HW + corner : -1;
       mt.k_mu[i] = static_cast<int>(mu);
       mt.k_r[i] = r;
       mt.k_c[i] = c;
@@ -134,14 +156,36 @@ __device__ void load_keys(Meta<T, CMAX, TQ, TK>& mt, const PatchParams<T>& p, co
       for (int ch = 0; ch < CMAX; ++ch)
         mt.k_centre[ch][i] = ch < p.C ? p.data[(mu * p.C + ch) * HW + pix] : T(0);
     } else {
-      mt.k_mu[i] = -1;
-      mt.k_r[i] = 0;
-      mt.k_c[i] = 0;
-      mt.k_logw[i] = neg_inf<T>();
+      mt.k_base[i] = -1;  // sass: cold
+      mt.k_mu[i] = -1;  // sass: cold
+      mt.k_r[i] = 0;  // sass: cold
+      mt.k_c[i] = 0;  // sass: cold
+      mt.k_logw[i] = neg_inf<T>();  // sass: cold
 #pragma unroll
-      for (int ch = 0; ch < CMAX; ++ch) mt.k_centre[ch][i] = T(0);
+      for (int ch = 0; ch < CMAX; ++ch) mt.k_centre[ch][i] = T(0);  // sass: cold
     }
   }
+}
+
+// Entry d of query row `row`'s weighted patch (0 for a padding row).
+template <typename T, int CMAX, int TQ, int TK>
+__device__ __forceinline__ T query_entry(const Meta<T, CMAX, TQ, TK>& mt, const PatchParams<T>& p, const AxisPatch& ar,
+                                         const AxisPatch& ac, int row, int d) {
+  const int b = mt.q_b[row];
+  if (b < 0) return T(0);
+  const int64_t base = mt.q_base[row];  // sass: weight=D/(NCHUNK*DK)
+  if (base >= 0) return p.z[base + __ldg(p.doff + d)];  // sass: weight=D/(NCHUNK*DK)
+  // a patch across the border (edge groups; cold in the interior group counted)
+  return gather(p.z + b * static_cast<int64_t>(p.C) * p.H * p.W,  // sass: cold
+                __ldg(reinterpret_cast<const int4*>(p.dtab) + d), mt.q_r[row], mt.q_c[row], ar, ac, p.H, p.W, true);
+}
+
+// The whole query patches, entries [0, D), into Qs[d * TQ + row] (layout "dm"), once per
+// block when they fit (D <= Cfg<T>::DQ): the key tiles then reuse them.
+template <typename T, int CMAX, int TQ, int TK>
+__device__ void load_query_patches(T* Qs, const Meta<T, CMAX, TQ, TK>& mt, const PatchParams<T>& p,
+                                   const AxisPatch& ar, const AxisPatch& ac) {
+  for (int e = threadIdx.x; e < p.D * TQ; e += blockDim.x) Qs[e] = query_entry(mt, p, ar, ac, e % TQ, e / TQ);
 }
 
 // Chunk [d0, d0+DK) of the query patches into Qs and of the key patches into Ks.
@@ -151,29 +195,89 @@ __device__ void load_chunk(T* Qs, T* Ks, int ldq, int ldk, const Meta<T, CMAX, T
                            const AxisPatch& ar, const AxisPatch& ac, int d0, bool load_q, bool scale_k) {
   const int64_t CHW = static_cast<int64_t>(p.C) * p.H * p.W;
   const int4* dtab = reinterpret_cast<const int4*>(p.dtab);
-  if (load_q) {
-    for (int e = threadIdx.x; e < DK * TQ; e += blockDim.x) {
-      const int row = ROW_MAJOR ? e / DK : e % TQ, dd = ROW_MAJOR ? e % DK : e / TQ;
-      const int d = d0 + dd, b = mt.q_b[row];
-      T v = T(0);
-      if (d < p.D && b >= 0) v = gather(p.z + b * CHW, __ldg(dtab + d), mt.q_r[row], mt.q_c[row], ar, ac, p.H, p.W, true);
-      Qs[ROW_MAJOR ? row * ldq + dd : dd * ldq + row] = v;
+  if (load_q) {  // sass: weight=1-QRES
+    for (int e = threadIdx.x; e < DK * TQ; e += blockDim.x) {  // sass: trips=DK*TQ/THREADS; weight=1-QRES
+      const int row = ROW_MAJOR ? e / DK : e % TQ, dd = ROW_MAJOR ? e % DK : e / TQ;  // sass: weight=1-QRES
+      const int d = d0 + dd;                                                       // sass: weight=1-QRES
+      const T v = d < p.D ? query_entry(mt, p, ar, ac, row, d) : T(0);             // sass: weight=1-QRES
+      Qs[ROW_MAJOR ? row * ldq + dd : dd * ldq + row] = v;                          // sass: weight=1-QRES
     }
   }
-  for (int e = threadIdx.x; e < DK * TK; e += blockDim.x) {
-    const int k = ROW_MAJOR ? e / DK : e % TK, dd = ROW_MAJOR ? e % DK : e / TK;
-    const int d = d0 + dd, mu = mt.k_mu[k];
-    T v = T(0);
-    if (d < p.D && mu >= 0)
-      v = gather(p.data + mu * CHW, __ldg(dtab + d), mt.k_r[k], mt.k_c[k], ar, ac, p.H, p.W, scale_k);
-    Ks[ROW_MAJOR ? k * ldk + dd : dd * ldk + k] = v;
+  if constexpr (!ROW_MAJOR) {
+    // Layout "dm" with blockDim.x == kThreads: thread t always loads key t % TK (its metadata
+    // read once per chunk), entries t / TK + i * (kThreads / TK).
+    static_assert(kThreads % TK == 0 && (DK * TK) % kThreads == 0, "key-chunk mapping");
+    constexpr int STEP = kThreads / TK;
+    const int k = threadIdx.x % TK, dd0 = threadIdx.x / TK, mu = mt.k_mu[k];
+    const int64_t base = mt.k_base[k];
+    if (base >= 0 && d0 + DK <= p.D) {
+      // A whole chunk of a patch inside its image: one offset load and one data load per entry.
+      const T* kp = p.data + base;                 // sass: weight=FULL/NCHUNK
+      const int* dp = p.doff + d0 + dd0;           // sass: weight=FULL/NCHUNK
+#pragma unroll
+      for (int i = 0; i < DK / STEP; ++i)
+        Ks[(dd0 + i * STEP) * ldk + k] = kp[__ldg(dp + i * STEP)];  // sass: weight=FULL/NCHUNK
+    } else {
+#pragma unroll
+      for (int i = 0; i < DK / STEP; ++i) {
+        const int dd = dd0 + i * STEP, d = d0 + dd;  // sass: weight=PARTC
+        T v = T(0);
+        if (d < p.D && mu >= 0) {  // sass: weight=PARTC
+          if (base >= 0)
+            v = p.data[base + __ldg(p.doff + d)];  // sass: weight=PARTC*REM/DK
+          else  // a patch across the border (edge groups; cold in the interior group counted)
+            v = gather(p.data + mu * CHW, __ldg(dtab + d), mt.k_r[k], mt.k_c[k],  // sass: cold
+                       ar, ac, p.H, p.W, scale_k);
+        }
+        Ks[dd * ldk + k] = v;  // sass: weight=PARTC
+      }
+    }
+  } else {
+    for (int e = threadIdx.x; e < DK * TK; e += blockDim.x) {  // sass: trips=DK*TK/THREADS
+      const int k = e / DK, dd = e % DK;
+      const int d = d0 + dd, mu = mt.k_mu[k];
+      T v = T(0);
+      if (d < p.D && mu >= 0) {
+        const int64_t base = mt.k_base[k];  // sass: weight=D/(NCHUNK*DK)
+        if (base >= 0)
+          v = p.data[base + __ldg(p.doff + d)];  // sass: weight=D/(NCHUNK*DK)
+        else  // a patch across the border (edge groups; cold in the interior group counted)
+          v = gather(p.data + mu * CHW, __ldg(dtab + d), mt.k_r[k], mt.k_c[k],  // sass: cold
+                     ar, ac, p.H, p.W, scale_k);
+      }
+      Ks[k * ldk + dd] = v;
+    }
+  }
+}
+
+// acc[i][j] += sum over the chunk's entries dd < n of (q_dd - k_dd)^2 for the thread's RM x RN
+// micro-tile. PARTIAL: the last chunk, whose entries n .. DK-1 are padding (zeros on both
+// sides, which would add exact zeros): they are skipped (a uniform branch per entry).
+template <typename T, int RM, int RN, int TQ, int TK, int DK, bool PARTIAL>
+__device__ __forceinline__ void accumulate_chunk(T (&acc)[RM][RN], const T* Qs, const T* Ks, int tx, int ty, int n) {
+#pragma unroll
+  for (int dd = 0; dd < DK; ++dd) {
+    if (PARTIAL && dd >= n) break;
+    T qv[RM], kv[RN];
+#pragma unroll
+    for (int i = 0; i < RM; ++i) qv[i] = Qs[dd * TQ + ty * RM + i];
+#pragma unroll
+    for (int j = 0; j < RN; ++j) kv[j] = Ks[dd * TK + tx * RN + j];
+#pragma unroll
+    for (int i = 0; i < RM; ++i)
+#pragma unroll
+      for (int j = 0; j < RN; ++j) {
+        const T t = qv[i] - kv[j];
+        acc[i][j] = fma(t, t, acc[i][j]);
+      }
   }
 }
 
 // Distance tile on CUDA cores: St[k * LDS + q] = sum_d (q_d - k_d)^2 (weights folded in).
+// q_resident: Qs holds the whole query patches (load_query_patches), only keys are gathered.
 template <typename T, int CMAX, int TQ, int TK, int DK, int LDS>
 __device__ void distance_tile_simt(T* St, T* Qs, T* Ks, const Meta<T, CMAX, TQ, TK>& mt, const PatchParams<T>& p,
-                                   const AxisPatch& ar, const AxisPatch& ac) {
+                                   const AxisPatch& ar, const AxisPatch& ac, bool q_resident) {
   constexpr int RM = TQ / 16, RN = TK / 16;
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
   T acc[RM][RN];
@@ -181,24 +285,14 @@ __device__ void distance_tile_simt(T* St, T* Qs, T* Ks, const Meta<T, CMAX, TQ, 
   for (int i = 0; i < RM; ++i)
 #pragma unroll
     for (int j = 0; j < RN; ++j) acc[i][j] = T(0);
-  for (int d0 = 0; d0 < p.D; d0 += DK) {
-    load_chunk<T, CMAX, TQ, TK, DK, false>(Qs, Ks, TQ, TK, mt, p, ar, ac, d0, true, true);
+  for (int d0 = 0; d0 < p.D; d0 += DK) {  // sass: trips=NCHUNK
+    load_chunk<T, CMAX, TQ, TK, DK, false>(Qs, Ks, TQ, TK, mt, p, ar, ac, d0, !q_resident, true);
     __syncthreads();
-#pragma unroll
-    for (int dd = 0; dd < DK; ++dd) {
-      T qv[RM], kv[RN];
-#pragma unroll
-      for (int i = 0; i < RM; ++i) qv[i] = Qs[dd * TQ + ty * RM + i];
-#pragma unroll
-      for (int j = 0; j < RN; ++j) kv[j] = Ks[dd * TK + tx * RN + j];
-#pragma unroll
-      for (int i = 0; i < RM; ++i)
-#pragma unroll
-        for (int j = 0; j < RN; ++j) {
-          const T t = qv[i] - kv[j];
-          acc[i][j] = fma(t, t, acc[i][j]);
-        }
-    }
+    const T* Qc = q_resident ? Qs + d0 * TQ : Qs;
+    if (d0 + DK <= p.D)
+      accumulate_chunk<T, RM, RN, TQ, TK, DK, false>(acc, Qc, Ks, tx, ty, DK);  // sass: weight=FULL/NCHUNK
+    else
+      accumulate_chunk<T, RM, RN, TQ, TK, DK, true>(acc, Qc, Ks, tx, ty, p.D - d0);  // sass: weight=PARTW
     __syncthreads();
   }
 #pragma unroll
@@ -206,6 +300,26 @@ __device__ void distance_tile_simt(T* St, T* Qs, T* Ks, const Meta<T, CMAX, TQ, 
 #pragma unroll
     for (int j = 0; j < RN; ++j) St[(tx * RN + j) * LDS + ty * RM + i] = acc[i][j];
   __syncthreads();
+}
+
+// sum_d (q_d - k_d)^2 of one (query row, key) pair, gathered from global memory: the
+// tf32 path's fallback for pairs with a non-finite norm, so that NaN and inf give the same
+// logit on every path (the rare case of non-finite inputs; never taken on finite data).
+template <typename T, int CMAX, int TQ, int TK>
+__device__ CF_NOINLINE T direct_distance(const Meta<T, CMAX, TQ, TK>& mt, const PatchParams<T>& p,
+                                          const AxisPatch& ar, const AxisPatch& ac, int row, int k) {
+  const int64_t CHW = static_cast<int64_t>(p.C) * p.H * p.W;
+  const int4* dtab = reinterpret_cast<const int4*>(p.dtab);
+  const T* zq = p.z + mt.q_b[row] * CHW;
+  const T* zk = p.data + mt.k_mu[k] * CHW;
+  T acc = T(0);
+  for (int d = 0; d < p.D; ++d) {
+    const int4 t = __ldg(dtab + d);
+    const T diff = gather(zq, t, mt.q_r[row], mt.q_c[row], ar, ac, p.H, p.W, true) -
+                   gather(zk, t, mt.k_r[k], mt.k_c[k], ar, ac, p.H, p.W, true);
+    acc = fma(diff, diff, acc);
+  }
+  return acc;
 }
 
 // Cross-term tile on tensor cores (float only, sm_80+): St[k * LDS + q] = <q, k> in tf32 with
@@ -224,14 +338,16 @@ __device__ void cross_tile_tf32(float* St, float* Qs, float* Ks, float* qn, floa
   wmma::fill_fragment(c0, 0.0f);
   wmma::fill_fragment(c1, 0.0f);
   float norm = 0.0f;
-  for (int d0 = 0; d0 < p.D; d0 += DK) {
+  for (int d0 = 0; d0 < p.D; d0 += DK) {  // sass: trips=NCHUNK
     load_chunk<float, CMAX, TQ, TK, DK, true>(Qs, Ks, LDK, LDK, mt, p, ar, ac, d0, true, true);
     __syncthreads();
     if (threadIdx.x < TQ) {
-      for (int dd = 0; dd < DK; ++dd) norm = fmaf(Qs[threadIdx.x * LDK + dd], Qs[threadIdx.x * LDK + dd], norm);
+      for (int dd = 0; dd < DK; ++dd)  // sass: weight=TQ/THREADS; trips=DK
+        norm = fmaf(Qs[threadIdx.x * LDK + dd], Qs[threadIdx.x * LDK + dd], norm);  // sass: weight=TQ/THREADS
     } else if (threadIdx.x < TQ + TK) {
       const int k = threadIdx.x - TQ;
-      for (int dd = 0; dd < DK; ++dd) norm = fmaf(Ks[k * LDK + dd], Ks[k * LDK + dd], norm);
+      for (int dd = 0; dd < DK; ++dd)  // sass: weight=TK/THREADS; trips=DK
+        norm = fmaf(Ks[k * LDK + dd], Ks[k * LDK + dd], norm);  // sass: weight=TK/THREADS
     }
 #pragma unroll
     for (int kk = 0; kk < DK; kk += 8) {
@@ -273,7 +389,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const PatchParams<T> 
   constexpr int TQ = Cfg<T>::TQ, TK = Cfg<T>::TK, DK = Cfg<T>::DK;
   constexpr int PARTS = kThreads / TQ, KPT = TK / PARTS;
   constexpr int LDS = TF32 ? TQ + 4 : TQ + 1;  // tf32: wmma needs a multiple of 4
-  constexpr int QS = TF32 ? TQ * (DK + 4) : TQ * DK, KS = TF32 ? TK * (DK + 4) : TK * DK;
+  constexpr int QS = TF32 ? TQ * (DK + 4) : TQ * Cfg<T>::DQ, KS = TF32 ? TK * (DK + 4) : TK * DK;
   static_assert(!TF32 || (TQ == 64 && TK == 64), "the tf32 tiling is 64 x 64");
   static_assert(PARTS * TQ == kThreads && KPT * PARTS == TK, "epilogue mapping");
   static_assert((3 + CMAX) * kThreads <= TK * LDS, "partial-state reduction reuses the distance tile");
@@ -291,19 +407,21 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const PatchParams<T> 
   const int row = threadIdx.x % TQ, part = threadIdx.x / TQ;
   const int64_t HW = static_cast<int64_t>(p.H) * p.W;
 
-  load_queries(mt, p, g, wi.q0);
+  load_queries(mt, p, g, wi.q0, ar, ac);
   State<T, CMAX> st;
   st.init();
   __syncthreads();
   const T scale = mt.q_scale[row];
+  const bool q_resident = !TF32 && p.D <= Cfg<T>::DQ;
+  if (q_resident) load_query_patches(Qs, mt, p, ar, ac);  // ordered before use by the tile's first barrier
 
-  for (int64_t kstart = wi.k0; kstart < wi.k1; kstart += TK) {
-    load_keys(mt, p, g, kstart, wi.k1);
+  for (int64_t kstart = wi.k0; kstart < wi.k1; kstart += TK) {  // sass: tile=TQ*TK/THREADS
+    load_keys(mt, p, g, kstart, wi.k1, ar, ac);
     __syncthreads();
     if constexpr (TF32) {
       cross_tile_tf32<CMAX, LDS>(St, Qs, Ks, qn, kn, mt, p, ar, ac);  // only instantiated for float
     } else {
-      distance_tile_simt<T, CMAX, TQ, TK, DK, LDS>(St, Qs, Ks, mt, p, ar, ac);
+      distance_tile_simt<T, CMAX, TQ, TK, DK, LDS>(St, Qs, Ks, mt, p, ar, ac, q_resident);
     }
 
     // Online softmax over this thread's KPT keys of the tile.
@@ -315,26 +433,39 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const PatchParams<T> 
       const int k = part * KPT + j;
       T dist = St[k * LDS + row];
       if constexpr (TF32) {
-        dist = qn[row] + kn[k] - T(2) * dist;
-        dist = dist > T(0) ? dist : T(0);
+        const T norms = qn[row] + kn[k];
+        if (isfinite(norms)) {
+          dist = norms - T(2) * dist;
+          dist = dist < T(0) ? T(0) : dist;  // clamps rounding below 0; keeps a NaN a NaN
+        } else if (mt.q_b[row] >= 0 && mt.k_mu[k] >= 0) {
+          // A non-finite entry (or an overflowing norm): the expanded form cannot tell an
+          // infinite distance from an undefined one, so evaluate the pair as the fp32 path does.
+          dist = direct_distance(mt, p, ar, ac, row, k);  // sass: cold
+        } else {
+          dist = T(0);  // a padding key (or row): any finite distance; its logit is k_logw = -inf
+        }
       }
-      const T l = mt.k_mu[k] >= 0 ? -dist * scale + mt.k_logw[k] : neg_inf<T>();
+      // padding keys have k_logw = -inf (and a finite distance unless the query is NaN or
+      // infinite, when every real key of the row is NaN or infinitely far too)
+      const T l = -dist * scale + mt.k_logw[k];
       lv[j] = l;
       if (l > lmax) {  // strict: the lowest key id wins ties (keys ascend within a thread)
         lmax = l;
         kbest = k;
       }
     }
+    // A new best or maximum is rare after the first tiles (cold for bench/sass_count.py).
     if (lmax > st.best) {
-      st.best = lmax;
-      st.id = static_cast<int64_t>(mt.k_mu[kbest]) * HW + static_cast<int64_t>(mt.k_r[kbest]) * p.W + mt.k_c[kbest];
+      st.best = lmax;  // sass: cold
+      st.id = static_cast<int64_t>(mt.k_mu[kbest]) * HW +                     // sass: cold
+              static_cast<int64_t>(mt.k_r[kbest]) * p.W + mt.k_c[kbest];  // sass: cold
     }
     if (lmax > st.m) {
-      const T r = fast_exp(st.m - lmax);  // exp(-inf) = 0 on the first finite logit
-      st.s *= r;
+      const T r = fast_exp(st.m - lmax);  // exp(-inf) = 0 on the first finite logit; sass: cold
+      st.s *= r;                          // sass: cold
 #pragma unroll
-      for (int c = 0; c < CMAX; ++c) st.acc[c] *= r;
-      st.m = lmax;
+      for (int c = 0; c < CMAX; ++c) st.acc[c] *= r;  // sass: cold
+      st.m = lmax;                                    // sass: cold
     }
     if (st.m > neg_inf<T>()) {
 #pragma unroll
@@ -344,6 +475,12 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const PatchParams<T> 
 #pragma unroll
         for (int c = 0; c < CMAX; ++c) st.acc[c] = fma(w, mt.k_centre[c][part * KPT + j], st.acc[c]);
       }
+    } else {
+      // No finite logit yet (cold: only before the first one). A NaN logit must still
+      // poison the sum, so that x0_hat and lse are NaN as in the reference, not "no key".
+#pragma unroll
+      for (int j = 0; j < KPT; ++j)
+        if (lv[j] != lv[j]) st.s = lv[j];  // sass: cold
     }
     __syncthreads();  // St, Qs, Ks and the key metadata are rewritten by the next tile
   }
@@ -414,7 +551,7 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(const PatchParams<T>
   static_assert(DK % PARTS == 0, "A-pass mapping");
 
   __shared__ __align__(128) T St[TK * LDS];
-  __shared__ __align__(128) T Qs[TQ * DK];
+  __shared__ __align__(128) T Qs[TQ * Cfg<T>::DQ];
   __shared__ __align__(128) T Ks[TK * DK];
   __shared__ Meta<T, CMAX, TQ, TK> mt;
   __shared__ T q_g[CMAX][TQ], q_gx0[TQ], q_lse[TQ];
@@ -425,7 +562,7 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(const PatchParams<T>
   const int row = threadIdx.x % TQ, part = threadIdx.x / TQ;
   const int64_t HW = static_cast<int64_t>(p.H) * p.W;
 
-  load_queries(mt, p, g, wi.q0);
+  load_queries(mt, p, g, wi.q0, ar, ac);
   __syncthreads();
   for (int i = threadIdx.x; i < TQ; i += blockDim.x) {
     const int b = mt.q_b[i];
@@ -440,16 +577,18 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(const PatchParams<T>
   __syncthreads();
   const T scale = mt.q_scale[row], lse_q = q_lse[row], gx0_q = q_gx0[row];
   const bool live = mt.q_b[row] >= 0 && lse_q > neg_inf<T>();
+  const bool q_resident = p.D <= Cfg<T>::DQ;
+  if (q_resident) load_query_patches(Qs, mt, p, ar, ac);  // ordered before use by the tile's first barrier
   T gq[CMAX];
 #pragma unroll
   for (int ch = 0; ch < CMAX; ++ch) gq[ch] = q_g[ch][row];
   const int64_t e = g.part + wi.split * g.nq + wi.q0 + row;
   T ssum = T(0);
 
-  for (int64_t kstart = wi.k0; kstart < wi.k1; kstart += TK) {
-    load_keys(mt, p, g, kstart, wi.k1);
+  for (int64_t kstart = wi.k0; kstart < wi.k1; kstart += TK) {  // sass: tile=TQ*TK/THREADS
+    load_keys(mt, p, g, kstart, wi.k1, ar, ac);
     __syncthreads();
-    distance_tile_simt<T, CMAX, TQ, TK, DK, LDS>(St, Qs, Ks, mt, p, ar, ac);
+    distance_tile_simt<T, CMAX, TQ, TK, DK, LDS>(St, Qs, Ks, mt, p, ar, ac, q_resident);
     // Coefficients a_k, in place of the distances.
 #pragma unroll
     for (int j = 0; j < KPT; ++j) {
@@ -467,16 +606,18 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(const PatchParams<T>
     }
     __syncthreads();
     // A[q, d] += sum_k a[q, k] K[k, d] (unweighted key entries), chunk by chunk.
-    for (int d0 = 0; d0 < p.D; d0 += DK) {
+    for (int d0 = 0; d0 < p.D; d0 += DK) {  // sass: trips=NCHUNK
       load_chunk<T, CMAX, TQ, TK, DK, false>(Qs, Ks, TQ, TK, mt, p, ar, ac, d0, false, false);
       __syncthreads();
 #pragma unroll
       for (int s = 0; s < DK / PARTS; ++s) {
         const int dd = part + PARTS * s;
-        T o = T(0);
+        if (d0 + dd >= p.D) break;  // the last chunk's padding: nothing to write (uniform per warp)
+        T o = T(0);  // sass: weight=D/(NCHUNK*DK)
 #pragma unroll 8
-        for (int k = 0; k < TK; ++k) o = fma(St[k * LDS + row], Ks[dd * TK + k], o);
-        if (mt.q_b[row] >= 0 && d0 + dd < p.D) p.pA[e * p.D + d0 + dd] += o;
+        for (int k = 0; k < TK; ++k)  // sass: trips=TK/8; weight=D/(NCHUNK*DK)
+          o = fma(St[k * LDS + row], Ks[dd * TK + k], o);  // sass: weight=D/(NCHUNK*DK)
+        if (mt.q_b[row] >= 0) p.pA[e * p.D + d0 + dd] += o;  // sass: weight=D/(NCHUNK*DK)
       }
       __syncthreads();
     }

@@ -45,6 +45,7 @@ struct HostPlan {
   std::vector<WorkItem> work;     // one per block
   std::vector<int> rowclass, colclass;
   std::vector<int> dtab;  // [D][4]: channel, row offset index, col offset index, multiplicity
+  std::vector<int> doff;  // [D]: (channel * H + row offset index) * W + col offset index
   int ncc = 0, Kr = 0, Kc = 0, D = 0;
   double sumw = 0;  // sum of the multiplicities: the weighted patch dimension
   int64_t entries = 0, tiles_per_block = 0;
@@ -72,6 +73,7 @@ inline HostPlan build_plan(int B, int C, int H, int W, int N, int P, Mode mode, 
         pl.dtab[4 * d + 1] = i;
         pl.dtab[4 * d + 2] = j;
         pl.dtab[4 * d + 3] = mult;
+        pl.doff.push_back((ch * H + i) * W + j);
         pl.sumw += mult;
       }
   const auto rows = axis_classes(H, P, mode, boundary, keys, &pl.rowclass);
@@ -131,17 +133,32 @@ inline HostPlan build_plan(int B, int C, int H, int W, int N, int P, Mode mode, 
   return pl;
 }
 
-// Estimated error of one logit when the cross term <q, k> runs in tf32 (NOTES.md,
-// "Precision policy"): operands rounded to 10 mantissa bits (relative 2^-11 each, 2^-10 per
-// product), the errors of the products adding like a random walk, |d cross| ~ 2^-10
-// sqrt(sumw) qmax kmax; the logit is -(|q|^2 + |k|^2 - 2 cross) / (2 sigma^2), so
-// |d logit| ~ 2^-10 sqrt(sumw) qmax kmax / sigma^2; plus the fp32 cancellation of the
-// expanded form, 2^-24 sumw (qmax^2 + kmax^2) / (2 sigma^2).
-inline double tf32_logit_error(double sumw, double qmax, double kmax, double sigma_min) {
-  const double s2 = sigma_min * sigma_min;
-  return (std::ldexp(1.0, -10) * std::sqrt(sumw) * qmax * kmax +
-          std::ldexp(1.0, -25) * sumw * (qmax * qmax + kmax * kmax)) /
-         s2;
+// Proven bound on the error of one logit when the cross term <q, k> runs in tf32 (derivation:
+// docs/theory.md §4.4 and NOTES.md, "Precision policy"). q, k are weighted patches
+// (entries sqrt(multiplicity) * pixel) of norms at most qnorm and knorm, D entries each;
+// the tf32 path evaluates dist = fl(fl(|q|^2 + |k|^2) - 2 c~) with c~ the tensor-core sum
+// of tf32(q_d) tf32(k_d) and the norms summed in fp32:
+//   |c~ - <q,k>|     <= (2u + u^2 + g (1 + 2u + u^2)) qnorm knorm   (Cauchy-Schwarz)
+//   |norm errors|    <= g (qnorm^2 + knorm^2)
+//   |final rounding| <= 3 * 2^-24 (1 + g) (qnorm^2 + knorm^2)
+// with u = 2^-11 (tf32 rounding to nearest) and g = D 2^-23 / (1 - D 2^-23) (D fp32 additions,
+// allowing truncation); the logit is -dist / (2 sigma^2).
+inline double tf32_logit_bound(int D, double qnorm, double knorm, double sigma) {
+  const double u = std::ldexp(1.0, -11), e23 = std::ldexp(1.0, -23) * D, g = e23 / (1.0 - e23);
+  const double cross = (2 * u + u * u + g * (1 + 2 * u + u * u)) * qnorm * knorm;
+  const double norms = (g + 3 * std::ldexp(1.0, -24) * (1 + g)) * (qnorm * qnorm + knorm * knorm);
+  return (2 * cross + norms) / (2 * sigma * sigma);
+}
+
+// Logit-error budget of the tf32 path under the float32 precision contract (docs/theory.md
+// §4.4): logit errors of at most e move x0_hat by at most R tanh(e / 2) <= R e / 2 (R the
+// spread of the key centres, at most 2 max|data|); half of the contract's absolute budget
+// 1e-5 max(1, max|data|) goes to tf32, the other half is left to fp32 rounding.
+inline double tf32_default_tolerance(double data_absmax) {
+  const double budget = 0.5e-5 * std::max(1.0, data_absmax);
+  const double spread = 2.0 * data_absmax;
+  if (!(spread > 0)) return 0.0;  // all-zero data: nothing to gain, stay exact
+  return 2.0 * std::atanh(std::min(budget / spread, 0.5));
 }
 
 // Image splits of the ideal machine: about 4 blocks per multiprocessor, at most one split per
