@@ -15,6 +15,7 @@ Operators (docs/theory.md §4):
 =================================  ========================================================
 ``patch_posterior_mean``            IS / LS / ELS posterior mean, lse and provenance (§3.1-3.3)
 ``patch_argmax_attention``          top-1 patch attention and in-degree (§3.4)
+``paired_patch_posterior_mean``     paired-patch (PELS) posterior mean (§3.7)
 ``masked_local_posterior``          local posterior with a per-unit mask (§3.6)
 =================================  ========================================================
 """
@@ -27,7 +28,8 @@ from typing import Optional, Union
 import torch
 
 from . import reference
-from ._validate import check_attention_args, check_backend, check_masked_args, check_operator_args
+from ._validate import (check_attention_args, check_backend, check_masked_args, check_operator_args,
+                        check_paired_args)
 from .op_types import Attention, MaskedSupport, PatchPosterior
 from .reference import mean_patch
 
@@ -40,7 +42,7 @@ except ImportError as exc:  # pragma: no cover - only when the build is broken o
 
 __all__ = [
     "Attention", "EXTENSION_ERROR", "MaskedSupport", "PatchPosterior", "has_kernel", "masked_local_posterior",
-    "mean_patch", "patch_argmax_attention", "patch_posterior_mean", "use_kernel",
+    "mean_patch", "paired_patch_posterior_mean", "patch_argmax_attention", "patch_posterior_mean", "use_kernel",
 ]
 
 
@@ -133,6 +135,62 @@ def patch_posterior_mean(
     else:
         x0_hat, lse, best_key = reference.patch_posterior_mean_reference(
             z, data, sigma, P, mode, boundary, keys, key_logw, chunk_size=chunk_size)
+    if not return_stats:
+        return x0_hat
+    return PatchPosterior(x0_hat, lse, decode_best_key(best_key, H, W))
+
+
+def paired_patch_posterior_mean(
+    z: torch.Tensor,
+    data: torch.Tensor,
+    sigma: Union[float, torch.Tensor],
+    P: int,
+    query_partner: torch.Tensor,
+    key_partner: torch.Tensor,
+    *,
+    beta: float = 1.0,
+    P2: Optional[int] = None,
+    boundary: str = "zeros",
+    keys: str = "all",
+    return_stats: bool = False,
+    backend: str = "auto",
+    chunk_size: Optional[int] = None,
+) -> Union[torch.Tensor, PatchPosterior]:
+    """Posterior mean of the paired-patch machine (PELS, docs/theory.md §3.7, §4).
+
+    For every query pixel ``x``, over the ELS-admissible training keys ``(mu, u)`` (§3.3),
+    ``x0_hat[:, x] = sum softmax(-(|Pi_x z - Pi_u phi^mu|^2
+    + beta |Pi2_{q(x)} z - Pi2_{a_mu(u)} phi^mu|^2) / (2 sigma^2)) phi^mu[:, u]``:
+    a key counts only as much as its own partner patch resembles the query's partner patch.
+
+    Args:
+        z: [B, C, H, W] noisy images; data: [N, C, H, W] training images; sigma: float or [B] (> 0).
+        P: odd patch size of the first (local) distance.
+        query_partner: [B, H, W] int64, the partner ``q(x)`` of each query pixel as a flat
+            location ``row * W + col`` (-1: none, read as the zero patch).
+        key_partner: [N, H, W] int64, the partner ``a_mu(u)`` of each training location.
+        beta: weight (>= 0) of the partner distance; 0 is ELS exactly.
+        P2: odd size of the partner window (default ``P``); zero-extended or periodic as ``boundary``.
+        boundary, keys: as :func:`patch_posterior_mean` (mode ``"els"``).
+        return_stats: also return the log normaliser and the provenance argmax.
+        backend: ``"auto"``, ``"kernel"`` or ``"reference"``; chunk_size: images per chunk (reference).
+
+    Returns:
+        x0_hat [B, C, H, W], or a ``PatchPosterior(x0_hat, lse, argmax)``.
+
+    Differentiable with respect to ``z`` through both distances (partners held fixed); the
+    kernel's backward recomputes through the reference twin.
+    """
+    z, data, sigma, P, query_partner, key_partner, beta, P2, boundary, keys, backend = check_paired_args(
+        z, data, sigma, P, query_partner, key_partner, beta, P2, boundary, keys, backend)
+    H, W = z.shape[2:]
+    if use_kernel("paired_patch_posterior_mean", backend, z.device):
+        x0_hat, lse, best_key = torch.ops.creativity_fast.paired_patch_posterior_mean(
+            z.contiguous(), data.contiguous(), sigma, P, P2, query_partner, key_partner, beta, boundary, keys,
+            return_stats)
+    else:
+        x0_hat, lse, best_key = reference.paired_patch_posterior_mean_reference(
+            z, data, sigma, P, P2, query_partner, key_partner, beta, boundary, keys, chunk_size=chunk_size)
     if not return_stats:
         return x0_hat
     return PatchPosterior(x0_hat, lse, decode_best_key(best_key, H, W))
