@@ -296,6 +296,15 @@ def _register() -> None:
         torch._check(grad_lse.shape == lse.shape, lambda: "grad_lse must have lse's shape [B, H, W]")
         return torch.empty_like(z)
 
+    @torch.library.register_fake(lib + "paired_patch_posterior_mean")
+    def _(z, data, sigma, P, P2, query_partner, key_partner, beta, boundary, keys, return_argmax):
+        check_patch_shapes(z, data, sigma)
+        B, C, H, W = z.shape
+        torch._check(query_partner.shape == (B, H, W), lambda: "query_partner must be [B, H, W]")
+        torch._check(key_partner.shape == (data.shape[0], H, W), lambda: "key_partner must be [N, H, W]")
+        best = z.new_empty((B, H, W) if return_argmax else (0,), dtype=torch.int64)
+        return z.new_empty(z.shape), z.new_empty((B, H, W)), best
+
     @torch.library.register_fake(lib + "patch_argmax_attention")
     def _(images, center, P, exclude, tau):
         torch._check(images.dim() == 4, lambda: "images must be [M, C, H, W]")
@@ -351,6 +360,29 @@ def _register() -> None:
         return (grad_z,) + (None,) * 7
 
     torch.library.register_autograd(lib + "masked_local_posterior", backward_masked, setup_context=setup_masked)
+
+    # paired_patch_posterior_mean: the gradient with respect to z (through both distances; the
+    # partners are indices, held fixed) is the reference twin's, recomputed under autograd.
+    def setup_paired(ctx, inputs, output):
+        z, data, sigma, P, P2, query_partner, key_partner, beta, boundary, keys, _ = inputs
+        ctx.save_for_backward(z, data, sigma, query_partner, key_partner)
+        ctx.options = (P, P2, beta, boundary, keys)
+
+    def backward_paired(ctx, grad_x0, grad_lse, grad_best):
+        z, data, sigma, query_partner, key_partner = ctx.saved_tensors
+        if not ctx.needs_input_grad[0]:
+            return (None,) * 11
+        P, P2, beta, boundary, keys = ctx.options
+        with torch.enable_grad():
+            z_leaf = z.detach().requires_grad_(True)
+            x0_hat, lse, _ = reference.paired_patch_posterior_mean_reference(
+                z_leaf, data, sigma, P, P2, query_partner, key_partner, beta, boundary, keys)
+            outputs = [(o, g) for o, g in ((x0_hat, grad_x0), (lse, grad_lse)) if g is not None]
+            (grad_z,) = torch.autograd.grad([o for o, _ in outputs], [z_leaf], [g for _, g in outputs])
+        return (grad_z,) + (None,) * 10
+
+    torch.library.register_autograd(lib + "paired_patch_posterior_mean", backward_paired,
+                                    setup_context=setup_paired)
 
 
 _register()
