@@ -257,3 +257,22 @@ def test_operator_checks_its_arguments(position, value, match):
     args[position] = value
     with pytest.raises(RuntimeError, match="paired_patch_posterior_mean: " + match):
         torch.ops.creativity_fast.paired_patch_posterior_mean(*args)
+
+
+@needs_kernel
+def test_bench_pels_smoke(tmp_path):
+    """bench/bench_pels.py runs end to end on a tiny case and writes its JSON."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "pels.json"
+    proc = subprocess.run([sys.executable, str(root / "bench" / "bench_pels.py"), "--n", "4", "--b", "1", "--ps", "3",
+                           "--sigmas", "1", "--boundaries", "zeros", "--repeats", "1", "--out", str(out)],
+                          capture_output=True, text=True, env={**__import__("os").environ, "PYTHONPATH": str(root)},
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == 1 and rows[0]["pairs"] > 0 and rows[0]["extra_flops_per_pair"] == 18

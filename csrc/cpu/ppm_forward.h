@@ -148,9 +148,22 @@ void forward_group(Unit<T>& u, FwdState<T>& st, int g, const PairedTerm<T>& pt) 
           const int kr = rkey[r];
           const int D2 = pt.D2;
           const double* qrow = pt.qwin + size_t(r - r0) * W * D2;
-          const vd* krow = pt.kwin + size_t(kr) * W * D2;
+          const typename VecT<T>::v* krow = pt.kwin + size_t(kr) * W * D2;
+          const size_t qoff = size_t(r - r0) * W;
+          const vd* lwrow = LOGW ? u.lw + size_t(kr) * W : nullptr;
           for (int c = clo; c <= chi; ++c) {
             if (!hull_full && !cvalid[c]) continue;
+            if (prune) {
+              // The partner term only lowers a logit: a key pruned on its ELS logit alone
+              // has weight exactly 0 whatever the term, and raises no maximum, so it keeps
+              // its ELS distance and the term is not computed (no bit changes).
+              vd l = drow[c - clo] * neg_inv2s2;
+              if (LOGW) l = l + lwrow[ckey[c]];
+              if (!any_ge(l - st.M[qoff + c], pruneLo)) {
+                pt.row[c - clo] = drow[c - clo];
+                continue;
+              }
+            }
             const vd d2 = pt.distance(qrow + size_t(c) * D2, krow + size_t(ckey[c]) * D2);
             pt.row[c - clo] = drow[c - clo] + pt.beta * d2;
           }

@@ -15,13 +15,16 @@
 
 template <class T>
 struct PairedTerm {
+  typedef typename VecT<T>::v v;
   typedef typename VecT<T>::vd vd;
   static constexpr int V = VecT<T>::V;
 
   int D2 = 0;  // entries of one partner window: C * P2 * P2
   double beta = 0;
   double* qwin = nullptr;  // [nq][D2] partner windows of the unit's query pixels (z, double)
-  vd* kwin = nullptr;      // [H*W][D2] partner windows of the group's training locations
+  v* kwin = nullptr;       // [H*W][D2] partner windows of the group's training locations, in T:
+                           // exact (they are training values or 0), and half the memory
+                           // traffic of double for float32 (the term's bottleneck)
   vd* row = nullptr;       // [W] ELS distance + beta * partner distance of one output row
 
   static int entries(const PpmProblem& pb) { return int(pb.C) * pb.P2 * pb.P2; }
@@ -29,7 +32,7 @@ struct PairedTerm {
   static size_t scratch_bytes(const PpmProblem& pb) {
     if (!pb.paired) return 0;
     const size_t D2 = entries(pb), nq = size_t(pb.rows_per_block) * pb.W;
-    return arena_bytes<double>(nq * D2) + arena_bytes<vd>(size_t(pb.H) * pb.W * D2) + arena_bytes<vd>(pb.W);
+    return arena_bytes<double>(nq * D2) + arena_bytes<v>(size_t(pb.H) * pb.W * D2) + arena_bytes<vd>(pb.W);
   }
 
   // Index along one axis of a window entry at pos + d: wrapped (circular) or -1 outside (zeros).
@@ -38,8 +41,8 @@ struct PairedTerm {
     return (p < 0 || p >= size) ? -1 : p;
   }
 
-  // The window of `img` ([C][H][W] with channel stride HW, element stride `lanes`) centred at
-  // flat location `partner` (-1: zeros) into out[d * lanes + lane], d = (ch * P2 + i) * P2 + j.
+  // The window of `img` ([C][H][W] with channel stride HW) centred at flat location
+  // `partner` (-1: zeros) into out[d * stride + lane], d = (ch * P2 + i) * P2 + j.
   template <class Src, class Dst>
   static CF_AI void window(const PpmProblem& pb, const Src* img, int64_t partner, Dst* out, int stride, int lane) {
     const int H = int(pb.H), W = int(pb.W), C = int(pb.C), P2 = pb.P2, m = (P2 - 1) / 2;
@@ -55,7 +58,7 @@ struct PairedTerm {
             const int c = read_index(int(partner % W) + j - m, W, wrap);
             if (r >= 0 && c >= 0) x = double(img[ch * HW + int64_t(r) * W + c]);
           }
-          out[size_t(d) * stride + lane] = x;
+          out[size_t(d) * stride + lane] = Dst(x);
         }
   }
 
@@ -64,7 +67,7 @@ struct PairedTerm {
     D2 = entries(pb);
     beta = pb.beta;
     qwin = u.arena.template take<double>(size_t(u.nq) * D2);
-    kwin = u.arena.template take<vd>(size_t(u.HW) * D2);
+    kwin = u.arena.template take<v>(size_t(u.HW) * D2);
     row = u.arena.template take<vd>(u.W);
     const int64_t* qp = pb.qpartner + u.b * u.HW + int64_t(u.r0) * u.W;
     for (int q = 0; q < u.nq; ++q) window(pb, u.zd, qp[q], qwin + size_t(q) * D2, 1, 0);
@@ -75,13 +78,13 @@ struct PairedTerm {
   void pack_group(Unit<T>& u, int g) {
     const PpmProblem& pb = u.pb;
     const T* data = static_cast<const T*>(pb.data);
-    double* kw = reinterpret_cast<double*>(kwin);
+    T* kw = reinterpret_cast<T*>(kwin);
     for (int lane = 0; lane < V; ++lane) {
       const int64_t mu = int64_t(g) * V + lane;
       for (int64_t y = 0; y < u.HW; ++y) {
-        double* out = kw + size_t(y) * D2 * V;
+        T* out = kw + size_t(y) * D2 * V;
         if (mu >= u.N) {
-          for (int d = 0; d < D2; ++d) out[size_t(d) * V + lane] = 0;
+          for (int d = 0; d < D2; ++d) out[size_t(d) * V + lane] = T(0);
         } else {
           window(pb, data + mu * u.C * u.HW, pb.kpartner[mu * u.HW + y], out, V, lane);
         }
@@ -90,10 +93,10 @@ struct PairedTerm {
   }
 
   // |query window - key window|^2 per lane.
-  CF_AI vd distance(const double* qw, const vd* kw) const {
+  CF_AI vd distance(const double* qw, const v* kw) const {
     vd acc = vd{};
     for (int d = 0; d < D2; ++d) {
-      const vd diff = qw[d] - kw[d];
+      const vd diff = qw[d] - to_vd<T>(kw[d]);
       acc = acc + diff * diff;
     }
     return acc;
