@@ -92,13 +92,23 @@ struct PairedTerm {
     }
   }
 
-  // |query window - key window|^2 per lane.
+  // |query window - key window|^2 per lane. Four independent accumulators: one chain would
+  // wait a multiply-add latency per entry (measured ~3x slower at P2 = 15).
   CF_AI vd distance(const double* qw, const v* kw) const {
-    vd acc = vd{};
-    for (int d = 0; d < D2; ++d) {
-      const vd diff = qw[d] - to_vd<T>(kw[d]);
-      acc = acc + diff * diff;
+    vd a0 = vd{}, a1 = vd{}, a2 = vd{}, a3 = vd{};
+    int d = 0;
+    for (; d + 4 <= D2; d += 4) {
+      const vd e0 = qw[d] - to_vd<T>(kw[d]), e1 = qw[d + 1] - to_vd<T>(kw[d + 1]);
+      const vd e2 = qw[d + 2] - to_vd<T>(kw[d + 2]), e3 = qw[d + 3] - to_vd<T>(kw[d + 3]);
+      a0 = a0 + e0 * e0;
+      a1 = a1 + e1 * e1;
+      a2 = a2 + e2 * e2;
+      a3 = a3 + e3 * e3;
     }
-    return acc;
+    for (; d < D2; ++d) {
+      const vd e = qw[d] - to_vd<T>(kw[d]);
+      a0 = a0 + e * e;
+    }
+    return (a0 + a1) + (a2 + a3);
   }
 };
