@@ -92,8 +92,8 @@ struct PairedTerm {
     }
   }
 
-  // |query window - key window|^2 per lane. Four independent accumulators: one chain would
-  // wait a multiply-add latency per entry (measured ~3x slower at P2 = 15).
+  // |query window - key window|^2 per lane. Four independent accumulators: one chain waits
+  // a multiply-add latency per entry (measured ~1.6x slower at P2 = 15, bench/PELS.md).
   CF_AI vd distance(const double* qw, const v* kw) const {
     vd a0 = vd{}, a1 = vd{}, a2 = vd{}, a3 = vd{};
     int d = 0;
