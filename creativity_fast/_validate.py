@@ -158,6 +158,43 @@ def check_operator_args(z, data, sigma, P, mode, boundary, keys, key_logw, backe
     return z, data, sigma, P, mode, boundary, keys, key_logw, backend
 
 
+def check_beta(beta) -> float:
+    """The partner weight of the paired-patch machine: a finite float >= 0."""
+    if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not math.isfinite(beta) or beta < 0:
+        raise ValueError(f"beta must be a finite float >= 0; got {beta!r}")
+    return float(beta)
+
+
+def check_partner(name: str, partner, shape: tuple, HW: int, like: torch.Tensor) -> torch.Tensor:
+    """A partner map: int64 ``shape`` on ``like``'s device, entries flat locations in ``[0, HW)`` or -1 (none)."""
+    if not isinstance(partner, torch.Tensor):
+        raise TypeError(f"{name} must be an int64 torch.Tensor {list(shape)}; got {type(partner).__name__}")
+    if partner.dtype != torch.int64:
+        raise TypeError(f"{name} must be an int64 tensor of flat locations (row * W + col); got {partner.dtype}")
+    if tuple(partner.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {list(shape)}; got {list(partner.shape)}")
+    if partner.device != like.device:
+        raise ValueError(f"{name} is on {partner.device} but z is on {like.device}")
+    if partner.numel() and (int(partner.min()) < -1 or int(partner.max()) >= HW):
+        raise ValueError(f"{name} entries must be flat locations in [0, H*W) = [0, {HW}) or -1 (no partner); "
+                         f"got values in [{int(partner.min())}, {int(partner.max())}]")
+    return partner.contiguous()
+
+
+def check_paired_args(z, data, sigma, P, query_partner, key_partner, beta, P2, boundary, keys, backend, *,
+                      allow_empty: bool = False):
+    """All checks of ``paired_patch_posterior_mean``; returns the normalised arguments
+    ``(z, data, sigma [B], P, query_partner, key_partner, beta, P2, boundary, keys, backend)``."""
+    z, data, sigma, P, _, boundary, keys, _, backend = check_operator_args(
+        z, data, sigma, P, "els", boundary, keys, None, backend, allow_empty=allow_empty)
+    P2 = P if P2 is None else check_patch_size(P2, "P2")
+    beta = check_beta(beta)
+    B, _, H, W = z.shape
+    query_partner = check_partner("query_partner", query_partner, (B, H, W), H * W, z)
+    key_partner = check_partner("key_partner", key_partner, (data.shape[0], H, W), H * W, z)
+    return z, data, sigma, P, query_partner, key_partner, beta, P2, boundary, keys, backend
+
+
 # --------------------------------------------------------------------------- #
 # patch_argmax_attention
 

@@ -6,7 +6,9 @@
 - :class:`AttentionPrior`: the key prior ``log(1 + lam * c)`` per ELS patch size;
 - :func:`apply_sample_attention`: sample-time attention of strength ``gamma``;
 - :class:`AELSDenoiser` (machine ``"aels"``): an ELS machine with the prior, then
-  sample-time attention.
+  sample-time attention;
+- :func:`training_partners`: the top-1 partner of every training location, cached, for the
+  paired-patch machine (``paired``).
 
 The operator itself (``patch_argmax_attention``) is in ``ops``, its twin in ``reference``.
 """
@@ -25,7 +27,8 @@ from .denoisers import ELSDenoiser, PatchMachine, PatchSize, by_patch_size, sigm
 from .ops import PatchPosterior, mean_patch, patch_argmax_attention
 from .reference import soft_attention_weights
 
-__all__ = ["AELSDenoiser", "AttentionPrior", "apply_sample_attention", "clear_attention_cache", "training_in_degree"]
+__all__ = ["AELSDenoiser", "AttentionPrior", "apply_sample_attention", "clear_attention_cache", "training_in_degree",
+           "training_partners"]
 
 
 # --------------------------------------------------------------------------- #
@@ -37,7 +40,7 @@ _CACHE_SIZE = 16
 
 
 def clear_attention_cache() -> None:
-    """Forget every cached training-set in-degree."""
+    """Forget every cached training-set in-degree and partner map."""
     _CACHE.clear()
 
 
@@ -84,6 +87,35 @@ def training_in_degree(data: torch.Tensor, P: int, *, exclude: Optional[int] = N
         while len(_CACHE) > _CACHE_SIZE:
             _CACHE.popitem(last=False)
     return counts
+
+
+def training_partners(data: torch.Tensor, P: int, *, exclude: Optional[int] = None,
+                      center: Optional[torch.Tensor] = None, backend: str = "auto", cache: bool = True,
+                      batch_size: int = 4096) -> torch.Tensor:
+    """Partner ``a_mu(u) = y*_mu(u)`` [N, H, W] (int64) of every location of every training image
+    (docs/theory.md §3.7): the top-1 attention of §3.4 step 1 within each training image.
+
+    data: [N, C, H, W]; the centre is the mean patch of the whole set (``center [C, P, P]``,
+    default ``mean_patch(data, P)``). Cached per ``(data, P, exclude)`` like
+    :func:`training_in_degree` when ``center`` is the default, so a sampler calling the
+    paired-patch machine at every step computes it once per attention patch size.
+    """
+    data = check_images("data", data)
+    P = check_patch_size(P)
+    exclude = check_exclude(exclude, P)
+    key = ("partners", _fingerprint(data), P, exclude) if cache and center is None else None
+    if key is not None and key in _CACHE:
+        _CACHE.move_to_end(key)
+        return _CACHE[key]
+    center = mean_patch(data, P) if center is None else center
+    partners = torch.cat([patch_argmax_attention(data[i:i + batch_size], P, exclude=exclude, center=center,
+                                                 backend=backend)
+                          for i in range(0, data.shape[0], batch_size)])
+    if key is not None:
+        _CACHE[key] = partners
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    return partners
 
 
 # --------------------------------------------------------------------------- #

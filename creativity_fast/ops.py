@@ -15,6 +15,7 @@ Operators (docs/theory.md §4):
 =================================  ========================================================
 ``patch_posterior_mean``            IS / LS / ELS posterior mean, lse and provenance (§3.1-3.3)
 ``patch_argmax_attention``          top-1 patch attention and in-degree (§3.4)
+``paired_patch_posterior_mean``     paired-patch (PELS) posterior mean (§3.7)
 ``masked_local_posterior``          local posterior with a per-unit mask (§3.6)
 =================================  ========================================================
 """
@@ -27,7 +28,8 @@ from typing import Optional, Union
 import torch
 
 from . import reference
-from ._validate import check_attention_args, check_backend, check_masked_args, check_operator_args
+from ._validate import (check_attention_args, check_backend, check_masked_args, check_operator_args,
+                        check_paired_args)
 from .op_types import Attention, MaskedSupport, PatchPosterior
 from .reference import mean_patch
 
@@ -40,7 +42,7 @@ except ImportError as exc:  # pragma: no cover - only when the build is broken o
 
 __all__ = [
     "Attention", "EXTENSION_ERROR", "MaskedSupport", "PatchPosterior", "has_kernel", "masked_local_posterior",
-    "mean_patch", "patch_argmax_attention", "patch_posterior_mean", "use_kernel",
+    "mean_patch", "paired_patch_posterior_mean", "patch_argmax_attention", "patch_posterior_mean", "use_kernel",
 ]
 
 
@@ -133,6 +135,62 @@ def patch_posterior_mean(
     else:
         x0_hat, lse, best_key = reference.patch_posterior_mean_reference(
             z, data, sigma, P, mode, boundary, keys, key_logw, chunk_size=chunk_size)
+    if not return_stats:
+        return x0_hat
+    return PatchPosterior(x0_hat, lse, decode_best_key(best_key, H, W))
+
+
+def paired_patch_posterior_mean(
+    z: torch.Tensor,
+    data: torch.Tensor,
+    sigma: Union[float, torch.Tensor],
+    P: int,
+    query_partner: torch.Tensor,
+    key_partner: torch.Tensor,
+    *,
+    beta: float = 1.0,
+    P2: Optional[int] = None,
+    boundary: str = "zeros",
+    keys: str = "all",
+    return_stats: bool = False,
+    backend: str = "auto",
+    chunk_size: Optional[int] = None,
+) -> Union[torch.Tensor, PatchPosterior]:
+    """Posterior mean of the paired-patch machine (PELS, docs/theory.md §3.7, §4).
+
+    For every query pixel ``x``, over the ELS-admissible training keys ``(mu, u)`` (§3.3),
+    ``x0_hat[:, x] = sum softmax(-(|Pi_x z - Pi_u phi^mu|^2
+    + beta |Pi2_{q(x)} z - Pi2_{a_mu(u)} phi^mu|^2) / (2 sigma^2)) phi^mu[:, u]``:
+    a key counts only as much as its own partner patch resembles the query's partner patch.
+
+    Args:
+        z: [B, C, H, W] noisy images; data: [N, C, H, W] training images; sigma: float or [B] (> 0).
+        P: odd patch size of the first (local) distance.
+        query_partner: [B, H, W] int64, the partner ``q(x)`` of each query pixel as a flat
+            location ``row * W + col`` (-1: none, read as the zero patch).
+        key_partner: [N, H, W] int64, the partner ``a_mu(u)`` of each training location.
+        beta: weight (>= 0) of the partner distance; 0 is ELS exactly.
+        P2: odd size of the partner window (default ``P``); zero-extended or periodic as ``boundary``.
+        boundary, keys: as :func:`patch_posterior_mean` (mode ``"els"``).
+        return_stats: also return the log normaliser and the provenance argmax.
+        backend: ``"auto"``, ``"kernel"`` or ``"reference"``; chunk_size: images per chunk (reference).
+
+    Returns:
+        x0_hat [B, C, H, W], or a ``PatchPosterior(x0_hat, lse, argmax)``.
+
+    Differentiable with respect to ``z`` through both distances (partners held fixed); the
+    kernel's backward recomputes through the reference twin.
+    """
+    z, data, sigma, P, query_partner, key_partner, beta, P2, boundary, keys, backend = check_paired_args(
+        z, data, sigma, P, query_partner, key_partner, beta, P2, boundary, keys, backend)
+    H, W = z.shape[2:]
+    if use_kernel("paired_patch_posterior_mean", backend, z.device):
+        x0_hat, lse, best_key = torch.ops.creativity_fast.paired_patch_posterior_mean(
+            z.contiguous(), data.contiguous(), sigma, P, P2, query_partner, key_partner, beta, boundary, keys,
+            return_stats)
+    else:
+        x0_hat, lse, best_key = reference.paired_patch_posterior_mean_reference(
+            z, data, sigma, P, P2, query_partner, key_partner, beta, boundary, keys, chunk_size=chunk_size)
     if not return_stats:
         return x0_hat
     return PatchPosterior(x0_hat, lse, decode_best_key(best_key, H, W))
@@ -238,6 +296,15 @@ def _register() -> None:
         torch._check(grad_lse.shape == lse.shape, lambda: "grad_lse must have lse's shape [B, H, W]")
         return torch.empty_like(z)
 
+    @torch.library.register_fake(lib + "paired_patch_posterior_mean")
+    def _(z, data, sigma, P, P2, query_partner, key_partner, beta, boundary, keys, return_argmax):
+        check_patch_shapes(z, data, sigma)
+        B, C, H, W = z.shape
+        torch._check(query_partner.shape == (B, H, W), lambda: "query_partner must be [B, H, W]")
+        torch._check(key_partner.shape == (data.shape[0], H, W), lambda: "key_partner must be [N, H, W]")
+        best = z.new_empty((B, H, W) if return_argmax else (0,), dtype=torch.int64)
+        return z.new_empty(z.shape), z.new_empty((B, H, W)), best
+
     @torch.library.register_fake(lib + "patch_argmax_attention")
     def _(images, center, P, exclude, tau):
         torch._check(images.dim() == 4, lambda: "images must be [M, C, H, W]")
@@ -293,6 +360,29 @@ def _register() -> None:
         return (grad_z,) + (None,) * 7
 
     torch.library.register_autograd(lib + "masked_local_posterior", backward_masked, setup_context=setup_masked)
+
+    # paired_patch_posterior_mean: the gradient with respect to z (through both distances; the
+    # partners are indices, held fixed) is the reference twin's, recomputed under autograd.
+    def setup_paired(ctx, inputs, output):
+        z, data, sigma, P, P2, query_partner, key_partner, beta, boundary, keys, _ = inputs
+        ctx.save_for_backward(z, data, sigma, query_partner, key_partner)
+        ctx.options = (P, P2, beta, boundary, keys)
+
+    def backward_paired(ctx, grad_x0, grad_lse, grad_best):
+        z, data, sigma, query_partner, key_partner = ctx.saved_tensors
+        if not ctx.needs_input_grad[0]:
+            return (None,) * 11
+        P, P2, beta, boundary, keys = ctx.options
+        with torch.enable_grad():
+            z_leaf = z.detach().requires_grad_(True)
+            x0_hat, lse, _ = reference.paired_patch_posterior_mean_reference(
+                z_leaf, data, sigma, P, P2, query_partner, key_partner, beta, boundary, keys)
+            outputs = [(o, g) for o, g in ((x0_hat, grad_x0), (lse, grad_lse)) if g is not None]
+            (grad_z,) = torch.autograd.grad([o for o, _ in outputs], [z_leaf], [g for _, g in outputs])
+        return (grad_z,) + (None,) * 10
+
+    torch.library.register_autograd(lib + "paired_patch_posterior_mean", backward_paired,
+                                    setup_context=setup_paired)
 
 
 _register()

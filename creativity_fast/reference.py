@@ -2,6 +2,7 @@
 
 - :func:`patch_posterior_mean_reference` (and its partials): the ideal, local and
   equivariant local machines;
+- :func:`paired_patch_posterior_mean_reference`: the paired-patch machine;
 - :func:`patch_argmax_attention_reference` (with the dense :func:`attention_scores`);
 - :func:`masked_local_posterior_reference`.
 
@@ -202,6 +203,93 @@ def patch_posterior_mean_reference(z, data, sigma, P, mode="els", boundary="zero
     """
     parts = patch_posterior_partials_reference(z, data, sigma, P, mode, boundary, keys, key_logw,
                                                chunk_size=chunk_size, memory_budget=memory_budget)
+    return finalize_partials(parts)
+
+
+# --------------------------------------------------------------------------- #
+# paired_patch_posterior_mean (docs/theory.md §3.7)
+
+
+def partner_patches(images: torch.Tensor, partner: torch.Tensor, rows, cols, pad) -> torch.Tensor:
+    """The patch of each image at each pixel's partner: ``[n, H*W, D]``.
+
+    images: [n, C, H, W]; partner: [n, H, W] int64 flat locations, -1 for none (then the
+    zero patch, as a partner window entirely outside the image would read).
+    """
+    n = images.shape[0]
+    patches = extract_patches(images, rows, cols, pad)  # [n, HW, D]
+    flat = partner.reshape(n, -1)
+    picked = patches.gather(1, flat.clamp_min(0)[:, :, None].expand(-1, -1, patches.shape[2]))
+    return picked * (flat >= 0)[:, :, None].to(picked.dtype)
+
+
+def paired_partials(z, data, sigma, P, P2, query_partner, key_partner, beta, boundary, keys="all", *,
+                    chunk_size=None, memory_budget=DEFAULT_MEMORY_BUDGET) -> SoftmaxPartials:
+    """Paired-patch machine (docs/theory.md §3.7): ELS with a second distance between partners.
+
+    Logit of key ``(mu, u)`` for pixel ``x``, over the ELS-admissible ``u``:
+    ``-(|Pi_x z - Pi_u phi^mu|^2 + beta |Pi2_{q(x)} z - Pi2_{a_mu(u)} phi^mu|^2) / (2 sigma^2)``
+    with ``q = query_partner [B, H, W]``, ``a = key_partner [N, H, W]``. Arguments validated;
+    works in the input dtype (``paired_patch_posterior_partials_reference`` passes float64).
+    """
+    B, C, H, W = z.shape
+    N, HW = data.shape[0], H * W
+    rows, cols, pad, weights = _patch_geometry(H, W, C, P, boundary, z)
+    rows2, cols2, pad2, weights2 = _patch_geometry(H, W, C, P2, boundary, z)
+    D, D2 = weights.numel(), weights2.numel()
+    allowed = (admissible_centres(H, P, "els", boundary, keys)[:, None, :, None]
+               & admissible_centres(W, P, "els", boundary, keys)[None, :, None, :]).reshape(HW, HW)
+    log_mask = torch.zeros(HW, HW, dtype=z.dtype, device=z.device).masked_fill(~allowed.to(z.device), float("-inf"))
+    q = extract_patches(z, rows, cols, pad).reshape(B * HW, D)
+    q_sq = (q * q * weights).sum(-1)
+    paired = beta != 0
+    if paired:  # beta = 0 is ELS exactly: the partner term is not even formed
+        q2 = partner_patches(z, query_partner, rows2, cols2, pad2).reshape(B * HW, D2)
+        q2_sq = (q2 * q2 * weights2).sum(-1)
+    inv2s2 = (1.0 / (2 * sigma * sigma)).repeat_interleave(HW)[:, None, None]  # [B*HW, 1, 1]
+    state = RunningSoftmax((B * HW,), C, z)
+    step = _images_per_chunk(z.element_size() * HW * (D + D2 + 6 * B * HW + C), memory_budget, chunk_size)
+    for start in range(0, N, step):
+        chunk = data[start:start + step].to(z.dtype)
+        n = chunk.shape[0]
+        k = extract_patches(chunk, rows, cols, pad).reshape(n * HW, D)
+        dist = _sq_dist(q, q_sq, k, weights)
+        if paired:
+            k2 = partner_patches(chunk, key_partner[start:start + n], rows2, cols2, pad2).reshape(n * HW, D2)
+            dist = dist + beta * _sq_dist(q2, q2_sq, k2, weights2)
+        centres = chunk.permute(0, 2, 3, 1).reshape(n * HW, C)
+        logits = -dist.reshape(B * HW, n, HW) * inv2s2 + log_mask.repeat(B, 1)[:, None, :]
+        ids = torch.arange(start * HW, (start + n) * HW, device=z.device)
+        state.update(logits.reshape(B * HW, n * HW), lambda p, c=centres: p @ c, ids)
+    to_map = lambda t: t.reshape(B, H, W)  # noqa: E731
+    weighted = state.weighted.reshape(B, H, W, C).permute(0, 3, 1, 2)
+    return SoftmaxPartials(to_map(state.max), to_map(state.sum), weighted, to_map(state.best),
+                           to_map(state.best_key))
+
+
+def paired_patch_posterior_partials_reference(z, data, sigma, P, P2, query_partner, key_partner, beta,
+                                              boundary="zeros", keys="all", *, chunk_size=None,
+                                              memory_budget=DEFAULT_MEMORY_BUDGET) -> SoftmaxPartials:
+    """Streaming-softmax partials of the paired-patch machine, in float64, returned in the input dtype."""
+    dtype = z.dtype
+    parts = paired_partials(z.double(), data, sigma.double(), P, P2, query_partner, key_partner, beta, boundary,
+                            keys, chunk_size=chunk_size, memory_budget=memory_budget)
+    return SoftmaxPartials(*(t.to(dtype) if t.is_floating_point() else t for t in parts))
+
+
+def paired_patch_posterior_mean_reference(z, data, sigma, P, P2, query_partner, key_partner, beta,
+                                          boundary="zeros", keys="all", *, chunk_size=None,
+                                          memory_budget=DEFAULT_MEMORY_BUDGET):
+    """Pure-PyTorch twin of ``ops.paired_patch_posterior_mean`` (validated arguments; ``sigma [B]``).
+
+    z: [B, C, H, W]; data: [N, C, H, W]; query_partner: [B, H, W], key_partner: [N, H, W]
+    (int64 flat locations, -1: none). Returns ``(x0_hat [B,C,H,W], lse [B,H,W], best_key [B,H,W])``
+    as ``patch_posterior_mean_reference``. Differentiable with respect to ``z`` through both
+    distances (partners are indices, held fixed).
+    """
+    parts = paired_patch_posterior_partials_reference(z, data, sigma, P, P2, query_partner, key_partner, beta,
+                                                      boundary, keys, chunk_size=chunk_size,
+                                                      memory_budget=memory_budget)
     return finalize_partials(parts)
 
 

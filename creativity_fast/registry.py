@@ -8,7 +8,7 @@ takes the same options plus ``offset``, ``image_ids`` and ``group``
 (``distributed.machines``).
 
 Built-in machines (docs/theory.md §3): ``ideal``, ``local``, ``els``, ``gaussian``,
-``aels``, ``nearest``, ``smoothed``, ``pca_locality``, ``pspc``. Add your own with
+``aels``, ``pels``, ``nearest``, ``smoothed``, ``pca_locality``, ``pspc``. Add your own with
 :func:`register_machine`.
 """
 
@@ -116,6 +116,7 @@ def make_sharded_denoiser(name: str, shard, *, offset: Optional[int] = None, ima
 
 def _register_builtin() -> None:
     from .attention import AELSDenoiser
+    from .paired import PELSDenoiser
     from .denoisers import ELSDenoiser, GaussianDenoiser, IdealDenoiser, LocalDenoiser
     from .distributed import machines as sharded
     from .peers import NearestDenoiser, PatchPosteriorAverage, PCALocalityDenoiser, SmoothedDenoiser
@@ -125,6 +126,7 @@ def _register_builtin() -> None:
     register_machine("els", ELSDenoiser, sharded=sharded.sharded_els)
     register_machine("gaussian", GaussianDenoiser, sharded=sharded.DistributedGaussianDenoiser)
     register_machine("aels", AELSDenoiser, sharded=sharded.sharded_aels)
+    register_machine("pels", PELSDenoiser, sharded=sharded.sharded_pels)
     register_machine("nearest", NearestDenoiser)
     register_machine("smoothed", SmoothedDenoiser)
     register_machine("pca_locality", PCALocalityDenoiser)

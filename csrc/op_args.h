@@ -27,6 +27,7 @@
 #include <c10/util/Exception.h>
 #include <c10/util/string_view.h>
 
+#include <cmath>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -43,6 +44,7 @@ constexpr const char* kPatchPosteriorMeanBackward = "patch_posterior_mean_backwa
 constexpr const char* kPatchPosteriorMeanBackwardLse = "patch_posterior_mean_backward_lse";
 constexpr const char* kPatchArgmaxAttention = "patch_argmax_attention";
 constexpr const char* kMaskedLocalPosterior = "masked_local_posterior";
+constexpr const char* kPairedPatchPosteriorMean = "paired_patch_posterior_mean";
 
 // The largest patch size the kernels accept (their index arithmetic is 32-bit).
 constexpr int64_t kMaxPatchSize = (int64_t(1) << 20) - 1;
@@ -202,6 +204,37 @@ inline void check_patch_backward_inputs(const char* op, const at::Tensor& z, con
   if (grad_lse != nullptr) check("grad_lse", *grad_lse, lse_shape, "[B, H, W]");
   check("x0_hat", x0_hat, z.sizes(), "[B, C, H, W]");
   check("lse", lse, lse_shape, "[B, H, W]");
+}
+
+// paired_patch_posterior_mean, after check_patch_inputs (mode 'els', no key_logw): P2 odd,
+// beta finite and >= 0, query_partner [B, H, W] and key_partner [N, H, W] int64 on z's
+// device. Returns P2 as an int. Entries: check_partner_values (host pointers).
+inline int check_paired_inputs(const char* op, const at::Tensor& z, const at::Tensor& data, int64_t P2, double beta,
+                               const at::Tensor& query_partner, const at::Tensor& key_partner) {
+  TORCH_CHECK(P2 > 0 && P2 % 2 == 1, op, ": P2 must be an odd positive int (partner window size); got ", P2);
+  TORCH_CHECK(P2 <= kMaxPatchSize, op, ": P2 must be <= ", kMaxPatchSize, " (a limit of the C++ kernels); got ", P2);
+  TORCH_CHECK(std::isfinite(beta) && beta >= 0, op, ": beta must be a finite float >= 0; got ", beta);
+  const std::pair<const char*, const at::Tensor*> maps[] = {{"query_partner", &query_partner},
+                                                            {"key_partner", &key_partner}};
+  const int64_t lead[] = {z.size(0), data.size(0)};
+  for (int i = 0; i < 2; ++i) {
+    const char* name = maps[i].first;
+    const at::Tensor& t = *maps[i].second;
+    check_same_device(op, name, t, "z", z);
+    TORCH_CHECK(t.scalar_type() == at::kLong, op, ": ", name,
+                " must be an int64 tensor of flat locations (row * W + col); got ", dtype_name(t.scalar_type()));
+    const std::vector<int64_t> expected{lead[i], z.size(2), z.size(3)};
+    TORCH_CHECK(t.sizes() == c10::IntArrayRef(expected), op, ": ", name, " must have shape ",
+                c10::IntArrayRef(expected), "; got ", t.sizes());
+  }
+  return static_cast<int>(P2);
+}
+
+// A partner map's entries (host pointer, n entries): flat locations in [0, HW) or -1 (none).
+inline void check_partner_values(const char* op, const char* name, const int64_t* p, int64_t n, int64_t HW) {
+  for (int64_t i = 0; i < n; ++i)
+    TORCH_CHECK(p[i] >= -1 && p[i] < HW, op, ": ", name, " entries must be flat locations in [0, H*W) = [0, ", HW,
+                ") or -1 (no partner); got ", p[i], " at ", i);
 }
 
 // patch_argmax_attention: images [M, C, H, W] float32/float64, P odd, exclude >= 0,

@@ -47,6 +47,20 @@ TORCH_LIBRARY(creativity_fast, m) {
       "patch_argmax_attention(Tensor images, Tensor center, int P, int exclude, float tau) "
       "-> (Tensor, Tensor)");
 
+  // Paired-patch machine (PELS, docs/theory.md §3.7). CPU kernel: cpu/paired_patch_posterior.cpp
+  // (the ELS kernel of cpu/ppm_*.h with the partner term of cpu/ppm_paired.h).
+  // z [B,C,H,W], data [N,C,H,W], sigma [B] (z's dtype); query_partner [B,H,W] and key_partner
+  // [N,H,W] int64 flat locations (-1: no partner, the zero window). Over the ELS-admissible
+  // keys (mu, u) of pixel x, logit = -(|Pi_x z - Pi_u phi^mu|^2
+  // + beta |Pi2_{query_partner(x)} z - Pi2_{key_partner(mu,u)} phi^mu|^2) / (2 sigma^2), with
+  // P2 x P2 partner windows read zero-extended or periodic as `boundary`.
+  // Returns x0_hat [B,C,H,W], lse [B,H,W], best_key [B,H,W] (empty unless return_argmax), as
+  // patch_posterior_mean. No backward operator: the autograd formula (creativity_fast/ops.py)
+  // recomputes through the reference twin.
+  m.def(
+      "paired_patch_posterior_mean(Tensor z, Tensor data, Tensor sigma, int P, int P2, Tensor query_partner, "
+      "Tensor key_partner, float beta, str boundary, str keys, bool return_argmax) -> (Tensor, Tensor, Tensor)");
+
   // Masked-local posterior mean of the peer machines (docs/theory.md §3.6), the reduction
   // shared by `pca_locality` and `pspc` (machines in creativity_fast/peers.py). CPU kernel:
   // cpu/masked_local_posterior.cpp. Streamed over training images with an exact running

@@ -1,4 +1,4 @@
-"""Brute-force float64 oracle written literally from the definitions of docs/theory.md §3.1-3.3 (tiny inputs only).
+"""Brute-force float64 oracle written literally from the definitions of docs/theory.md §3.1-3.3 and §3.7 (tiny inputs only).
 
 Deliberately shares no code with the package: patches are read pixel by pixel with
 the zero-extension / wrap rule, and the admissible set is the spec's sentence.
@@ -84,6 +84,55 @@ def oracle(z, data, sigma, P, mode, boundary="zeros", keys="all", key_logw=None)
                         if key_logw is not None:
                             l += float(key_logw[mu, a, bb])
                         logits.append(l)
+                        centres.append(data[mu, :, a, bb])
+                        ids.append((mu, a * W + bb))
+                mx = max(logits)
+                w = [math.exp(l - mx) for l in logits]
+                s = sum(w)
+                out[b, :, r, c] = sum(wi * ci for wi, ci in zip(w, centres)) / s
+                lse[b, r, c] = mx + math.log(s)
+                best[b, r, c] = torch.tensor(ids[logits.index(mx)])
+    return out, lse, best
+
+
+def partner_window_distance(a, qa, b, qb, P2, boundary):
+    """|Pi2_qa a - Pi2_qb b|^2 with partners qa, qb as (row, col) or None (the zero window)."""
+    m = (P2 - 1) // 2
+    total = 0.0
+    for ch in range(a.shape[0]):
+        for dr in range(-m, m + 1):
+            for dc in range(-m, m + 1):
+                va = 0.0 if qa is None else read_pixel(a, ch, qa[0] + dr, qa[1] + dc, boundary)
+                vb = 0.0 if qb is None else read_pixel(b, ch, qb[0] + dr, qb[1] + dc, boundary)
+                total += (va - vb) ** 2
+    return total
+
+
+def paired_oracle(z, data, sigma, P, P2, query_partner, key_partner, beta, boundary="zeros", keys="all"):
+    """The paired-patch machine of docs/theory.md §3.7, literally: (x0_hat, lse, best (mu, y)) in float64."""
+    z = z.double()
+    data = data.double()
+    B, C, H, W = z.shape
+    N = data.shape[0]
+    sig = [float(s) for s in sigma]
+
+    def loc(flat):
+        flat = int(flat)
+        return None if flat < 0 else (flat // W, flat % W)
+
+    out = torch.zeros(B, C, H, W, dtype=torch.float64)
+    lse = torch.zeros(B, H, W, dtype=torch.float64)
+    best = torch.zeros(B, H, W, 2, dtype=torch.int64)
+    for b in range(B):
+        for r in range(H):
+            for c in range(W):
+                q = loc(query_partner[b, r, c])
+                logits, centres, ids = [], [], []
+                for mu in range(N):
+                    for (a, bb) in admissible_keys((r, c), H, W, P, "els", boundary, keys):
+                        d = patch_distance(z[b], (r, c), data[mu], (a, bb), P, boundary)
+                        d2 = partner_window_distance(z[b], q, data[mu], loc(key_partner[mu, a, bb]), P2, boundary)
+                        logits.append(-(d + beta * d2) / (2 * sig[b] ** 2))
                         centres.append(data[mu, :, a, bb])
                         ids.append((mu, a * W + bb))
                 mx = max(logits)

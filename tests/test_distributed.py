@@ -25,6 +25,7 @@ from creativity_fast.attention import AELSDenoiser
 from creativity_fast.commands import common
 from creativity_fast.denoisers import GaussianDenoiser, PatchMachine
 from creativity_fast.ops import has_kernel, patch_posterior_mean
+from creativity_fast.paired import PELSDenoiser
 from creativity_fast.registry import applicable
 from creativity_fast.samplers import sample_ddim
 
@@ -158,6 +159,30 @@ def test_provenance_ties_go_to_the_lowest_global_key():
     assert torch.equal(best, full[2]) and int(best.max()) < 2 * 16
 
 
+@pytest.mark.parametrize("boundary,P,P2", [("zeros", 3, 3), ("circular", 3, 5), ("zeros", 5, 1)])
+def test_paired_shard_partials_merge_exactly(boundary, P, P2):
+    g = torch.Generator().manual_seed(2)
+    data = torch.rand(7, 2, 5, 6, generator=g, dtype=torch.float64) * 2 - 1
+    z = torch.randn(3, 2, 5, 6, generator=g, dtype=torch.float64)
+    sigma = torch.tensor([0.3, 1.0, 2.0], dtype=torch.float64)
+    q = torch.randint(-1, 30, (3, 5, 6), generator=g)
+    k = torch.randint(-1, 30, (7, 5, 6), generator=g)
+    full = reference.paired_patch_posterior_mean_reference(z, data, sigma, P, P2, q, k, 1.5, boundary)
+    backends = ("reference", "kernel") if has_kernel("cpu", "paired_patch_posterior_mean") else ("reference",)
+    for backend in backends:
+        parts = [distributed.paired_patch_posterior_partials(z, data[a:b], sigma, P, q, k[a:b], beta=1.5, P2=P2,
+                                                             boundary=boundary, backend=backend, offset=a)
+                 for a, b in [(0, 3), (3, 3), (3, 7)]]  # includes an empty shard
+        x0, lse, best = distributed.finalize_partials(distributed.merge_partials_list(parts))
+        torch.testing.assert_close(x0, full[0], atol=1e-10, rtol=0)
+        torch.testing.assert_close(lse, full[1], atol=1e-9, rtol=1e-12)
+        assert torch.equal(best, full[2])
+    # the recomputed best logit is the streaming one
+    ref = reference.paired_patch_posterior_partials_reference(z, data, sigma, P, P2, q, k, 1.5, boundary)
+    torch.testing.assert_close(distributed.paired_key_logits(z, data, sigma, P, P2, q, k, 1.5, boundary,
+                                                             ref.best_key), ref.best, atol=1e-9, rtol=1e-12)
+
+
 def test_shard_partials_check_arguments():
     z = torch.zeros(1, 1, 4, 4)
     with pytest.raises(ValueError, match="do not match"):
@@ -244,6 +269,15 @@ def _equivalence_worker(rank, world, port):
     compare(GaussianDenoiser(data[:1]), distributed.shard_denoiser("gaussian", data[:1]), "gaussian one image")
     compare(AELSDenoiser(data, 3, lam=1.0, gamma=1.0, record_stats=True),
             distributed.shard_denoiser("aels", data, P=3, lam=1.0, gamma=1.0, record_stats=True), "aels")
+    for attend_on in ("z", "x0"):
+        compare(PELSDenoiser(data, schedule, beta=1.5, attend_on=attend_on, record_stats=True),
+                shard("pels", data, P=schedule, beta=1.5, attend_on=attend_on, record_stats=True),
+                f"pels attend_on={attend_on}")
+    compare(PELSDenoiser(data, 3, beta=2.0, P2=5, boundary="circular", labels=labels, record_stats=True),
+            shard("pels", data, P=3, beta=2.0, P2=5, boundary="circular", labels=labels, record_stats=True),
+            "pels per-sample classes", class_labels=torch.tensor([2, 1, 0]))
+    compare(PELSDenoiser(data[:1], 3, record_stats=True), shard("pels", data[:1], P=3, record_stats=True),
+            "pels one image")
 
     # a class absent from every shard fails alike on every rank (no rank waits for another)
     try:

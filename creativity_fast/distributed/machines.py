@@ -5,6 +5,8 @@
 - AELS (:func:`sharded_aels`): ``AELSDenoiser.from_parts`` with the sharded ELS machine
   and a :class:`ShardedAttentionPrior` (in-degree of this rank's images, embedding
   centre from the mean image of the *whole* set);
+- PELS (:class:`DistributedPELSDenoiser`): the paired-patch step over the sharded ELS
+  machine; training partners of this rank's images, attention centre from the whole set;
 - :class:`DistributedGaussianDenoiser`: the moments of the whole set by all-reduce.
 
 They keep the denoiser contract, so samplers, metrics and the CLI use them unchanged.
@@ -25,7 +27,8 @@ from ..denoisers import GaussianDenoiser, PatchMachine, PatchSize
 from ..ops import decode_best_key
 from ..partials import finalize_partials
 from ..reference import mean_patch_of_mean_image
-from .shards import all_reduce_partials, patch_posterior_partials
+from ..paired import PairedPosterior, TrainingPartners
+from .shards import all_reduce_partials, paired_patch_posterior_partials, patch_posterior_partials
 from .world import all_reduce_sum, locate_shard, world
 
 
@@ -119,6 +122,69 @@ class ShardedAttentionPrior(AttentionPrior):
                                   backend=self.backend, cache=False)
 
 
+class ShardedTrainingPartners(TrainingPartners):
+    """``TrainingPartners`` of this rank's images: attention runs within each training image, so a
+    shard image's partners are computed on its rank; the centre is the mean patch of the whole set
+    (an all-reduce, on every rank, also an empty one)."""
+
+    def __init__(self, data, *, group=None, **kwargs):
+        super().__init__(data, **kwargs)
+        self.group = group
+        self._mean_image: Optional[torch.Tensor] = None
+        self._partners: dict[int, torch.Tensor] = {}
+
+    def center(self, Pa: int) -> torch.Tensor:
+        if Pa not in self._centers:
+            if self._mean_image is None:
+                self._mean_image = _global_mean_image(self.data, self.group)
+            self._centers[Pa] = mean_patch_of_mean_image(self._mean_image, Pa).to(self.data.dtype)
+        return self._centers[Pa]
+
+    def partners(self, Pa: int) -> torch.Tensor:
+        from ..attention import training_partners
+
+        if Pa not in self._partners:
+            center = self.center(Pa)  # collective on every rank, also with an empty shard
+            if self.data.shape[0] == 0:
+                self._partners[Pa] = torch.zeros(0, *self.data.shape[2:], dtype=torch.long, device=self.data.device)
+            else:
+                self._partners[Pa] = training_partners(self.data, Pa, exclude=self.exclude, center=center,
+                                                       backend=self.backend, cache=False)
+        return self._partners[Pa]
+
+
+class DistributedPELSDenoiser(PairedPosterior, DistributedPatchMachine):
+    """Paired-patch machine (docs/theory.md §3.7) over a sharded training set.
+
+    Options as ``paired.PELSDenoiser`` plus ``offset``, ``image_ids`` and ``group``; ``data`` is
+    this rank's shard (may be empty). The query partners are computed on every rank alike
+    (the same ``z``, the whole set's centre; with ``attend_on="x0"`` on the merged ELS
+    estimate); each rank's paired partials over its keys merge exactly, as ELS's do.
+    """
+
+    def __init__(self, data, P: PatchSize = 3, *, offset: Optional[int] = None, image_ids=None, group=None,
+                 beta: float = 1.0, P2: Optional[int] = None, attention_P: Optional[int] = None,
+                 exclude: Optional[int] = None, attend_on: str = "z", backend: str = "auto", **options):
+        DistributedPatchMachine.__init__(self, data, "els", P, offset=offset, image_ids=image_ids, group=group,
+                                         backend=backend, **options)
+        partners = ShardedTrainingPartners(data, group=group, exclude=exclude, backend=backend)
+        self._configure(partners, beta, P2, attention_P, attend_on)
+
+    def paired_posterior(self, z, sigma, P, label, query_partner, key_partner):
+        """Merged ``(x0_hat, lse, argmax)`` over every rank's keys for one class and patch size."""
+        data, ids = self.classes.subset_with_ids(label)
+        with torch.no_grad():
+            parts = paired_patch_posterior_partials(z, data, sigma, P, query_partner, key_partner, beta=self.beta,
+                                                    P2=self.partner_window(P), boundary=self.boundary,
+                                                    keys=self.keys, backend=self.backend, image_ids=ids)
+            parts = all_reduce_partials(parts, self.group)
+        if not bool((parts.sum > 0).all()):
+            what = "the training set" if label is None else f"class_label {label}"
+            raise ValueError(f"{what} has no admissible training key on any rank")
+        x0_hat, lse, best_key = finalize_partials(parts)
+        return x0_hat.to(z.dtype), lse.to(z.dtype), decode_best_key(best_key, *z.shape[2:])
+
+
 class DistributedGaussianDenoiser(GaussianDenoiser):
     """Gaussian (Wiener) machine, docs/theory.md §3.5, with the moments of the whole sharded training set.
 
@@ -169,6 +235,11 @@ def sharded_aels(shard, P: PatchSize = 3, *, offset=None, image_ids=None, group=
     els = DistributedPatchMachine(shard, "els", P, offset=offset, image_ids=image_ids, group=group,
                                   key_logw=prior, backend=backend, **options)
     return AELSDenoiser.from_parts(els, prior, gamma=gamma)
+
+
+def sharded_pels(shard, P: PatchSize = 3, *, offset=None, image_ids=None, group=None,
+                 **options) -> DistributedPELSDenoiser:
+    return DistributedPELSDenoiser(shard, P, offset=offset, image_ids=image_ids, group=group, **options)
 
 
 def shard_denoiser(machine: str, data, *, labels=None, key_logw=None, group=None, **options):

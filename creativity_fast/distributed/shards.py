@@ -20,7 +20,7 @@ from typing import Optional
 import torch
 
 from .. import reference
-from .._validate import check_operator_args
+from .._validate import check_operator_args, check_paired_args
 from ..dictionary import patch_offsets
 from ..ops import use_kernel
 from ..partials import SoftmaxPartials, empty_partials, partials_from_mean, widen
@@ -124,6 +124,92 @@ def patch_posterior_partials(
             parts = reference.patch_posterior_partials_reference(z, data, sigma, P, mode, boundary, keys, key_logw,
                                                                  chunk_size=chunk_size)
         best = key_logits(z, data, sigma, P, mode, boundary, key_logw, parts.best_key)
+        local = parts.best_key.clamp_min(0)
+        global_key = image_ids[local // HW] * HW + local % HW
+        best_key = torch.where(parts.best_key >= 0, global_key, torch.full_like(global_key, -1))
+    return widen(SoftmaxPartials(parts.max, parts.sum, parts.weighted, best, best_key))
+
+
+def _windows(images: torch.Tensor, which: torch.Tensor, loc: torch.Tensor, P: int, boundary: str) -> torch.Tensor:
+    """Patches ``[K, C*Kr*Kc]`` (float64, the reduced offsets of ``dictionary.patch_offsets``) of
+    ``images[which[k]]`` centred at flat location ``loc[k]``; -1 gives the zero patch."""
+    _, C, H, W = images.shape
+    dev = images.device
+    row_off = torch.tensor(patch_offsets(P, H, boundary)[0], device=dev)
+    col_off = torch.tensor(patch_offsets(P, W, boundary)[0], device=dev)
+    ch = torch.arange(C, device=dev)[None, :, None, None]
+    at = loc.clamp_min(0)
+    r = (at // W)[:, None] + row_off[None, :]
+    c = (at % W)[:, None] + col_off[None, :]
+    if boundary == "circular":
+        r, c = r % H, c % W
+    inside = ((r >= 0) & (r < H))[:, None, :, None] & ((c >= 0) & (c < W))[:, None, None, :]
+    inside = inside & (loc >= 0)[:, None, None, None]
+    k = images[which[:, None, None, None], ch, r.clamp(0, H - 1)[:, None, :, None],
+               c.clamp(0, W - 1)[:, None, None, :]].double() * inside
+    return k.reshape(k.shape[0], -1)
+
+
+def paired_key_logits(z, data, sigma, P, P2, query_partner, key_partner, beta, boundary, best_key) -> torch.Tensor:
+    """The paired-patch logit (docs/theory.md §3.7) of key ``best_key = mu*H*W + u`` per pixel, float64.
+
+    ``key_logits`` (the ELS distance) minus ``beta |Pi2_{q(x)} z - Pi2_{a_mu(u)} phi^mu|^2 / (2 sigma^2)``,
+    one partner distance per query pixel in the difference form; ``-inf`` where ``best_key < 0``.
+    """
+    logit = key_logits(z, data, sigma, P, "els", boundary, None, best_key)
+    B, C, H, W = z.shape
+    HW = H * W
+    weights = reference._patch_geometry(H, W, C, P2, boundary, z.double())[3]
+    key = best_key.clamp_min(0)
+    mu, u = key // HW, key % HW
+    a = key_partner.reshape(-1, HW)[mu, u]  # the best key's partner [B, H, W]
+    inv2s2 = 1.0 / (2.0 * sigma.double() ** 2)
+    per_sample = HW * weights.numel() * 24
+    step = max(1, (64 * 2**20) // per_sample)
+    d2 = []
+    for b in range(0, B, step):  # bounded memory
+        nb = min(B, b + step) - b
+        which = torch.arange(b, b + nb, device=z.device).repeat_interleave(HW)
+        q = _windows(z, which, query_partner[b:b + nb].reshape(-1), P2, boundary)
+        k = _windows(data, mu[b:b + nb].reshape(-1), a[b:b + nb].reshape(-1), P2, boundary)
+        d2.append(((q - k) ** 2 * weights).sum(-1))
+    term = beta * torch.cat(d2).reshape(B, H, W) * inv2s2[:, None, None]
+    return torch.where(best_key >= 0, logit - term, logit)
+
+
+def paired_patch_posterior_partials(z, data, sigma, P, query_partner, key_partner, *, beta: float = 1.0,
+                                    P2: Optional[int] = None, boundary: str = "zeros", keys: str = "all",
+                                    backend: str = "auto", offset: int = 0,
+                                    image_ids: Optional[torch.Tensor] = None,
+                                    chunk_size: Optional[int] = None) -> SoftmaxPartials:
+    """Mergeable partials of ``paired_patch_posterior_mean`` over one shard of the training set.
+
+    Arguments as ``ops.paired_patch_posterior_mean`` (``key_partner [n, H, W]`` the shard's) plus
+    ``offset`` / ``image_ids`` as :func:`patch_posterior_partials`; ``data`` may be empty.
+    Returns float64 ``SoftmaxPartials`` with global key ids.
+    """
+    z, data, sigma, P, query_partner, key_partner, beta, P2, boundary, keys, backend = check_paired_args(
+        z, data, sigma, P, query_partner, key_partner, beta, P2, boundary, keys, backend, allow_empty=True)
+    if data.shape[0] == 0:
+        return widen(empty_partials(z))
+    n, HW = data.shape[0], z.shape[2] * z.shape[3]
+    if image_ids is None:
+        image_ids = torch.arange(int(offset), int(offset) + n, device=z.device)
+    else:
+        image_ids = torch.as_tensor(image_ids, device=z.device).reshape(-1).long()
+        if image_ids.shape[0] != n:
+            raise ValueError(f"image_ids has {image_ids.shape[0]} entries but data has {n} images")
+    with torch.no_grad():
+        if use_kernel("paired_patch_posterior_mean", backend, z.device):
+            x0_hat, lse, best_key = torch.ops.creativity_fast.paired_patch_posterior_mean(
+                z.contiguous(), data.contiguous(), sigma, P, P2, query_partner, key_partner, beta, boundary, keys,
+                True)
+            parts = partials_from_mean(x0_hat, lse, best_key)
+        else:
+            parts = reference.paired_patch_posterior_partials_reference(
+                z, data, sigma, P, P2, query_partner, key_partner, beta, boundary, keys, chunk_size=chunk_size)
+        best = paired_key_logits(z, data, sigma, P, P2, query_partner, key_partner, beta, boundary,
+                                 parts.best_key)
         local = parts.best_key.clamp_min(0)
         global_key = image_ids[local // HW] * HW + local % HW
         best_key = torch.where(parts.best_key >= 0, global_key, torch.full_like(global_key, -1))

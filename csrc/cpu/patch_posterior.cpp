@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "cpu/ppm_api.h"
+#include "cpu/ppm_setup.h"
 #include "dictionary.h"
 #include "op_args.h"
 
@@ -63,6 +64,8 @@ bool cpu_has(const char* feature) {
   return false;
 }
 
+}  // namespace
+
 const IsaKernels& select_isa() {
   const std::string want = env_str("CREATIVITY_FAST_CPU_ISA");
   if (want == "generic") return kKernelsGeneric;
@@ -81,12 +84,7 @@ const IsaKernels& select_isa() {
   return kKernelsGeneric;
 }
 
-// Owns the arrays an AxisTables points into.
-struct AxisStore {
-  std::vector<int> weight, disp, keypos, hull_lo, hull_hi;
-  std::vector<uint8_t> valid, hull_full;
-  AxisTables t{};
-};
+namespace {
 
 void build_axis(AxisStore& st, int size, int P, Mode mode, Boundary boundary, Keys keys) {
   const AxisPatch ap(P, size, boundary);
@@ -187,12 +185,7 @@ PpmOptions read_options() {
   return o;
 }
 
-struct Setup {
-  PpmProblem pb{};
-  AxisStore rows, cols;
-  std::vector<double> sigma;
-  int64_t units = 0;
-};
+}  // namespace
 
 // Tables of a checked call (op_args.h: parse_patch_options, check_patch_inputs);
 // `ideal` units are samples, patch units are (sample, row block). `op` names the operator
@@ -256,6 +249,8 @@ void run_units(int64_t units, const PpmProblem& pb, UnitFn fn) {
     for (int64_t u = begin; u < end; ++u) fn(pb, u);
   });
 }
+
+namespace {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> patch_posterior_mean_cpu(
     const at::Tensor& z_in, const at::Tensor& data_in, const at::Tensor& sigma, int64_t P, c10::string_view mode,

@@ -86,6 +86,15 @@ struct PpmProblem {
   // backward output: one [C,H,W] double partial gradient per work unit (summed by
   // the caller in unit order)
   double* grad_partial;
+  // Paired-patch machine (paired_patch_posterior.cpp, docs/theory.md §3.7): when `paired`,
+  // every ELS logit also subtracts beta * |Pi2_q(x) z - Pi2_a(mu,u) phi^mu|^2 / (2 sigma^2),
+  // the P2 x P2 partner windows read with the boundary's rule (zero or periodic);
+  // qpartner [B,H,W] and kpartner [N,H,W] are flat locations, -1 reads the zero window.
+  bool paired = false;
+  int P2 = 1;
+  double beta = 0;
+  const int64_t* qpartner = nullptr;
+  const int64_t* kpartner = nullptr;
 };
 
 using UnitFn = void (*)(const PpmProblem&, int64_t unit);

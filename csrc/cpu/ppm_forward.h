@@ -1,4 +1,5 @@
-// Forward pass of the patch machines (modes "local" and "els"): per work unit (sample,
+// Forward pass of the patch machines (modes "local" and "els", and the paired-patch
+// machine, which adds a partner distance to every ELS pair): per work unit (sample,
 // block of query rows) an online softmax over every admissible key, fed one group of
 // V training images at a time by Unit::distances. Part of ppm_kernel.h: included
 // inside an ISA build's namespace after ppm_distances.h.
@@ -18,8 +19,10 @@ struct FwdState {
   vi* BY;    // [nq] key pixel of the best key
 };
 
-template <class T, bool LOGW, bool ARGMAX>
-void forward_group(Unit<T>& u, FwdState<T>& st, int g) {
+// PAIRED: the paired-patch machine (ppm_paired.h): every distance of the row gets
+// + beta * |query partner window - key partner window|^2 before the softmax.
+template <class T, bool LOGW, bool ARGMAX, bool PAIRED>
+void forward_group(Unit<T>& u, FwdState<T>& st, int g, const PairedTerm<T>& pt) {
   typedef typename VecT<T>::v v;
   typedef typename VecT<T>::vi vi;
   typedef typename VecT<T>::vd vd;
@@ -139,7 +142,37 @@ void forward_group(Unit<T>& u, FwdState<T>& st, int g) {
         if (n == 0) return;
         exp_accumulate(kr, qrow, n, [&](int j) { return u.cbuf[j]; });
       };
-      u.template distances<false>(dr, dc, ar.hull_lo[ir], rlo, rhi, clo, chi, rvalid, update_row);
+      if constexpr (PAIRED) {
+        auto paired_row = [&](int r, const vd* drow) {
+          if (!rvalid[r]) return;
+          const int kr = rkey[r];
+          const int D2 = pt.D2;
+          const double* qrow = pt.qwin + size_t(r - r0) * W * D2;
+          const typename VecT<T>::v* krow = pt.kwin + size_t(kr) * W * D2;
+          const size_t qoff = size_t(r - r0) * W;
+          const vd* lwrow = LOGW ? u.lw + size_t(kr) * W : nullptr;
+          for (int c = clo; c <= chi; ++c) {
+            if (!hull_full && !cvalid[c]) continue;
+            if (prune) {
+              // The partner term only lowers a logit: a key pruned on its ELS logit alone
+              // has weight exactly 0 whatever the term, and raises no maximum, so it keeps
+              // its ELS distance and the term is not computed (no bit changes).
+              vd l = drow[c - clo] * neg_inv2s2;
+              if (LOGW) l = l + lwrow[ckey[c]];
+              if (!any_ge(l - st.M[qoff + c], pruneLo)) {
+                pt.row[c - clo] = drow[c - clo];
+                continue;
+              }
+            }
+            const vd d2 = pt.distance(qrow + size_t(c) * D2, krow + size_t(ckey[c]) * D2);
+            pt.row[c - clo] = drow[c - clo] + pt.beta * d2;
+          }
+          update_row(r, pt.row);
+        };
+        u.template distances<false>(dr, dc, ar.hull_lo[ir], rlo, rhi, clo, chi, rvalid, paired_row);
+      } else {
+        u.template distances<false>(dr, dc, ar.hull_lo[ir], rlo, rhi, clo, chi, rvalid, update_row);
+      }
     }
     // flush the inner accumulators of the rows this displacement row touched
     for (int r = rlo; r <= rhi; ++r) {
@@ -158,7 +191,7 @@ void forward_group(Unit<T>& u, FwdState<T>& st, int g) {
   }
 }
 
-template <class T, bool ARGMAX>
+template <class T, bool ARGMAX, bool PAIRED>
 void forward_patch(const PpmProblem& pb, int64_t unit) {
   typedef typename VecT<T>::v v;
   typedef typename VecT<T>::vi vi;
@@ -166,7 +199,8 @@ void forward_patch(const PpmProblem& pb, int64_t unit) {
   constexpr int V = VecT<T>::V;
   const size_t nq_max = size_t(pb.rows_per_block) * pb.W;
   const size_t extra = arena_bytes<vd>(nq_max) + arena_bytes<v>(nq_max) + arena_bytes<v>(nq_max * pb.C) +
-                       arena_bytes<vd>(nq_max) + arena_bytes<vd>(nq_max * pb.C) + 2 * arena_bytes<vi>(nq_max);
+                       arena_bytes<vd>(nq_max) + arena_bytes<vd>(nq_max * pb.C) + 2 * arena_bytes<vi>(nq_max) +
+                       PairedTerm<T>::scratch_bytes(pb);
   Unit<T> u(pb, unit, extra);
   if (u.nq <= 0) return;
   const int nq = u.nq, C = u.C, W = u.W;
@@ -189,15 +223,18 @@ void forward_patch(const PpmProblem& pb, int64_t unit) {
       st.Wout[size_t(q) * C + ch] = vd{};
     }
   }
+  PairedTerm<T> pt;
+  if (PAIRED) pt.init(u);
   const bool logw = pb.has_logw;
   for (int g = 0; g < u.G; ++g) {
     const bool partial = int64_t(g + 1) * V > u.N;
     const bool with_lw = logw || partial;
     u.pack_group(g, with_lw);
+    if (PAIRED) pt.pack_group(u, g);
     if (with_lw)
-      forward_group<T, true, ARGMAX>(u, st, g);
+      forward_group<T, true, ARGMAX, PAIRED>(u, st, g, pt);
     else
-      forward_group<T, false, ARGMAX>(u, st, g);
+      forward_group<T, false, ARGMAX, PAIRED>(u, st, g, pt);
   }
   // merge lanes (double, fixed order) and write this unit's query pixels
   T* x0 = static_cast<T*>(pb.x0) + u.b * C * u.HW;

@@ -8,6 +8,7 @@
 //   ppm_simd.h         vector types of this ISA, exps, lane conversions, lane tests
 //   ppm_window_sums.h  anchored one-dimensional window sums (Gil-Werman)
 //   ppm_distances.h    Unit: per-unit scratch, box-filter passes, distance algorithms
+//   ppm_paired.h       the partner distance of the paired-patch machine
 //   ppm_forward.h      online softmax of the patch machines
 //   ppm_backward.h     their gradient
 // The ideal machine is scalar and compiled once, in ppm_ideal.cpp.
@@ -51,6 +52,7 @@
 #include "cpu/ppm_simd.h"
 #include "cpu/ppm_window_sums.h"
 #include "cpu/ppm_distances.h"
+#include "cpu/ppm_paired.h"
 #include "cpu/ppm_forward.h"
 #include "cpu/ppm_backward.h"
 
@@ -62,10 +64,12 @@ template <class T>
 void forward_entry(const PpmProblem& pb, int64_t unit) {
   if (pb.mode == int(Mode::Ideal))
     forward_ideal<T>(pb, unit);
+  else if (pb.paired)
+    pb.want_argmax ? forward_patch<T, true, true>(pb, unit) : forward_patch<T, false, true>(pb, unit);
   else if (pb.want_argmax)
-    forward_patch<T, true>(pb, unit);
+    forward_patch<T, true, false>(pb, unit);
   else
-    forward_patch<T, false>(pb, unit);
+    forward_patch<T, false, false>(pb, unit);
 }
 
 template <class T>

@@ -1,0 +1,121 @@
+"""Cost of a PELS step against an ELS step (docs/theory.md §3.7, §9), side by side on the benchmark shapes.
+
+    PYTHONPATH=. python bench/bench_pels.py [--n 1000] [--b 8] [--ps 3,7,15] [--sigmas 0.05,1,10]
+                                            [--boundaries zeros,circular] [--repeats 3] [--out bench/results/pels.json]
+
+Shapes: those of ``bench/bench_patch_posterior.py`` (the first N embedded Fashion-MNIST
+training images, B test images plus sigma * noise as queries, float32, P = P2 = attention
+patch in {3, 7, 15}, sigma in {0.05, 1, 10}, both boundaries). For each case, on the CPU
+kernels, the median over ``--repeats`` runs (after one warm-up) of:
+
+- ``els``: ``patch_posterior_mean(mode="els")``, one ELS step;
+- ``pels op``: ``paired_patch_posterior_mean`` alone (partners given);
+- ``pels step``: what ``PELSDenoiser`` does per call with ``attend_on="z"``: the query
+  partners (``patch_argmax_attention`` on z) plus the operator. The training partners are
+  cached by the machine (once per data set and attention patch), so they are computed
+  once here, outside the timing, and their one-off time is reported separately.
+
+Counted work: pairs = ``count_pairs(B, N, H, W, P, "els", boundary)`` (the same for both
+machines); the partner distance adds ``D2 = C * P2^2`` subtractions and as many
+multiply-adds per pair (``2 * D2`` flops) to ELS's O(C) box-filter update, except for
+pairs whose ELS logit alone already underflows the softmax (skipped exactly).
+
+Writes the JSON to ``--out`` and prints a markdown table (ratio = pels step / els).
+Times on a shared machine are noisy; compare the ratio within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+
+import torch
+
+import creativity_fast as cf
+from creativity_fast.attention import training_partners
+from creativity_fast.data import load_dataset
+from creativity_fast.ops import mean_patch
+
+
+def timed(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def run_case(data, x0, P, sigma, boundary, repeats):
+    B, C, H, W = x0.shape
+    g = torch.Generator().manual_seed(1234)
+    z = x0 + sigma * torch.randn(x0.shape, generator=g)
+    s = torch.full((B,), float(sigma))
+    ops = torch.ops.creativity_fast
+    center = mean_patch(data, P)
+    t0 = time.perf_counter()
+    key_partner = training_partners(data, P, cache=False)
+    t_train = time.perf_counter() - t0
+    query_partner = cf.patch_argmax_attention(z, P, center=center)
+
+    def els():
+        return ops.patch_posterior_mean(z, data, s, P, "els", boundary, "all", None, False)[0]
+
+    def pels_op():
+        return ops.paired_patch_posterior_mean(z, data, s, P, P, query_partner, key_partner, 1.0, boundary, "all",
+                                               False)[0]
+
+    def pels_step():
+        q = cf.patch_argmax_attention(z, P, center=center)
+        return ops.paired_patch_posterior_mean(z, data, s, P, P, q, key_partner, 1.0, boundary, "all", False)[0]
+
+    t_els, t_op, t_step = timed(els, repeats), timed(pels_op, repeats), timed(pels_step, repeats)
+    pairs = cf.count_pairs(B, data.shape[0], H, W, P, "els", boundary)
+    return dict(P=P, P2=P, sigma=sigma, boundary=boundary, B=B, N=data.shape[0], C=C, H=H, W=W, pairs=pairs,
+                extra_flops_per_pair=2 * C * P * P, els_s=t_els, pels_op_s=t_op, pels_step_s=t_step,
+                training_partners_s=t_train, ratio_op=t_op / t_els, ratio_step=t_step / t_els)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--b", type=int, default=8)
+    p.add_argument("--ps", default="3,7,15")
+    p.add_argument("--sigmas", default="0.05,1,10")
+    p.add_argument("--boundaries", default="zeros,circular")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--out", default="bench/results/pels.json")
+    args = p.parse_args(argv)
+    data = load_dataset(limit=args.n).images.contiguous()
+    x0 = load_dataset(split="test", limit=args.b).images.contiguous()
+    rows = []
+    for P in (int(v) for v in args.ps.split(",")):
+        for sigma in (float(v) for v in args.sigmas.split(",")):
+            for boundary in args.boundaries.split(","):
+                row = run_case(data, x0, P, sigma, boundary, args.repeats)
+                rows.append(row)
+                print(f"P={P} sigma={sigma:g} {boundary}: els {row['els_s']:.3f} s, pels op {row['pels_op_s']:.3f} s,"
+                      f" pels step {row['pels_step_s']:.3f} s, ratio {row['ratio_step']:.2f}", flush=True)
+    meta = dict(command="PYTHONPATH=. python bench/bench_pels.py " + " ".join(argv or []), threads=torch.get_num_threads(),
+                cpu=platform.processor() or platform.machine(), load_average=os.getloadavg(),
+                when=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()))
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(dict(meta=meta, rows=rows), f, indent=1)
+    print("\n| P = P2 | sigma | boundary | extra flops/pair | ELS step | PELS op | PELS step | ratio (step) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['P']} | {r['sigma']:g} | {r['boundary']} | {r['extra_flops_per_pair']} | {r['els_s']:.2f} s |"
+              f" {r['pels_op_s']:.2f} s | {r['pels_step_s']:.2f} s | {r['ratio_step']:.2f}x |")
+    print(f"\nload average at the end: {meta['load_average']}")
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv[1:])
