@@ -134,6 +134,14 @@ def local_partials(z, data, sigma, P, boundary, key_logw=None, *, chunk_size=Non
     return SoftmaxPartials(perm(state.max), perm(state.sum), weighted, perm(state.best), perm(state.best_key))
 
 
+def _state_partials(state, B: int, C: int, H: int, W: int) -> SoftmaxPartials:
+    """The streamed softmax state over ``B*H*W`` query pixels as ``SoftmaxPartials`` maps."""
+    to_map = lambda t: t.reshape(B, H, W)  # noqa: E731
+    weighted = state.weighted.reshape(B, H, W, C).permute(0, 3, 1, 2)
+    return SoftmaxPartials(to_map(state.max), to_map(state.sum), weighted, to_map(state.best),
+                           to_map(state.best_key))
+
+
 def els_partials(z, data, sigma, P, boundary, keys="all", key_logw=None, *, chunk_size=None,
                  memory_budget=DEFAULT_MEMORY_BUDGET):
     """Equivariant local score machine (docs/theory.md §3.3): every admissible patch of every image."""
@@ -160,10 +168,7 @@ def els_partials(z, data, sigma, P, boundary, keys="all", key_logw=None, *, chun
             logits = logits + key_logw[start:start + n].reshape(1, n, HW)
         ids = torch.arange(start * HW, (start + n) * HW, device=z.device)
         state.update(logits.reshape(B * HW, n * HW), lambda p, c=centres: p @ c, ids)
-    to_map = lambda t: t.reshape(B, H, W)  # noqa: E731
-    weighted = state.weighted.reshape(B, H, W, C).permute(0, 3, 1, 2)
-    return SoftmaxPartials(to_map(state.max), to_map(state.sum), weighted, to_map(state.best),
-                           to_map(state.best_key))
+    return _state_partials(state, B, C, H, W)
 
 
 def patch_posterior_partials_reference(z, data, sigma, P, mode="els", boundary="zeros", keys="all",
@@ -261,10 +266,7 @@ def paired_partials(z, data, sigma, P, P2, query_partner, key_partner, beta, bou
         logits = -dist.reshape(B * HW, n, HW) * inv2s2 + log_mask.repeat(B, 1)[:, None, :]
         ids = torch.arange(start * HW, (start + n) * HW, device=z.device)
         state.update(logits.reshape(B * HW, n * HW), lambda p, c=centres: p @ c, ids)
-    to_map = lambda t: t.reshape(B, H, W)  # noqa: E731
-    weighted = state.weighted.reshape(B, H, W, C).permute(0, 3, 1, 2)
-    return SoftmaxPartials(to_map(state.max), to_map(state.sum), weighted, to_map(state.best),
-                           to_map(state.best_key))
+    return _state_partials(state, B, C, H, W)
 
 
 def paired_patch_posterior_partials_reference(z, data, sigma, P, P2, query_partner, key_partner, beta,

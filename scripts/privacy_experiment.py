@@ -59,6 +59,8 @@ STAGES = {
     # IS copies one image per sample; 64 samples (twice the top 1% of the 3,000 images, k = 30) are
     # what it takes for the top-1% share to say whether some images are copied more than chance.
     "is_3k_64": ("ideal", "embedded", "0-63", None),
+    # the paired-patch machine (docs/theory.md §3.7) with its defaults (beta 1, attention on z)
+    "pels_3k": ("pels", "embedded", "0-15", None),
 }
 
 

@@ -95,7 +95,20 @@ def _global_mean_image(data: torch.Tensor, group) -> torch.Tensor:
     return (packed[1:] / packed[0]).reshape(C, H, W)
 
 
-class ShardedAttentionPrior(AttentionPrior):
+class _GlobalMeanCentre:
+    """``center(Pa)``: the mean patch of the *whole* training set's mean image, from one all-reduce
+    of the image sums (made on every rank, also one with an empty shard); needs ``data``,
+    ``group``, ``_mean_image`` and the ``_centers`` cache of the class it is mixed into."""
+
+    def center(self, Pa: int) -> torch.Tensor:
+        if Pa not in self._centers:
+            if self._mean_image is None:
+                self._mean_image = _global_mean_image(self.data, self.group)
+            self._centers[Pa] = mean_patch_of_mean_image(self._mean_image, Pa).to(self.data.dtype)
+        return self._centers[Pa]
+
+
+class ShardedAttentionPrior(_GlobalMeanCentre, AttentionPrior):
     """``AttentionPrior`` of this rank's images: the attention runs within each training image, so
     the in-degree of a shard image is computed on its rank; the embedding centre is the mean
     patch of the whole set (an all-reduce of the image sums, on every rank, also an empty one)."""
@@ -104,13 +117,6 @@ class ShardedAttentionPrior(AttentionPrior):
         super().__init__(data, lam, **kwargs)
         self.group = group
         self._mean_image: Optional[torch.Tensor] = None
-
-    def center(self, Pa: int) -> torch.Tensor:
-        if Pa not in self._centers:
-            if self._mean_image is None:
-                self._mean_image = _global_mean_image(self.data, self.group)
-            self._centers[Pa] = mean_patch_of_mean_image(self._mean_image, Pa).to(self.data.dtype)
-        return self._centers[Pa]
 
     def in_degree(self, Pa: int) -> torch.Tensor:
         from ..attention import training_in_degree
@@ -122,7 +128,7 @@ class ShardedAttentionPrior(AttentionPrior):
                                   backend=self.backend, cache=False)
 
 
-class ShardedTrainingPartners(TrainingPartners):
+class ShardedTrainingPartners(_GlobalMeanCentre, TrainingPartners):
     """``TrainingPartners`` of this rank's images: attention runs within each training image, so a
     shard image's partners are computed on its rank; the centre is the mean patch of the whole set
     (an all-reduce, on every rank, also an empty one)."""
@@ -132,13 +138,6 @@ class ShardedTrainingPartners(TrainingPartners):
         self.group = group
         self._mean_image: Optional[torch.Tensor] = None
         self._partners: dict[int, torch.Tensor] = {}
-
-    def center(self, Pa: int) -> torch.Tensor:
-        if Pa not in self._centers:
-            if self._mean_image is None:
-                self._mean_image = _global_mean_image(self.data, self.group)
-            self._centers[Pa] = mean_patch_of_mean_image(self._mean_image, Pa).to(self.data.dtype)
-        return self._centers[Pa]
 
     def partners(self, Pa: int) -> torch.Tensor:
         from ..attention import training_partners

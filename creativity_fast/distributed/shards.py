@@ -76,6 +76,23 @@ def key_logits(z: torch.Tensor, data: torch.Tensor, sigma: torch.Tensor, P: int,
     return torch.where(valid, logit, torch.full_like(logit, float("-inf")))
 
 
+def _shard_image_ids(image_ids, offset: int, n: int, device) -> torch.Tensor:
+    """Global ids ``[n]`` of a shard's images: ``image_ids`` as given, or ``offset + arange(n)``."""
+    if image_ids is None:
+        return torch.arange(int(offset), int(offset) + n, device=device)
+    image_ids = torch.as_tensor(image_ids, device=device).reshape(-1).long()
+    if image_ids.shape[0] != n:
+        raise ValueError(f"image_ids has {image_ids.shape[0]} entries but data has {n} images")
+    return image_ids
+
+
+def _global_key(best_key: torch.Tensor, image_ids: torch.Tensor, HW: int) -> torch.Tensor:
+    """A shard's key ids ``local image * HW + location`` as global ones; -1 (no key) stays -1."""
+    local = best_key.clamp_min(0)
+    global_key = image_ids[local // HW] * HW + local % HW
+    return torch.where(best_key >= 0, global_key, torch.full_like(global_key, -1))
+
+
 def patch_posterior_partials(
     z: torch.Tensor,
     data: torch.Tensor,
@@ -108,13 +125,7 @@ def patch_posterior_partials(
         z, data, sigma, P, mode, boundary, keys, key_logw, backend, allow_empty=True)
     if data.shape[0] == 0:
         return widen(empty_partials(z))
-    n, HW = data.shape[0], z.shape[2] * z.shape[3]
-    if image_ids is None:
-        image_ids = torch.arange(int(offset), int(offset) + n, device=z.device)
-    else:
-        image_ids = torch.as_tensor(image_ids, device=z.device).reshape(-1).long()
-        if image_ids.shape[0] != n:
-            raise ValueError(f"image_ids has {image_ids.shape[0]} entries but data has {n} images")
+    image_ids = _shard_image_ids(image_ids, offset, data.shape[0], z.device)
     with torch.no_grad():
         if use_kernel("patch_posterior_mean", backend, z.device):
             x0_hat, lse, best_key = torch.ops.creativity_fast.patch_posterior_mean(
@@ -124,10 +135,8 @@ def patch_posterior_partials(
             parts = reference.patch_posterior_partials_reference(z, data, sigma, P, mode, boundary, keys, key_logw,
                                                                  chunk_size=chunk_size)
         best = key_logits(z, data, sigma, P, mode, boundary, key_logw, parts.best_key)
-        local = parts.best_key.clamp_min(0)
-        global_key = image_ids[local // HW] * HW + local % HW
-        best_key = torch.where(parts.best_key >= 0, global_key, torch.full_like(global_key, -1))
-    return widen(SoftmaxPartials(parts.max, parts.sum, parts.weighted, best, best_key))
+    return widen(SoftmaxPartials(parts.max, parts.sum, parts.weighted, best,
+                                 _global_key(parts.best_key, image_ids, z.shape[2] * z.shape[3])))
 
 
 def _windows(images: torch.Tensor, which: torch.Tensor, loc: torch.Tensor, P: int, boundary: str) -> torch.Tensor:
@@ -192,13 +201,7 @@ def paired_patch_posterior_partials(z, data, sigma, P, query_partner, key_partne
         z, data, sigma, P, query_partner, key_partner, beta, P2, boundary, keys, backend, allow_empty=True)
     if data.shape[0] == 0:
         return widen(empty_partials(z))
-    n, HW = data.shape[0], z.shape[2] * z.shape[3]
-    if image_ids is None:
-        image_ids = torch.arange(int(offset), int(offset) + n, device=z.device)
-    else:
-        image_ids = torch.as_tensor(image_ids, device=z.device).reshape(-1).long()
-        if image_ids.shape[0] != n:
-            raise ValueError(f"image_ids has {image_ids.shape[0]} entries but data has {n} images")
+    image_ids = _shard_image_ids(image_ids, offset, data.shape[0], z.device)
     with torch.no_grad():
         if use_kernel("paired_patch_posterior_mean", backend, z.device):
             x0_hat, lse, best_key = torch.ops.creativity_fast.paired_patch_posterior_mean(
@@ -210,10 +213,8 @@ def paired_patch_posterior_partials(z, data, sigma, P, query_partner, key_partne
                 z, data, sigma, P, P2, query_partner, key_partner, beta, boundary, keys, chunk_size=chunk_size)
         best = paired_key_logits(z, data, sigma, P, P2, query_partner, key_partner, beta, boundary,
                                  parts.best_key)
-        local = parts.best_key.clamp_min(0)
-        global_key = image_ids[local // HW] * HW + local % HW
-        best_key = torch.where(parts.best_key >= 0, global_key, torch.full_like(global_key, -1))
-    return widen(SoftmaxPartials(parts.max, parts.sum, parts.weighted, best, best_key))
+    return widen(SoftmaxPartials(parts.max, parts.sum, parts.weighted, best,
+                                 _global_key(parts.best_key, image_ids, z.shape[2] * z.shape[3])))
 
 
 def all_reduce_partials(parts: SoftmaxPartials, group=None) -> SoftmaxPartials:
