@@ -576,7 +576,7 @@ def timing(batches, reps: int, max_seconds: float) -> None:
             log(f"{'backward':>8} {B:>3} {P:>3} {'fp32':>5} {sec * 1e3:>9.1f} {useful / 1e9:>9.2f} "
                 f"{padded / 1e9:>9.2f} {useful / sec / 1e9:>10.1f} {useful / sec / ceiling:>9.3f} "
                 f"{'':>8} {'':>8}  {kstr}")
-            del x0, lse, gout
+            x0 = lse = gout = back = None  # free the device memory before the next size
             torch.cuda.empty_cache()
     time_attention(images, max(batches), reps)
 

@@ -195,6 +195,7 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path):
     data = _tiny_data()
     cfg = TrainConfig(steps=12, checkpoint_every=100, seed=3, **TINY)
     straight = train(data, tmp_path / "a", cfg, progress=False)
+    assert straight.step == 12 and straight.resumed_from == 0  # a fresh run starts at step 0
 
     def interrupt(step, loss):
         if step == 7:
