@@ -47,6 +47,15 @@ def admissible_keys(x, H, W, P, mode, boundary, keys):
     return [(a, b) for a in rows for b in cols]
 
 
+def literal_softmax_mean(logits: list, centres: list, ids: list):
+    """``(sum_k w_k centre_k, log sum_k e^{l_k}, id of the first largest logit)``, ``w = softmax(logits)``,
+    one key at a time in Python floats."""
+    mx = max(logits)
+    w = [math.exp(l - mx) for l in logits]
+    s = sum(w)
+    return sum(wi * ci for wi, ci in zip(w, centres)) / s, mx + math.log(s), ids[logits.index(mx)]
+
+
 def oracle(z, data, sigma, P, mode, boundary="zeros", keys="all", key_logw=None):
     """Returns (x0_hat [B,C,H,W], lse [B,H,W], best (mu, y_flat) [B,H,W,2]) in float64."""
     z = z.double()
@@ -86,12 +95,8 @@ def oracle(z, data, sigma, P, mode, boundary="zeros", keys="all", key_logw=None)
                         logits.append(l)
                         centres.append(data[mu, :, a, bb])
                         ids.append((mu, a * W + bb))
-                mx = max(logits)
-                w = [math.exp(l - mx) for l in logits]
-                s = sum(w)
-                out[b, :, r, c] = sum(wi * ci for wi, ci in zip(w, centres)) / s
-                lse[b, r, c] = mx + math.log(s)
-                best[b, r, c] = torch.tensor(ids[logits.index(mx)])
+                out[b, :, r, c], lse[b, r, c], best_id = literal_softmax_mean(logits, centres, ids)
+                best[b, r, c] = torch.tensor(best_id)
     return out, lse, best
 
 
@@ -135,10 +140,6 @@ def paired_oracle(z, data, sigma, P, P2, query_partner, key_partner, beta, bound
                         logits.append(-(d + beta * d2) / (2 * sig[b] ** 2))
                         centres.append(data[mu, :, a, bb])
                         ids.append((mu, a * W + bb))
-                mx = max(logits)
-                w = [math.exp(l - mx) for l in logits]
-                s = sum(w)
-                out[b, :, r, c] = sum(wi * ci for wi, ci in zip(w, centres)) / s
-                lse[b, r, c] = mx + math.log(s)
-                best[b, r, c] = torch.tensor(ids[logits.index(mx)])
+                out[b, :, r, c], lse[b, r, c], best_id = literal_softmax_mean(logits, centres, ids)
+                best[b, r, c] = torch.tensor(best_id)
     return out, lse, best
