@@ -375,11 +375,19 @@ struct Unit {
         const int ia = imax(clo, -sc), iz = imin(chi, W - sc - Lc);
         for (int c = clo; c <= chi; ++c) {
           if (c == ia && ia <= iz) {
-            for (; c <= iz; ++c) {
-              const vd* e = erow + c + sc;
-              vd acc = e[0];
-              for (int j = 1; j < Lc; ++j) acc = acc + e[j];
-              out[c - clo] = acc;
+            // the common windows (P = 3 and 1) with their length known to the compiler
+            if (Lc == 3) {
+              for (; c <= iz; ++c) {
+                const vd* e = erow + c + sc;
+                out[c - clo] = (e[0] + e[1]) + e[2];
+              }
+            } else {
+              for (; c <= iz; ++c) {
+                const vd* e = erow + c + sc;
+                vd acc = e[0];
+                for (int j = 1; j < Lc; ++j) acc = acc + e[j];
+                out[c - clo] = acc;
+              }
             }
             if (c > chi) break;
           }
@@ -409,7 +417,24 @@ struct Unit {
         const vd* xs[kMaxDirect];
         if (Lr <= kMaxDirect) {
           for (int j = 0; j < Lr; ++j) xs[j] = row(i + sr + j);
-          for (int c = 0; c < ncols; ++c) {
+          // four columns per pass over the rows: four independent sums share each row
+          // pointer and the loop overhead (same addition order per column)
+          int c = 0;
+          for (; c + 4 <= ncols; c += 4) {
+            vd a0 = xs[0][c], a1 = xs[0][c + 1], a2 = xs[0][c + 2], a3 = xs[0][c + 3];
+            for (int j = 1; j < Lr; ++j) {
+              const vd* x = xs[j] + c;
+              a0 = a0 + x[0];
+              a1 = a1 + x[1];
+              a2 = a2 + x[2];
+              a3 = a3 + x[3];
+            }
+            run[c] = a0;
+            run[c + 1] = a1;
+            run[c + 2] = a2;
+            run[c + 3] = a3;
+          }
+          for (; c < ncols; ++c) {
             vd acc = xs[0][c];
             for (int j = 1; j < Lr; ++j) acc = acc + xs[j][c];
             run[c] = acc;
