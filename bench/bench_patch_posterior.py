@@ -37,6 +37,7 @@ from creativity_fast import reference
 PS = (3, 7, 15)
 SIGMAS = (0.05, 1.0, 10.0)
 BOUNDARIES = ("zeros", "circular")
+TRAJECTORY_SIGMAS = (10.0, 1.0, 0.1, 0.05)
 
 
 def _cases(smoke: bool):
@@ -46,6 +47,8 @@ def _cases(smoke: bool):
 
 
 def pytest_generate_tests(metafunc):
+    if "trajectory_sigma" in metafunc.fixturenames:
+        pytest_generate_tests_trajectory(metafunc, metafunc.config.getoption("bench_smoke"))
     if "case" in metafunc.fixturenames:
         smoke = metafunc.config.getoption("bench_smoke")
         cases = _cases(smoke)
@@ -206,3 +209,27 @@ def test_kernel_variants(benchmark, algo, prune, P, sigma, fmnist, bench_config,
     benchmark.pedantic(fn, rounds=2, iterations=1, warmup_rounds=0 if algo == "direct" else 1)
     _record(results, benchmark, f"kernel:{algo},prune={prune}", P, sigma, "circular", z.shape[0], n,
             {"variant": True, "algo": algo, "prune": prune})
+
+
+def test_kernel_trajectory(benchmark, P, boundary, trajectory_sigma, trajectory, bench_config, results):
+    """The kernel on queries from a real sampling trajectory (bench/conftest.py: ``trajectory``).
+
+    Fresh noise around test images is the worst case for any pruning: a trajectory's
+    queries near the end are close to mosaics of training patches, so the softmax is
+    peaked. Same pair count as the fresh-noise cases at the same (P, boundary).
+    """
+    if not cf.has_kernel("cpu"):
+        pytest.skip("CPU kernel not built")
+    data, zs = trajectory
+    z = zs[trajectory_sigma]
+    fn = kernel_fn(z, data, trajectory_sigma, P, boundary)
+    benchmark.group = f"trajectory P={P} sigma={trajectory_sigma:g} {boundary}"
+    benchmark.pedantic(fn, rounds=2 if bench_config.smoke else 3, iterations=1, warmup_rounds=1)
+    _record(results, benchmark, "kernel", P, trajectory_sigma, boundary, z.shape[0], data.shape[0],
+            {"inputs": "trajectory"})
+
+
+def pytest_generate_tests_trajectory(metafunc, smoke: bool):
+    cases = [(3, "zeros", 0.05), (7, "circular", 1.0)] if smoke else [
+        (P, b, s) for P in PS for b in BOUNDARIES for s in TRAJECTORY_SIGMAS]
+    metafunc.parametrize("P,boundary,trajectory_sigma", cases, ids=[f"P{P}-s{s:g}-{b}" for P, b, s in cases])

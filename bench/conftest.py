@@ -70,6 +70,51 @@ def fmnist(bench_config):
     return train.images.contiguous(), test.images.contiguous(), train.source
 
 
+@pytest.fixture(scope="session")
+def trajectory(fmnist, bench_config):
+    """(training images, {sigma: queries [B,1,28,28]}) from one real ELS sampling trajectory.
+
+    Deterministic DDIM with the ELS kernel on the benchmark's training images, the cosine
+    schedule of the default run (20 steps) with the benchmark's sigmas inserted, and the
+    published Fashion-MNIST patch schedule; one trajectory per query seed 0..B-1. The
+    queries at each sigma are the states the sampler passes to the denoiser there. Cached
+    in ``bench/.cache/`` by (N, B, smoke), since a full trajectory takes a minute.
+    """
+    import torch
+
+    from bench_patch_posterior import TRAJECTORY_SIGMAS
+    from creativity_fast import samplers, schedules
+    from creativity_fast.denoisers import ELSDenoiser
+
+    data, _, _ = fmnist
+    B = bench_config.b
+    targets = (0.05, 1.0) if bench_config.smoke else TRAJECTORY_SIGMAS
+    cache = HERE / ".cache" / f"trajectory_N{data.shape[0]}_B{B}_{'smoke' if bench_config.smoke else 'full'}.pt"
+    if cache.exists():
+        zs = torch.load(cache)
+        if set(zs) == set(targets):
+            return data, zs
+    base = schedules.cosine_vp_sigmas(20)
+    sizes = schedules.PatchSchedule(base, "fashion_mnist")
+    grid = sorted({float(s) for s in base[:-1] if float(s) > min(targets)} | set(targets), reverse=True)
+    sigmas = torch.tensor(grid + [0.0], dtype=torch.float64)
+    denoiser = ELSDenoiser(data, P=sizes, boundary="zeros")
+    z, generators = samplers.initial_noise(range(B), tuple(data.shape[1:]), grid[0])
+    zs = {}
+
+    def record(z, sigma, class_labels=None):
+        s = float(sigma if not torch.is_tensor(sigma) else sigma.flatten()[0])
+        for t in targets:
+            if abs(s - t) <= 1e-6 * t:  # the sampler may pass sigma in float32
+                zs[t] = z.clone()
+        return denoiser(z, sigma, class_labels)
+
+    samplers.sample_ddim(record, z, sigmas, generator=generators, progress=False)
+    cache.parent.mkdir(exist_ok=True)
+    torch.save(zs, cache)
+    return data, zs
+
+
 _RESULTS: list[dict] = []
 _MACHINE: dict = {}
 

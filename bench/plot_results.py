@@ -31,7 +31,7 @@ def tables(doc):
     by = defaultdict(dict)
     lin = []
     for r in doc["results"]:
-        if "skipped" in r or r.get("variant"):
+        if "skipped" in r or r.get("variant") or r.get("inputs") == "trajectory":
             continue
         key = (r["P"], r["sigma"], r["boundary"])
         if r.get("linearity_check"):
@@ -166,6 +166,23 @@ def markdown(doc, rows, lin):
     else:
         out += ["KeOps was not timed in this run (`--no-keops`, or pykeops not installed: "
                 "`pip install pykeops`, it compiles with g++ at first use).", ""]
+    traj = sorted((r for r in doc["results"] if r.get("inputs") == "trajectory"),
+                  key=lambda r: (r["boundary"], r["P"], -r["sigma"]))
+    if traj:
+        exp_all = m.get("exp_per_s_all")
+        fresh = {(r["P"], r["sigma"], r["boundary"]): r for r in rows}
+        out += [f"## Queries from a sampling trajectory (kernel, N={cfg['n']})", "",
+                "Queries are the states a deterministic DDIM run of the ELS machine passes to the denoiser at "
+                "each sigma (bench/conftest.py: `trajectory`), not fresh noise around test images: near the end "
+                "of a trajectory the softmax is peaked, which is where pruning could pay. `fresh` is the "
+                "fresh-noise rate at the same (P, sigma, boundary) where the main table has it.", "",
+                "| P | boundary | sigma | kernel | G pairs/s | floor | fresh G pairs/s |", "|---|---|---|---|---|---|---|"]
+        for r in traj:
+            f = fresh.get((r["P"], r["sigma"], r["boundary"]))
+            floor = "-" if not exp_all else f"{100 * r['gpairs_per_s'] * 1e9 / exp_all:.0f}%"
+            out.append(f"| {r['P']} | {r['boundary']} | {r['sigma']:g} | {_fmt_s(r['seconds'])} | "
+                       f"{_fmt_rate(r['gpairs_per_s'])} | {floor} | {_fmt_rate(f and f['kernel_rate'])} |")
+        out.append("")
     var = [r for r in doc["results"] if r.get("variant")]
     if var:
         out += [f"## What wins where (kernel variants, circular, N={cfg.get('variant_n')})", "",
