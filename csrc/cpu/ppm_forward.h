@@ -91,6 +91,7 @@ void forward_group(Unit<T>& u, FwdState<T>& st, int g, const PairedTerm<T>& pt) 
           // starts from the same untouched state.
           const int n = chi - clo + 1;
           vdi raise = vdi{};
+          int live = 0;  // keys with some lane's weight not pruned
           const vd* lwrow = LOGW ? u.lw + size_t(kr) * W : nullptr;
           for (int j = 0; j < n; ++j) {
             const int c = clo + j;
@@ -98,10 +99,26 @@ void forward_group(Unit<T>& u, FwdState<T>& st, int g, const PairedTerm<T>& pt) 
             if (LOGW) l = l + lwrow[ckey[c]];
             const vd m = st.M[qrow + c];
             raise = raise | (vdi)(ARGMAX ? (l >= m) : (l > m));
-            u.xbuf[j] = to_v<T>(l - m);
+            const vd x = l - m;
+            live += int(any_ge(x, pruneLo));
+            u.xbuf[j] = to_v<T>(x);
           }
           if (!any_nonzero(raise)) {
-            exp_accumulate(kr, qrow, n, [&](int j) { return clo + j; });
+            if (prune && 2 * live < n) {
+              // Peaked softmax (low noise): most keys would add exactly +0, so the
+              // surviving ones are packed first and only they get exps. Same keys, same
+              // order, same sums bit for bit; the pass pays off below half survivors.
+              int k = 0;
+              for (int j = 0; j < n; ++j) {
+                const vd x = to_vd<T>(u.xbuf[j]);
+                u.xbuf[k] = u.xbuf[j];
+                u.cbuf[k] = clo + j;
+                k += int(any_ge(x, pruneLo));
+              }
+              exp_accumulate(kr, qrow, k, [&](int j) { return u.cbuf[j]; });
+            } else {
+              exp_accumulate(kr, qrow, n, [&](int j) { return clo + j; });
+            }
             return;
           }
         }
