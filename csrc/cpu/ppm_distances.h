@@ -73,6 +73,8 @@ struct Unit {
   int* rmap_buf;
   int* cmap_buf;
   v* ph;       // [(H+1)][(W+1)][C] packed group, zero row H and column W
+  vd* phd;     // the same in double, read by the distance builders (T = double: ph itself),
+               // so no product converts a key value
   vd* lw;      // [H][W] per-key log prior of the group (lanes past N: -inf)
   double* zd;  // [C][H][W] z[b] in double
   vd* erows;   // [H][W+1] product image rows (real columns), column W = 0
@@ -103,6 +105,7 @@ struct Unit {
     size_t s = 0;
     s += arena_bytes<int>(9 * H) + arena_bytes<int>(9 * W);
     s += arena_bytes<v>((H + 1) * (W + 1) * C);
+    if (!std::is_same<T, double>::value) s += arena_bytes<vd>((H + 1) * (W + 1) * C);
     s += arena_bytes<vd>(H * W);
     s += arena_bytes<double>(C * H * W);
     s += arena_bytes<vd>(H * (W + 1));
@@ -145,6 +148,12 @@ struct Unit {
     cmap = AxisMap{4 * W, cmap_buf};
     ph = arena.take<v>(size_t(H + 1) * (W + 1) * C);
     for (size_t i = 0; i < size_t(H + 1) * (W + 1) * C; ++i) ph[i] = v{};
+    if constexpr (std::is_same<T, double>::value) {
+      phd = ph;
+    } else {
+      phd = arena.take<vd>(size_t(H + 1) * (W + 1) * C);
+      for (size_t i = 0; i < size_t(H + 1) * (W + 1) * C; ++i) phd[i] = vd{};
+    }
     lw = arena.take<vd>(size_t(H) * W);
     zd = arena.take<double>(size_t(C) * HW);
     const T* zb = static_cast<const T*>(p.z) + b * C * HW;
@@ -188,6 +197,11 @@ struct Unit {
         for (int r = 0; r < H; ++r)
           for (int c = 0; c < W; ++c)
             phs[((size_t(r) * (W + 1) + c) * C + ch) * V + lane] = src ? src[(size_t(ch) * H + r) * W + c] : T(0);
+    }
+    if constexpr (!std::is_same<T, double>::value) {
+      // rows 0..H-1, columns 0..W-1 (the zero row and column stay zero)
+      for (int r = 0; r < H; ++r)
+        for (size_t i = size_t(r) * (W + 1) * C, e = i + size_t(W) * C; i < e; ++i) phd[i] = to_vd<T>(ph[i]);
     }
     if (with_lw) {
       double* lws = reinterpret_cast<double*>(lw);
@@ -289,29 +303,29 @@ struct Unit {
   CF_AI void product_row(int zr, int dr, int dc, int ca, int cz, vd* out) const {
     const AxisMap rm = rmap, cm = cmap;
     const int kr = rm(zr + dr);  // H: zero row
-    const v* krow = ph + size_t(kr) * (W + 1) * C;
+    const vd* krow = phd + size_t(kr) * (W + 1) * C;
     const double* zrow = zd + size_t(zr) * W;
     if (C == 1) {
       // key columns c + dc inside the image need no index map (the common case)
       const int ia = imax(ca, -dc), iz = imin(cz, W - 1 - dc);
       for (int c = ca; c <= cz; ++c) {
         if (c == ia && ia <= iz) {
-          const v* kp = krow + dc;
+          const vd* kp = krow + dc;
           for (; c <= iz; ++c) {
-            const vd diff = zrow[c] - to_vd<T>(kp[c]);
+            const vd diff = zrow[c] - kp[c];
             out[c] = diff * diff;
           }
           if (c > cz) break;
         }
-        const vd diff = zrow[c] - to_vd<T>(krow[cm(c + dc)]);
+        const vd diff = zrow[c] - krow[cm(c + dc)];
         out[c] = diff * diff;
       }
     } else {
       for (int c = ca; c <= cz; ++c) {
-        const v* kp = krow + size_t(cm(c + dc)) * C;
+        const vd* kp = krow + size_t(cm(c + dc)) * C;
         vd acc = vd{};
         for (int ch = 0; ch < C; ++ch) {
-          const vd diff = zrow[size_t(ch) * HW + c] - to_vd<T>(kp[ch]);
+          const vd diff = zrow[size_t(ch) * HW + c] - kp[ch];
           acc = acc + diff * diff;
         }
         out[c] = acc;
@@ -498,17 +512,17 @@ struct Unit {
         if (zr >= H) continue;
         const int kr = rm(r + dr + ar.first + i);
         const double* zrow = zd + size_t(zr) * W;
-        const v* krow = ph + size_t(kr) * (W + 1) * C;
+        const vd* krow = phd + size_t(kr) * (W + 1) * C;
         const double wr = ar.weight[i];
         for (int c = clo; c <= chi; ++c) {
           vd acc = vd{};
           for (int j = 0; j < ac.count; ++j) {
             const int zc = cm(c + ac.first + j);
             if (zc >= W) continue;
-            const v* kp = krow + size_t(cm(c + dc + ac.first + j)) * C;
+            const vd* kp = krow + size_t(cm(c + dc + ac.first + j)) * C;
             vd part = vd{};
             for (int ch = 0; ch < C; ++ch) {
-              const vd diff = zrow[size_t(ch) * HW + zc] - to_vd<T>(kp[ch]);
+              const vd diff = zrow[size_t(ch) * HW + zc] - kp[ch];
               part = part + diff * diff;
             }
             acc = acc + double(ac.weight[j]) * part;
