@@ -34,7 +34,9 @@ Counting method
    thread issues per pair (= warp instructions x 32 / pairs: the issue slots a pair costs).
    Every instruction in a loop body counts, both sides of a branch included (what a warp
    issues when its lanes diverge, and an upper bound otherwise), except code annotated cold or
-   guarded by a boundary mode the case does not use (circular wrap for zeros).
+   guarded by a boundary mode the case does not use (circular wrap for zeros). The line table
+   sometimes loses the call site of an inlined instruction: such an instruction inherits the
+   cold / weight annotations of the back edge of the innermost loop that holds it.
 
 The result is a static model, not a measurement: it omits stalls, dual issue, replays of
 shared-memory bank conflicts and uncoalesced accesses; it is exact for straight-line code and
@@ -242,11 +244,20 @@ def count_hot_loop(k: Kernel, tags, env: dict, breakdown: bool = False):
         main = n // U if float(n).is_integer() else max(0.0, (n - (U - 1) / 2) / U)
         inner.append((mf, ml, main))
         inner.append((rf, rl, n - U * main))
+    # The line table sometimes drops the outer part of an instruction's inline chain (the call
+    # site), and with it the call site's annotations: an instruction inherits the cold / weight
+    # annotations of the back edge of the innermost loop (inside the hot loop) that holds it,
+    # those it does not carry already.
+    backedge = [(f, l, [t for t in tags_of_chain(k.instrs[l].chain, tags) if t == "cold" or t.startswith("weight=")])
+                for f, l, _ in info if tf <= f and l <= tl and (f, l) != (tf, tl)]
     total = 0.0
     by_line: dict = {}
     for i in range(tf, tl + 1):
         ins = k.instrs[i]
         ctags = tags_of_chain(ins.chain, tags)
+        holders = [(l - f, lt) for f, l, lt in backedge if f <= i <= l]
+        if holders:
+            ctags = ctags + [t for t in min(holders, key=lambda h: h[0])[1] if t not in ctags]
         w = 1.0
         for t in ctags:
             if t == "cold":
@@ -290,8 +301,18 @@ def patch_env(C: int, P: int, dtype: str = "float", H: int = 28, W: int = 28, tf
     # PARTC: the fraction of chunk-loop iterations that are the last, partial chunk; PARTW:
     # the same times rem / DK, for code of that chunk that runs on its real entries only.
     # QRES: the query patches stay in shared memory for the block (fp32 path, D <= DQ)
-    return dict(C=C, P=P, D=D, TQ=TQ, TK=TK, DK=DK, NCHUNK=nchunk, FULL=full, REM=rem,
-                QRES=int(D <= DQ and not tf32),
+    # The forward's CUDA-core path (distance_tile_simt, WIDE) loads ranges of DQ entries:
+    # NWIDE ranges; per range, load_range_inside runs LMAIN iterations of 4 entries and LREM of
+    # one per thread (means over the LSTEP warp-uniform starts t // 64), accumulate_range AMAIN
+    # of 8 and AREM of one; the trip counts are means over the ranges.
+    qres = int(D <= DQ and not tf32)
+    lstep = THREADS // TK
+    ranges = [min(DQ, D - d0) for d0 in range(0, D, DQ)]
+    counts = [len(range(s, n, lstep)) for n in ranges for s in range(lstep)]
+    return dict(C=C, P=P, D=D, TQ=TQ, TK=TK, DK=DK, NCHUNK=nchunk, FULL=full, REM=rem, QRES=qres,
+                NWIDE=len(ranges), LSTEP=lstep, LMAIN=sum(n // 4 for n in counts) / len(counts),
+                LREM=sum(n % 4 for n in counts) / len(counts), AMAIN=sum(n // 8 for n in ranges) / len(ranges),
+                AREM=sum(n % 8 for n in ranges) / len(ranges),
                 PARTW=(1 if rem else 0) / nchunk * rem / DK, PARTC=(1 if rem else 0) / nchunk,
                 THREADS=THREADS, H=H, W=W, boundary="zeros",
                 KPT=TK // (THREADS // TQ))
@@ -320,7 +341,8 @@ def cases():
             out.append((f"forward fp32 C={C} P={P}", "patch_kernels.cu", rf"forward_kernelIfLi{cmax}ELb0E", env))
             out.append((f"forward tf32 C={C} P={P}", "patch_kernels.cu", rf"forward_kernelIfLi{cmax}ELb1E",
                         patch_env(C, P, tf32=True)))
-            out.append((f"backward fp32 C={C} P={P}", "patch_kernels.cu", rf"backward_kernelIfLi{cmax}EE", env))
+            out.append((f"backward fp32 C={C} P={P}", "patch_kernels.cu", rf"backward_kernelIfLi{cmax}EE",
+                        env))
     for P in (3, 7):
         out.append((f"attention hard C=1 P={P}", "patch_argmax_attention.cu", r"attention_kernelIfLi0EE",
                     attention_env(1, P)))
