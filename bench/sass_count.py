@@ -4,6 +4,7 @@ sm_90 machine code (SASS), without a GPU.
     python bench/sass_count.py                  # table of the standard cases
     python bench/sass_count.py --json out.json  # also machine-readable
     python bench/sass_count.py --breakdown      # per source line of the hot loop
+    python bench/sass_count.py --ptxas          # registers and spills of every kernel (-Xptxas -v)
 
 Needs ``nvcc`` (CUDA 12+/13) and ``nvdisasm`` (on PATH, under ``$CUDA_HOME/bin``, or from the
 ``nvidia-cuda-nvdisasm`` wheel: ``pip install nvidia-cuda-nvdisasm``). No torch, no GPU.
@@ -179,6 +180,48 @@ def compile_cubin(source: Path, out: Path, nvcc: str) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"sass_count: nvcc failed on {source.name}:\n{proc.stderr}")
+
+
+def ptxas_report(nvcc: str, sources=("patch_kernels.cu", "ideal_kernels.cu", "patch_argmax_attention.cu")):
+    """Per kernel of each source: registers, spill stores / loads and stack (bytes), static shared
+    memory, from ``-Xptxas -v`` with the flags of compile_cubin (sm_90)."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for src in sources:
+            cmd = [nvcc, "-cubin", "-arch=sm_90", "-O3", "--use_fast_math", "-std=c++17", "--expt-relaxed-constexpr",
+                   "-w", "-Xptxas", "-v", f"-I{CSRC}", str(CSRC / "cuda" / src), "-o", str(Path(tmp) / "k.cubin")]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise SystemExit(f"sass_count: nvcc failed on {src}:\n{proc.stderr}")
+            rows.extend(parse_ptxas(proc.stderr, src))
+    return rows
+
+
+def parse_ptxas(text: str, src: str = "") -> list[dict]:
+    """[{source, kernel, registers, spill_stores, spill_loads, stack, smem}] of the entry functions
+    in ``ptxas -v`` output (a function's properties line precedes its 'Used' line)."""
+    rows, props, cur = [], {}, None
+    for line in text.splitlines():
+        m = re.search(r"Compiling entry function '(\S+)'", line)
+        if m:
+            cur = m.group(1)
+            continue
+        m = re.search(r"Function properties for (\S+)", line)
+        if m:
+            fn = m.group(1)
+            continue
+        m = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", line)
+        if m:
+            props[fn] = tuple(int(x) for x in m.groups())
+            continue
+        m = re.search(r"Used (\d+) registers(?:.*?(\d+) bytes smem)?", line)
+        if m and cur:
+            stack, st, ld = props.get(cur, (0, 0, 0))
+            short = re.sub(r"^_ZN15creativity_fast4cuda6detail\d+", "", cur)
+            rows.append(dict(source=src, kernel=short, registers=int(m.group(1)), spill_stores=st,
+                             spill_loads=ld, stack=stack, smem=int(m.group(2) or 0)))
+            cur = None
+    return rows
 
 
 # ---------------------------------------------------------------------------------------
@@ -380,10 +423,21 @@ def main(argv=None):
     ap.add_argument("--breakdown", action="store_true", help="per source line of each hot loop")
     ap.add_argument("--only", help="regex of the case labels to count")
     ap.add_argument("--root", help="count the csrc/ of this directory instead of this checkout's")
+    ap.add_argument("--ptxas", action="store_true",
+                    help="report registers and spills of every kernel (-Xptxas -v) instead of counting")
     args = ap.parse_args(argv)
     if args.root:
         global CSRC
         CSRC = Path(args.root).resolve() / "csrc"
+    if args.ptxas:
+        rows = ptxas_report(find_tool("nvcc"))
+        print(f"{'kernel':64s} {'regs':>5s} {'spill st':>9s} {'spill ld':>9s} {'stack':>6s} {'smem':>6s}")
+        for r in rows:
+            print(f"{r['kernel'][:64]:64s} {r['registers']:5d} {r['spill_stores']:9d} {r['spill_loads']:9d} "
+                  f"{r['stack']:6d} {r['smem']:6d}")
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=1))
+        return 0
     results = run(args.breakdown, args.only)
     print(f"\n{'case':30s} {'instr/pair':>10s}")
     for r in results:

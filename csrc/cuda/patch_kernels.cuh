@@ -257,17 +257,19 @@ __device__ __forceinline__ void load_range_inside(T* X, const T* src, const int*
   constexpr int STEP = kThreads / ROWS;
   static_assert(kThreads % ROWS == 0, "patch-range mapping");
   CF_OPAQUE_PTR(src);
-  const int d = threadIdx.x / ROWS;
-  const int* dp = doff + d0 + d;  // walks the thread's entries
-  const int* const dend = doff + d0 + n;
-  T* xp = X + d * ROWS + threadIdx.x % ROWS;
+  const int first = threadIdx.x / ROWS;         // the thread's entries: first + j * STEP
+  const int cnt = (n - first + STEP - 1) / STEP;  // how many (0 when first >= n)
+  const int* dp = doff + d0 + first;
+  CF_OPAQUE_PTR(dp);
+  T* xp = X + threadIdx.x;  // entry first + j * STEP of patch t % ROWS is at X[t + j * kThreads]
+  int j = cnt;
 #pragma unroll 1
-  for (; dp + 3 * STEP < dend; dp += 4 * STEP, xp += 4 * STEP * ROWS) {  // sass: trips=LMAIN
+  for (; j >= 4; j -= 4, dp += 4 * STEP, xp += 4 * kThreads) {  // sass: trips=LMAIN
 #pragma unroll
-    for (int u = 0; u < 4; ++u) xp[u * STEP * ROWS] = __ldg(src + __ldg(dp + u * STEP));
+    for (int u = 0; u < 4; ++u) xp[u * kThreads] = __ldg(src + __ldg(dp + u * STEP));
   }
 #pragma unroll 1
-  for (; dp < dend; dp += STEP, xp += STEP * ROWS) *xp = __ldg(src + __ldg(dp));  // sass: trips=LREM
+  for (; j > 0; --j, dp += STEP, xp += kThreads) *xp = __ldg(src + __ldg(dp));  // sass: trips=LREM
 }
 
 // Entries [d0, d0 + n) of the weighted patches of the block's queries (into Qs) or of the tile's
@@ -538,7 +540,7 @@ __device__ void cross_tile_tf32(float* St, float* Qs, float* Ks, float* qn, floa
 // Forward kernel.
 
 template <typename T, int CMAX, bool TF32>
-__global__ void __launch_bounds__(kThreads) forward_kernel(const PatchParams<T> p) {
+__global__ void __launch_bounds__(kThreads, TF32 || sizeof(T) != 4 ? 1 : CMAX == 1 ? 4 : 3) forward_kernel(const PatchParams<T> p) {
   constexpr int TQ = Cfg<T>::TQ, TK = Cfg<T>::TK, DK = Cfg<T>::DK;
   constexpr int PARTS = kThreads / TQ, KPT = TK / PARTS;
   // St[q * LDS + k], query-major: a thread's KPT consecutive keys are read with 16-byte loads; the
@@ -707,7 +709,7 @@ __global__ void merge_kernel(const PatchParams<T> p, T* x0, T* lse, int64_t* bes
 // a_k = exp(l_k - lse) * (g . c_k - g . x0_hat).
 
 template <typename T, int CMAX>
-__global__ void __launch_bounds__(kThreads) backward_kernel(const PatchParams<T> p) {
+__global__ void __launch_bounds__(kThreads, 3) backward_kernel(const PatchParams<T> p) {
   constexpr int TQ = Cfg<T>::TQ, TK = Cfg<T>::TK, DK = Cfg<T>::DK;
   constexpr int PARTS = kThreads / TQ, KPT = TK / PARTS, LDS = TQ + 1;
   static_assert(DK % PARTS == 0, "A-pass mapping");
@@ -772,15 +774,34 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(const PatchParams<T>
     for (int d0 = 0; d0 < p.D; d0 += DK) {  // sass: trips=NCHUNK
       load_chunk<T, CMAX, TQ, TK, DK, false>(Qs, Ks, TQ, TK, mt, p, ar, ac, d0, false, false);
       __syncthreads();
+      // The thread's entries dd = part + PARTS * s of the chunk, s < NS, in registers: each
+      // coefficient a[q, k] is loaded once for all of them (each sum still runs over k in order).
+      constexpr int NS = DK / PARTS;
+      if (d0 + DK <= p.D) {
+        T o[NS];
 #pragma unroll
-      for (int s = 0; s < DK / PARTS; ++s) {
-        const int dd = part + PARTS * s;
-        if (d0 + dd >= p.D) break;  // the last chunk's padding: nothing to write (uniform per warp)
-        T o = T(0);  // sass: weight=D/(NCHUNK*DK)
+        for (int s = 0; s < NS; ++s) o[s] = T(0);  // sass: weight=FULL/NCHUNK
+#pragma unroll 4
+        for (int k = 0; k < TK; ++k) {  // sass: trips=TK/4; weight=FULL/NCHUNK
+          const T a = St[k * LDS + row];  // sass: weight=FULL/NCHUNK
+#pragma unroll
+          for (int s = 0; s < NS; ++s) o[s] = fma(a, Ks[(part + PARTS * s) * TK + k], o[s]);  // sass: weight=FULL/NCHUNK
+        }
+        if (mt.q_b[row] >= 0) {
+#pragma unroll
+          for (int s = 0; s < NS; ++s) p.pA[e * p.D + d0 + part + PARTS * s] += o[s];  // sass: weight=FULL/NCHUNK
+        }
+      } else {
+#pragma unroll
+        for (int s = 0; s < NS; ++s) {
+          const int dd = part + PARTS * s;
+          if (d0 + dd >= p.D) break;  // the last chunk's padding: nothing to write (uniform per warp)
+          T o = T(0);  // sass: weight=PARTW
 #pragma unroll 8
-        for (int k = 0; k < TK; ++k)  // sass: trips=TK/8; weight=D/(NCHUNK*DK)
-          o = fma(St[k * LDS + row], Ks[dd * TK + k], o);  // sass: weight=D/(NCHUNK*DK)
-        if (mt.q_b[row] >= 0) p.pA[e * p.D + d0 + dd] += o;  // sass: weight=D/(NCHUNK*DK)
+          for (int k = 0; k < TK; ++k)  // sass: trips=TK/8; weight=PARTW
+            o = fma(St[k * LDS + row], Ks[dd * TK + k], o);  // sass: weight=PARTW
+          if (mt.q_b[row] >= 0) p.pA[e * p.D + d0 + dd] += o;  // sass: weight=PARTW
+        }
       }
       __syncthreads();
     }
