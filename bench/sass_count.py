@@ -4,6 +4,7 @@ sm_90 machine code (SASS), without a GPU.
     python bench/sass_count.py                  # table of the standard cases
     python bench/sass_count.py --json out.json  # also machine-readable
     python bench/sass_count.py --breakdown      # per source line of the hot loop
+    python bench/sass_count.py --ptxas          # registers and spills of every kernel (-Xptxas -v)
 
 Needs ``nvcc`` (CUDA 12+/13) and ``nvdisasm`` (on PATH, under ``$CUDA_HOME/bin``, or from the
 ``nvidia-cuda-nvdisasm`` wheel: ``pip install nvidia-cuda-nvdisasm``). No torch, no GPU.
@@ -34,7 +35,9 @@ Counting method
    thread issues per pair (= warp instructions x 32 / pairs: the issue slots a pair costs).
    Every instruction in a loop body counts, both sides of a branch included (what a warp
    issues when its lanes diverge, and an upper bound otherwise), except code annotated cold or
-   guarded by a boundary mode the case does not use (circular wrap for zeros).
+   guarded by a boundary mode the case does not use (circular wrap for zeros). The line table
+   sometimes loses the call site of an inlined instruction: such an instruction inherits the
+   cold / weight annotations of the back edge of the innermost loop that holds it.
 
 The result is a static model, not a measurement: it omits stalls, dual issue, replays of
 shared-memory bank conflicts and uncoalesced accesses; it is exact for straight-line code and
@@ -179,6 +182,48 @@ def compile_cubin(source: Path, out: Path, nvcc: str) -> None:
         raise SystemExit(f"sass_count: nvcc failed on {source.name}:\n{proc.stderr}")
 
 
+def ptxas_report(nvcc: str, sources=("patch_kernels.cu", "ideal_kernels.cu", "patch_argmax_attention.cu")):
+    """Per kernel of each source: registers, spill stores / loads and stack (bytes), static shared
+    memory, from ``-Xptxas -v`` with the flags of compile_cubin (sm_90)."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for src in sources:
+            cmd = [nvcc, "-cubin", "-arch=sm_90", "-O3", "--use_fast_math", "-std=c++17", "--expt-relaxed-constexpr",
+                   "-w", "-Xptxas", "-v", f"-I{CSRC}", str(CSRC / "cuda" / src), "-o", str(Path(tmp) / "k.cubin")]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise SystemExit(f"sass_count: nvcc failed on {src}:\n{proc.stderr}")
+            rows.extend(parse_ptxas(proc.stderr, src))
+    return rows
+
+
+def parse_ptxas(text: str, src: str = "") -> list[dict]:
+    """[{source, kernel, registers, spill_stores, spill_loads, stack, smem}] of the entry functions
+    in ``ptxas -v`` output (a function's properties line precedes its 'Used' line)."""
+    rows, props, cur = [], {}, None
+    for line in text.splitlines():
+        m = re.search(r"Compiling entry function '(\S+)'", line)
+        if m:
+            cur = m.group(1)
+            continue
+        m = re.search(r"Function properties for (\S+)", line)
+        if m:
+            fn = m.group(1)
+            continue
+        m = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", line)
+        if m:
+            props[fn] = tuple(int(x) for x in m.groups())
+            continue
+        m = re.search(r"Used (\d+) registers(?:.*?(\d+) bytes smem)?", line)
+        if m and cur:
+            stack, st, ld = props.get(cur, (0, 0, 0))
+            short = re.sub(r"^_ZN15creativity_fast4cuda6detail\d+", "", cur)
+            rows.append(dict(source=src, kernel=short, registers=int(m.group(1)), spill_stores=st,
+                             spill_loads=ld, stack=stack, smem=int(m.group(2) or 0)))
+            cur = None
+    return rows
+
+
 # ---------------------------------------------------------------------------------------
 # Counting
 
@@ -242,11 +287,20 @@ def count_hot_loop(k: Kernel, tags, env: dict, breakdown: bool = False):
         main = n // U if float(n).is_integer() else max(0.0, (n - (U - 1) / 2) / U)
         inner.append((mf, ml, main))
         inner.append((rf, rl, n - U * main))
+    # The line table sometimes drops the outer part of an instruction's inline chain (the call
+    # site), and with it the call site's annotations: an instruction inherits the cold / weight
+    # annotations of the back edge of the innermost loop (inside the hot loop) that holds it,
+    # those it does not carry already.
+    backedge = [(f, l, [t for t in tags_of_chain(k.instrs[l].chain, tags) if t == "cold" or t.startswith("weight=")])
+                for f, l, _ in info if tf <= f and l <= tl and (f, l) != (tf, tl)]
     total = 0.0
     by_line: dict = {}
     for i in range(tf, tl + 1):
         ins = k.instrs[i]
         ctags = tags_of_chain(ins.chain, tags)
+        holders = [(l - f, lt) for f, l, lt in backedge if f <= i <= l]
+        if holders:
+            ctags = ctags + [t for t in min(holders, key=lambda h: h[0])[1] if t not in ctags]
         w = 1.0
         for t in ctags:
             if t == "cold":
@@ -290,8 +344,18 @@ def patch_env(C: int, P: int, dtype: str = "float", H: int = 28, W: int = 28, tf
     # PARTC: the fraction of chunk-loop iterations that are the last, partial chunk; PARTW:
     # the same times rem / DK, for code of that chunk that runs on its real entries only.
     # QRES: the query patches stay in shared memory for the block (fp32 path, D <= DQ)
-    return dict(C=C, P=P, D=D, TQ=TQ, TK=TK, DK=DK, NCHUNK=nchunk, FULL=full, REM=rem,
-                QRES=int(D <= DQ and not tf32),
+    # The forward's CUDA-core path (distance_tile_simt, WIDE) loads ranges of DQ entries:
+    # NWIDE ranges; per range, load_range_inside runs LMAIN iterations of 4 entries and LREM of
+    # one per thread (means over the LSTEP warp-uniform starts t // 64), accumulate_range AMAIN
+    # of 8 and AREM of one; the trip counts are means over the ranges.
+    qres = int(D <= DQ and not tf32)
+    lstep = THREADS // TK
+    ranges = [min(DQ, D - d0) for d0 in range(0, D, DQ)]
+    counts = [len(range(s, n, lstep)) for n in ranges for s in range(lstep)]
+    return dict(C=C, P=P, D=D, TQ=TQ, TK=TK, DK=DK, NCHUNK=nchunk, FULL=full, REM=rem, QRES=qres,
+                NWIDE=len(ranges), LSTEP=lstep, LMAIN=sum(n // 4 for n in counts) / len(counts),
+                LREM=sum(n % 4 for n in counts) / len(counts), AMAIN=sum(n // 8 for n in ranges) / len(ranges),
+                AREM=sum(n % 8 for n in ranges) / len(ranges),
                 PARTW=(1 if rem else 0) / nchunk * rem / DK, PARTC=(1 if rem else 0) / nchunk,
                 THREADS=THREADS, H=H, W=W, boundary="zeros",
                 KPT=TK // (THREADS // TQ))
@@ -320,7 +384,8 @@ def cases():
             out.append((f"forward fp32 C={C} P={P}", "patch_kernels.cu", rf"forward_kernelIfLi{cmax}ELb0E", env))
             out.append((f"forward tf32 C={C} P={P}", "patch_kernels.cu", rf"forward_kernelIfLi{cmax}ELb1E",
                         patch_env(C, P, tf32=True)))
-            out.append((f"backward fp32 C={C} P={P}", "patch_kernels.cu", rf"backward_kernelIfLi{cmax}EE", env))
+            out.append((f"backward fp32 C={C} P={P}", "patch_kernels.cu", rf"backward_kernelIfLi{cmax}EE",
+                        env))
     for P in (3, 7):
         out.append((f"attention hard C=1 P={P}", "patch_argmax_attention.cu", r"attention_kernelIfLi0EE",
                     attention_env(1, P)))
@@ -358,10 +423,21 @@ def main(argv=None):
     ap.add_argument("--breakdown", action="store_true", help="per source line of each hot loop")
     ap.add_argument("--only", help="regex of the case labels to count")
     ap.add_argument("--root", help="count the csrc/ of this directory instead of this checkout's")
+    ap.add_argument("--ptxas", action="store_true",
+                    help="report registers and spills of every kernel (-Xptxas -v) instead of counting")
     args = ap.parse_args(argv)
     if args.root:
         global CSRC
         CSRC = Path(args.root).resolve() / "csrc"
+    if args.ptxas:
+        rows = ptxas_report(find_tool("nvcc"))
+        print(f"{'kernel':64s} {'regs':>5s} {'spill st':>9s} {'spill ld':>9s} {'stack':>6s} {'smem':>6s}")
+        for r in rows:
+            print(f"{r['kernel'][:64]:64s} {r['registers']:5d} {r['spill_stores']:9d} {r['spill_loads']:9d} "
+                  f"{r['stack']:6d} {r['smem']:6d}")
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=1))
+        return 0
     results = run(args.breakdown, args.only)
     print(f"\n{'case':30s} {'instr/pair':>10s}")
     for r in results:

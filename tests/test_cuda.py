@@ -290,8 +290,6 @@ def test_nonfinite_inputs_propagate_the_same_on_every_path(runner, case, machine
 # inputs"): known deviations are strict xfails, so a fix shows up as an XPASS to remove.
 _CPU_NONFINITE_DEVIATIONS = {
     ("z_nan", "local"): "CPU kernel, mode local: a pixel with only NaN logits gets lse = -inf, not NaN",
-    **{(c, "ideal"): "CPU kernel, mode ideal: a weight-0 image skips the accumulation, so 0 * inf is not NaN"
-       for c in ("data_inf", "data_inf_corner", "both_inf")},
 }
 
 

@@ -33,7 +33,14 @@ void forward_ideal(const PpmProblem& pb, int64_t b) {
     }
     double l = -d * inv2s2;
     if (logw) l += double(logw[mu]);
-    if (l == -std::numeric_limits<double>::infinity()) continue;
+    if (l == -std::numeric_limits<double>::infinity()) {
+      // weight 0; an image at infinite distance holds an infinity, and 0 * inf = NaN there
+      // (the rule of csrc/cuda/NOTES.md, "Non-finite inputs"); a key removed by its prior
+      // (finite distance) adds exact zeros, so it is skipped
+      if (d == std::numeric_limits<double>::infinity())
+        for (int64_t i = 0; i < D; ++i) acc[i] += 0.0 * double(ph[i]);
+      continue;
+    }
     if (l > m) {
       const double sc = std::exp(m - l);
       S *= sc;

@@ -64,6 +64,7 @@ inline T __ldg(const T* p) {
 }
 inline float __expf(float x) { return std::exp(x); }
 inline double __dmul_rn(double a, double b) { return a * b; }
+inline unsigned __umulhi(unsigned a, unsigned b) { return static_cast<unsigned>((static_cast<uint64_t>(a) * b) >> 32); }
 [[noreturn]] inline void __trap() {
   std::fprintf(stderr, "cpu_emulation: __trap()\n");
   std::abort();

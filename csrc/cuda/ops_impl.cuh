@@ -234,22 +234,26 @@ struct DevicePlan {
   at::Tensor buf64, buf32;
 };
 
+// On a GPU the host tables are staged in pinned memory and copied without blocking the host (the
+// caching host allocator keeps a staging buffer until its copy on the current stream is done);
+// the emulator's "device" is the CPU.
 inline DevicePlan upload_plan(HostPlan&& pl, const at::Device& device) {
   DevicePlan dp;
+  const bool gpu = device.is_cuda();
   const int64_t n64 = int64_t(pl.groups.size()) * 12 + int64_t(pl.work.size()) * 6;
-  at::Tensor h64 = at::empty({n64}, at::TensorOptions().dtype(at::kLong));
+  at::Tensor h64 = at::empty({n64}, at::TensorOptions().dtype(at::kLong).pinned_memory(gpu));
   std::memcpy(h64.data_ptr<int64_t>(), pl.groups.data(), pl.groups.size() * sizeof(GroupInfo));
   std::memcpy(h64.data_ptr<int64_t>() + pl.groups.size() * 12, pl.work.data(), pl.work.size() * sizeof(WorkItem));
   const int64_t n32 = int64_t(pl.dtab.size() + pl.rowclass.size() + pl.colclass.size() + pl.doff.size());
-  at::Tensor h32 = at::empty({n32}, at::TensorOptions().dtype(at::kInt));
+  at::Tensor h32 = at::empty({n32}, at::TensorOptions().dtype(at::kInt).pinned_memory(gpu));
   int* p32 = h32.data_ptr<int>();
   std::memcpy(p32, pl.dtab.data(), pl.dtab.size() * sizeof(int));
   std::memcpy(p32 + pl.dtab.size(), pl.rowclass.data(), pl.rowclass.size() * sizeof(int));
   std::memcpy(p32 + pl.dtab.size() + pl.rowclass.size(), pl.colclass.data(), pl.colclass.size() * sizeof(int));
   std::memcpy(p32 + pl.dtab.size() + pl.rowclass.size() + pl.colclass.size(), pl.doff.data(),
               pl.doff.size() * sizeof(int));
-  dp.buf64 = h64.to(device);
-  dp.buf32 = h32.to(device);
+  dp.buf64 = h64.to(device, /*non_blocking=*/gpu);
+  dp.buf32 = h32.to(device, /*non_blocking=*/gpu);
   if (verbose())
     std::fprintf(stderr,
                  "[creativity_fast cuda] plan: %zu groups, %zu blocks, %lld key tiles per block, %lld partial entries, "

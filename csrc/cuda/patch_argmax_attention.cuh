@@ -123,31 +123,25 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(const Attention
       const int kc = imin(p.K, d1 - k0);
       const int* dk = p.disp + 2 * k0;
       __syncthreads();  // the tables of the previous round are consumed
-      // Q_d(u) at table entry (i+1, j+1); zero first row and column.
-      for (int e = tid; e < kc * tstride; e += nt) {  // sass: trips=K*TSTRIDE/THREADS
-        const int k = e / tstride, f = e % tstride;
+      // Row prefix sums of Q_d(u) at table entry (i+1, j+1), zero first row and column: one
+      // thread per table row computes the row's products and their running sum in the CPU
+      // kernel's order (acc = 0, then acc += Q(i, j) for j = 0, 1, ...), so the table is the
+      // one the separate product and row-scan passes gave, without a division per entry.
+      for (int e = tid; e < kc * (H + 1); e += nt) {  // sass: trips=K*(H+1)/THREADS
+        const int k = e / (H + 1), i1 = e - k * (H + 1);
         const int dr = dk[2 * k], dc = dk[2 * k + 1];
         const int h = H - dr, w = W - (dc < 0 ? -dc : dc), pw = w + 1;
-        if (f >= (h + 1) * pw) continue;
-        const int i1 = f / pw, j1 = f % pw;
-        double q = 0.0;
-        if (i1 > 0 && j1 > 0) {
-          const int u = (i1 - 1) * W + (j1 - 1 + imax(0, -dc));
-          q = attention_rules::displaced_product(img, C, HW, u, u + dr * W + dc);
+        if (i1 > h) continue;
+        double* row = tab + k * tstride + i1 * pw;
+        row[0] = 0.0;
+        if (i1 == 0) {
+          for (int j = 1; j <= w; ++j) row[j] = 0.0;  // sass: trips=AVG_W/(H+1)
+          continue;
         }
-        tab[k * tstride + f] = q;
-      }
-      __syncthreads();
-      // Row prefix sums: row += Q.
-      for (int e = tid; e < kc * H; e += nt) {  // sass: trips=K*H/THREADS
-        const int k = e / H, i = e % H;
-        const int dr = dk[2 * k], dc = dk[2 * k + 1];
-        const int h = H - dr, w = W - (dc < 0 ? -dc : dc), pw = w + 1;
-        if (i >= h) continue;
-        double* row = tab + k * tstride + (i + 1) * pw;
+        const int u0 = (i1 - 1) * W + imax(0, -dc), off = dr * W + dc;
         double acc = 0.0;
-        for (int j = 1; j <= w; ++j) {  // sass: trips=AVG_W
-          acc += row[j];
+        for (int j = 1; j <= w; ++j) {  // sass: trips=AVG_HW/(H+1)
+          acc += attention_rules::displaced_product(img, C, HW, u0 + j - 1, u0 + j - 1 + off);
           row[j] = acc;
         }
       }

@@ -61,7 +61,7 @@ struct State {
   __device__ __forceinline__ void merge(T m2, T s2, const T* acc2, T best2, int64_t id2) {
     const T nm = m > m2 ? m : m2;
     if (nm > neg_inf<T>()) {
-      const T a = fast_exp(m - nm), b = fast_exp(m2 - nm);
+      const T a = unit_exp(m - nm), b = unit_exp(m2 - nm);
       s = s * a + s2 * b;
 #pragma unroll
       for (int c = 0; c < CMAX; ++c) acc[c] = acc[c] * a + acc2[c] * b;
@@ -102,11 +102,12 @@ template <typename T, int CMAX, int TQ, int TK>
 struct Meta {
   int64_t q_base[TQ];             // z offset of the query patch's first entry (patch_corner), -1: gather
   int q_b[TQ], q_r[TQ], q_c[TQ];  // q_b = -1: padding row
-  T q_scale[TQ];                  // 1 / (2 sigma_b^2)
+  T q_scale[TQ];                  // 1 / (2 sigma_b^2), in logit units (LogitUnit)
   int64_t k_base[TK];             // data offset of the key patch's first entry (patch_corner), -1: gather
   int k_mu[TK], k_r[TK], k_c[TK];  // k_mu = -1: padding key
-  T k_logw[TK];                   // log prior (0 without key_logw; -inf for padding)
-  T k_centre[CMAX][TK];           // centre pixel of the key patch, per channel
+  // 16-byte aligned: the epilogue reads a thread's consecutive keys with vector loads
+  alignas(16) T k_logw[TK];        // log prior in logit units (0 without key_logw; -inf for padding)
+  alignas(16) T k_centre[CMAX][TK];  // centre pixel of the key patch, per channel
 };
 
 template <typename T, int CMAX, int TQ, int TK>
@@ -124,7 +125,7 @@ __device__ void load_queries(Meta<T, CMAX, TQ, TK>& mt, const PatchParams<T>& p,
       mt.q_b[i] = static_cast<int>(b);
       mt.q_r[i] = r;
       mt.q_c[i] = c;
-      mt.q_scale[i] = p.inv2s2[b];
+      mt.q_scale[i] = p.inv2s2[b] * LogitUnit<T>::kPerNat;
     } else {
       mt.q_base[i] = -1;
       mt.q_b[i] = -1;
@@ -135,23 +136,64 @@ __device__ void load_queries(Meta<T, CMAX, TQ, TK>& mt, const PatchParams<T>& p,
   }
 }
 
+// n / d for a divisor fixed per block, d in [1, 2^31), and n in [0, 2^31), without a division
+// instruction sequence: q = (umulhi(n, m) + n) >> s with s = ceil(log2 d) and
+// m = floor(2^32 (2^s - d) / d) + 1 (Granlund and Montgomery's round-up method; the sum does not
+// overflow since umulhi(n, m) <= n < 2^31).
+struct FastDiv {
+  uint32_t d, m;
+  int s;
+  __device__ explicit FastDiv(uint32_t div) : d(div), s(0) {
+    while ((uint64_t(1) << s) < d) ++s;
+    m = static_cast<uint32_t>(((uint64_t(1) << 32) * ((uint64_t(1) << s) - d)) / d + 1);
+  }
+  __device__ __forceinline__ uint32_t operator()(uint32_t n) const { return (__umulhi(n, m) + n) >> s; }
+};
+
+// k / d in 64 bits (a long software routine), out of line: keys beyond 2^31 in one group.
+inline __device__ CF_NOINLINE int64_t div_s64(int64_t k, int64_t d) { return k / d; }
+
+// Key id k of a group -> image mu and row, column of its centre (k = (mu*nrk + r'-rlo)*nck + c'-clo),
+// with the divisions by nrk * nck and nck prepared once per block (both <= H * W < 2^31).
+struct KeyIndex {
+  FastDiv per, nck;
+  int rlo, clo;
+  __device__ explicit KeyIndex(const GroupInfo& g)
+      : per(static_cast<uint32_t>(g.nrk * g.nck)), nck(static_cast<uint32_t>(g.nck)),
+        rlo(static_cast<int>(g.rlo)), clo(static_cast<int>(g.clo)) {}
+  __device__ __forceinline__ void operator()(int64_t k, int64_t& mu, int& r, int& c) const {
+    uint32_t rem;
+    if (k < (int64_t(1) << 31)) {
+      const uint32_t ku = static_cast<uint32_t>(k), q = per(ku);
+      mu = q;
+      rem = ku - q * per.d;
+    } else {
+      mu = div_s64(k, per.d);  // sass: cold
+      rem = static_cast<uint32_t>(k - mu * per.d);  // sass: cold
+    }
+    const uint32_t rr = nck(rem);
+    r = rlo + static_cast<int>(rr);
+    c = clo + static_cast<int>(rem - rr * nck.d);
+  }
+};
+
 template <typename T, int CMAX, int TQ, int TK>
-__device__ void load_keys(Meta<T, CMAX, TQ, TK>& mt, const PatchParams<T>& p, const GroupInfo& g, int64_t kstart,
+__device__ void load_keys(Meta<T, CMAX, TQ, TK>& mt, const PatchParams<T>& p, const KeyIndex& kx, int64_t kstart,
                           int64_t kend, const AxisPatch& ar, const AxisPatch& ac) {
   const int64_t HW = static_cast<int64_t>(p.H) * p.W;
   for (int i = threadIdx.x; i < TK; i += blockDim.x) {  // sass: trips=TK/THREADS
     const int64_t k = kstart + i;
     if (k < kend) {
-      const int64_t per = g.nrk * g.nck;
-      const int64_t mu = k / per, rem = k - mu * per;
-      const int r = static_cast<int>(g.rlo + rem / g.nck), c = static_cast<int>(g.clo + rem % g.nck);
+      int64_t mu;
+      int r, c;
+      kx(k, mu, r, c);
       const int corner = patch_corner(r, c, ar, ac);
       mt.k_base[i] = corner >= 0 ? mu * p.C * HW + corner : -1;
       mt.k_mu[i] = static_cast<int>(mu);
       mt.k_r[i] = r;
       mt.k_c[i] = c;
       const int64_t pix = static_cast<int64_t>(r) * p.W + c;
-      mt.k_logw[i] = p.logw != nullptr ? p.logw[mu * HW + pix] : T(0);
+      mt.k_logw[i] = p.logw != nullptr ? p.logw[mu * HW + pix] * LogitUnit<T>::kPerNat : T(0);
 #pragma unroll
       for (int ch = 0; ch < CMAX; ++ch)
         mt.k_centre[ch][i] = ch < p.C ? p.data[(mu * p.C + ch) * HW + pix] : T(0);
@@ -188,6 +230,76 @@ __device__ void load_query_patches(T* Qs, const Meta<T, CMAX, TQ, TK>& mt, const
   for (int e = threadIdx.x; e < p.D * TQ; e += blockDim.x) Qs[e] = query_entry(mt, p, ar, ac, e % TQ, e / TQ);
 }
 
+// Entries [d0, d0 + n) of key `k`'s patch into Ks[(d - d0) * ldk + k] through gather() (a
+// patch across the border), or zeros for a padding key; thread t does entries t / TK + i * STEP.
+template <typename T, int CMAX, int TQ, int TK>
+__device__ void load_key_entries_slow(T* Ks, int ldk, const Meta<T, CMAX, TQ, TK>& mt, const PatchParams<T>& p,
+                                      const AxisPatch& ar, const AxisPatch& ac, int k, int d0, int n, bool scale) {
+  constexpr int STEP = kThreads / TK;
+  const int mu = mt.k_mu[k];
+  const T* img = p.data + static_cast<int64_t>(mu) * p.C * p.H * p.W;
+  const int4* dtab = reinterpret_cast<const int4*>(p.dtab);
+  // (cold in the interior group counted, where every call site is; tagged here too because the
+  // line table loses the call site of some of its instructions)
+  for (int dd = threadIdx.x / TK; dd < n; dd += STEP) {  // sass: cold; trips=D/LSTEP
+    const T v = mu >= 0 ? gather(img, __ldg(dtab + d0 + dd), mt.k_r[k], mt.k_c[k], ar, ac, p.H, p.W, scale)  // sass: cold
+                        : T(0);  // sass: cold
+    Ks[dd * ldk + k] = v;  // sass: cold
+  }
+}
+
+// Entries [d0, d0 + n) of ROWS patches lying inside their images into X[(d - d0) * ROWS + i]
+// (layout "dm"): patch i of the calling thread is i = t % ROWS, its first entry at src (the
+// patch corner), its entries t / ROWS + j * STEP. One offset load, one address and one data load
+// per entry, four entries per iteration.
+template <typename T, int ROWS>
+__device__ __forceinline__ void load_range_inside(T* X, const T* src, const int* doff, int d0, int n) {
+  constexpr int STEP = kThreads / ROWS;
+  static_assert(kThreads % ROWS == 0, "patch-range mapping");
+  CF_OPAQUE_PTR(src);
+  const int first = threadIdx.x / ROWS;         // the thread's entries: first + j * STEP
+  const int cnt = (n - first + STEP - 1) / STEP;  // how many (0 when first >= n)
+  const int* dp = doff + d0 + first;
+  CF_OPAQUE_PTR(dp);
+  T* xp = X + threadIdx.x;  // entry first + j * STEP of patch t % ROWS is at X[t + j * kThreads]
+  int j = cnt;
+#pragma unroll 1
+  for (; j >= 4; j -= 4, dp += 4 * STEP, xp += 4 * kThreads) {  // sass: trips=LMAIN
+#pragma unroll
+    for (int u = 0; u < 4; ++u) xp[u * kThreads] = __ldg(src + __ldg(dp + u * STEP));
+  }
+#pragma unroll 1
+  for (; j > 0; --j, dp += STEP, xp += kThreads) *xp = __ldg(src + __ldg(dp));  // sass: trips=LREM
+}
+
+// Entries [d0, d0 + n) of the weighted patches of the block's queries (into Qs) or of the tile's
+// keys (into Ks), layout "dm" with leading dimension TQ / TK: the forward's ranges of up to
+// Cfg<T>::DQ entries (all of them when D <= DQ: no chunk loop, no padded entries).
+template <typename T, int CMAX, int TQ, int TK>
+__device__ __forceinline__ void load_query_range(T* Qs, const Meta<T, CMAX, TQ, TK>& mt, const PatchParams<T>& p,
+                                                 const AxisPatch& ar, const AxisPatch& ac, int d0, int n) {
+  const int row = threadIdx.x % TQ;
+  const int64_t base = mt.q_base[row];
+  if (base >= 0) {
+    load_range_inside<T, TQ>(Qs, p.z + base, p.doff, d0, n);
+  } else {
+    // a padding row, or a patch across the border (edge groups; cold in the interior group counted)
+    constexpr int STEP = kThreads / TQ;
+    for (int dd = threadIdx.x / TQ; dd < n; dd += STEP) Qs[dd * TQ + row] = query_entry(mt, p, ar, ac, row, d0 + dd);  // sass: cold; trips=D/LSTEP
+  }
+}
+
+template <typename T, int CMAX, int TQ, int TK>
+__device__ __forceinline__ void load_key_range(T* Ks, const Meta<T, CMAX, TQ, TK>& mt, const PatchParams<T>& p,
+                                               const AxisPatch& ar, const AxisPatch& ac, int d0, int n) {
+  const int k = threadIdx.x % TK;
+  const int64_t base = mt.k_base[k];
+  if (base >= 0)
+    load_range_inside<T, TK>(Ks, p.data + base, p.doff, d0, n);
+  else  // a padding key, or a patch across the border (edge groups; cold in the interior group counted)
+    load_key_entries_slow(Ks, TK, mt, p, ar, ac, k, d0, n, true);  // sass: cold
+}
+
 // Chunk [d0, d0+DK) of the query patches into Qs and of the key patches into Ks.
 // Layout "dm" (CUDA-core path): X[dd * ld + row]; layout "md" (tensor-core path): X[row * ld + dd].
 template <typename T, int CMAX, int TQ, int TK, int DK, bool ROW_MAJOR>
@@ -205,32 +317,29 @@ __device__ void load_chunk(T* Qs, T* Ks, int ldq, int ldk, const Meta<T, CMAX, T
   }
   if constexpr (!ROW_MAJOR) {
     // Layout "dm" with blockDim.x == kThreads: thread t always loads key t % TK (its metadata
-    // read once per chunk), entries t / TK + i * (kThreads / TK).
+    // read once per chunk), entries t / TK + i * (kThreads / TK). The padded entries of the
+    // last chunk are not written: this layout's readers skip them.
     static_assert(kThreads % TK == 0 && (DK * TK) % kThreads == 0, "key-chunk mapping");
     constexpr int STEP = kThreads / TK;
-    const int k = threadIdx.x % TK, dd0 = threadIdx.x / TK, mu = mt.k_mu[k];
+    const int k = threadIdx.x % TK, dd0 = threadIdx.x / TK;
     const int64_t base = mt.k_base[k];
-    if (base >= 0 && d0 + DK <= p.D) {
-      // A whole chunk of a patch inside its image: one offset load and one data load per entry.
-      const T* kp = p.data + base;                 // sass: weight=FULL/NCHUNK
-      const int* dp = p.doff + d0 + dd0;           // sass: weight=FULL/NCHUNK
+    if (base >= 0) {
+      // A patch inside its image: one offset load, one address and one data load per entry.
+      const T* kp = p.data + base;
+      CF_OPAQUE_PTR(kp);
+      const int* dp = p.doff + d0;
+      if (d0 + DK <= p.D) {
 #pragma unroll
-      for (int i = 0; i < DK / STEP; ++i)
-        Ks[(dd0 + i * STEP) * ldk + k] = kp[__ldg(dp + i * STEP)];  // sass: weight=FULL/NCHUNK
-    } else {
-#pragma unroll
-      for (int i = 0; i < DK / STEP; ++i) {
-        const int dd = dd0 + i * STEP, d = d0 + dd;  // sass: weight=PARTC
-        T v = T(0);
-        if (d < p.D && mu >= 0) {  // sass: weight=PARTC
-          if (base >= 0)
-            v = p.data[base + __ldg(p.doff + d)];  // sass: weight=PARTC*REM/DK
-          else  // a patch across the border (edge groups; cold in the interior group counted)
-            v = gather(p.data + mu * CHW, __ldg(dtab + d), mt.k_r[k], mt.k_c[k],  // sass: cold
-                       ar, ac, p.H, p.W, scale_k);
-        }
-        Ks[dd * ldk + k] = v;  // sass: weight=PARTC
+        for (int i = 0; i < DK / STEP; ++i)
+          Ks[(dd0 + i * STEP) * ldk + k] = __ldg(kp + __ldg(dp + dd0 + i * STEP));  // sass: weight=FULL/NCHUNK
+      } else {
+#pragma unroll 1
+        for (int dd = dd0; dd < p.D - d0; dd += STEP)  // sass: weight=PARTC; trips=REM/LSTEP
+          Ks[dd * ldk + k] = __ldg(kp + __ldg(dp + dd));  // sass: weight=PARTC
       }
+    } else {
+      // a padding key, or a patch across the border (edge groups; cold in the interior group counted)
+      load_key_entries_slow(Ks, ldk, mt, p, ar, ac, k, d0, p.D - d0 < DK ? p.D - d0 : DK, scale_k);  // sass: cold
     }
   } else {
     for (int e = threadIdx.x; e < DK * TK; e += blockDim.x) {  // sass: trips=DK*TK/THREADS
@@ -253,29 +362,58 @@ __device__ void load_chunk(T* Qs, T* Ks, int ldq, int ldk, const Meta<T, CMAX, T
 // acc[i][j] += sum over the chunk's entries dd < n of (q_dd - k_dd)^2 for the thread's RM x RN
 // micro-tile. PARTIAL: the last chunk, whose entries n .. DK-1 are padding (zeros on both
 // sides, which would add exact zeros): they are skipped (a uniform branch per entry).
+// acc[i][j] += (q_d - k_d)^2 of entry d for the thread's RM x RN micro-tile (Qs, Ks: layout "dm").
+template <typename T, int RM, int RN, int TQ, int TK>
+__device__ __forceinline__ void accumulate_entry(T (&acc)[RM][RN], const T* Qs, const T* Ks, int tx, int ty, int d) {
+  T qv[RM], kv[RN];
+#pragma unroll
+  for (int i = 0; i < RM; ++i) qv[i] = Qs[d * TQ + ty * RM + i];
+#pragma unroll
+  for (int j = 0; j < RN; ++j) kv[j] = Ks[d * TK + tx * RN + j];
+#pragma unroll
+  for (int i = 0; i < RM; ++i)
+#pragma unroll
+    for (int j = 0; j < RN; ++j) {
+      const T t = qv[i] - kv[j];
+      acc[i][j] = fma(t, t, acc[i][j]);
+    }
+}
+
+// acc[i][j] += sum over the chunk's entries dd < n of (q_dd - k_dd)^2 for the thread's RM x RN
+// micro-tile. PARTIAL: the last chunk, whose entries n .. DK-1 are padding (zeros on both
+// sides, which would add exact zeros): they are skipped (a uniform branch per entry).
 template <typename T, int RM, int RN, int TQ, int TK, int DK, bool PARTIAL>
 __device__ __forceinline__ void accumulate_chunk(T (&acc)[RM][RN], const T* Qs, const T* Ks, int tx, int ty, int n) {
 #pragma unroll
   for (int dd = 0; dd < DK; ++dd) {
     if (PARTIAL && dd >= n) break;
-    T qv[RM], kv[RN];
-#pragma unroll
-    for (int i = 0; i < RM; ++i) qv[i] = Qs[dd * TQ + ty * RM + i];
-#pragma unroll
-    for (int j = 0; j < RN; ++j) kv[j] = Ks[dd * TK + tx * RN + j];
-#pragma unroll
-    for (int i = 0; i < RM; ++i)
-#pragma unroll
-      for (int j = 0; j < RN; ++j) {
-        const T t = qv[i] - kv[j];
-        acc[i][j] = fma(t, t, acc[i][j]);
-      }
+    accumulate_entry<T, RM, RN, TQ, TK>(acc, Qs, Ks, tx, ty, dd);
   }
 }
 
-// Distance tile on CUDA cores: St[k * LDS + q] = sum_d (q_d - k_d)^2 (weights folded in).
-// q_resident: Qs holds the whole query patches (load_query_patches), only keys are gathered.
-template <typename T, int CMAX, int TQ, int TK, int DK, int LDS>
+// acc += sum over entries [0, n) of (q_d - k_d)^2 (Qs, Ks: layout "dm"), eight entries per iteration.
+template <typename T, int RM, int RN, int TQ, int TK>
+__device__ __forceinline__ void accumulate_range(T (&acc)[RM][RN], const T* Qs, const T* Ks, int tx, int ty, int n) {
+  const T* qp = Qs + ty * RM;  // walk the entries
+  const T* kp = Ks + tx * RN;
+  const T* const kend = Ks + n * TK;
+#pragma unroll 1
+  for (; kp + 7 * TK < kend; qp += 8 * TQ, kp += 8 * TK) {  // sass: trips=AMAIN
+#pragma unroll
+    for (int u = 0; u < 8; ++u) accumulate_entry<T, RM, RN, TQ, TK>(acc, qp, kp, 0, 0, u);
+  }
+#pragma unroll 1
+  for (; kp < kend; qp += TQ, kp += TK) accumulate_entry<T, RM, RN, TQ, TK>(acc, qp, kp, 0, 0, 0);  // sass: trips=AREM
+}
+
+// Distance tile on CUDA cores, sum_d (q_d - k_d)^2 (weights folded in), entries in increasing d
+// on every path (so every path gives the same bits). Output layout: QMAJOR, St[q * LDS + k] (the
+// forward's epilogue reads a query's consecutive keys with vector loads); else St[k * LDS + q].
+// q_resident: Qs holds the whole query patches (load_query_patches).
+// WIDE (the forward): entries in ranges of DW = Cfg<T>::DQ (Qs and Ks hold TQ x DW and TK x DW),
+// one range when D <= DW, no padded entries; St may alias Ks (it is written after the last read
+// of Ks, behind a barrier). Otherwise (the backward) chunks of DK entries.
+template <typename T, int CMAX, int TQ, int TK, int DK, int LDS, bool QMAJOR, bool WIDE>
 __device__ void distance_tile_simt(T* St, T* Qs, T* Ks, const Meta<T, CMAX, TQ, TK>& mt, const PatchParams<T>& p,
                                    const AxisPatch& ar, const AxisPatch& ac, bool q_resident) {
   constexpr int RM = TQ / 16, RN = TK / 16;
@@ -285,20 +423,37 @@ __device__ void distance_tile_simt(T* St, T* Qs, T* Ks, const Meta<T, CMAX, TQ, 
   for (int i = 0; i < RM; ++i)
 #pragma unroll
     for (int j = 0; j < RN; ++j) acc[i][j] = T(0);
-  for (int d0 = 0; d0 < p.D; d0 += DK) {  // sass: trips=NCHUNK
-    load_chunk<T, CMAX, TQ, TK, DK, false>(Qs, Ks, TQ, TK, mt, p, ar, ac, d0, !q_resident, true);
-    __syncthreads();
-    const T* Qc = q_resident ? Qs + d0 * TQ : Qs;
-    if (d0 + DK <= p.D)
-      accumulate_chunk<T, RM, RN, TQ, TK, DK, false>(acc, Qc, Ks, tx, ty, DK);  // sass: weight=FULL/NCHUNK
-    else
-      accumulate_chunk<T, RM, RN, TQ, TK, DK, true>(acc, Qc, Ks, tx, ty, p.D - d0);  // sass: weight=PARTW
-    __syncthreads();
+  if constexpr (WIDE) {
+    constexpr int DW = Cfg<T>::DQ;
+    for (int d0 = 0; d0 < p.D; d0 += DW) {  // sass: trips=NWIDE
+      const int n = p.D - d0 < DW ? p.D - d0 : DW;
+      if (!q_resident) load_query_range(Qs, mt, p, ar, ac, d0, n);  // sass: weight=1-QRES
+      load_key_range(Ks, mt, p, ar, ac, d0, n);
+      __syncthreads();
+      accumulate_range<T, RM, RN, TQ, TK>(acc, q_resident ? Qs + d0 * TQ : Qs, Ks, tx, ty, n);
+      __syncthreads();
+    }
+  } else {
+    for (int d0 = 0; d0 < p.D; d0 += DK) {  // sass: trips=NCHUNK
+      load_chunk<T, CMAX, TQ, TK, DK, false>(Qs, Ks, TQ, TK, mt, p, ar, ac, d0, !q_resident, true);
+      __syncthreads();
+      const T* Qc = q_resident ? Qs + d0 * TQ : Qs;
+      if (d0 + DK <= p.D)
+        accumulate_chunk<T, RM, RN, TQ, TK, DK, false>(acc, Qc, Ks, tx, ty, DK);  // sass: weight=FULL/NCHUNK
+      else
+        accumulate_chunk<T, RM, RN, TQ, TK, DK, true>(acc, Qc, Ks, tx, ty, p.D - d0);  // sass: weight=PARTW
+      __syncthreads();
+    }
   }
 #pragma unroll
   for (int i = 0; i < RM; ++i)
 #pragma unroll
-    for (int j = 0; j < RN; ++j) St[(tx * RN + j) * LDS + ty * RM + i] = acc[i][j];
+    for (int j = 0; j < RN; ++j) {
+      if constexpr (QMAJOR)
+        St[(ty * RM + i) * LDS + tx * RN + j] = acc[i][j];
+      else
+        St[(tx * RN + j) * LDS + ty * RM + i] = acc[i][j];
+    }
   __syncthreads();
 }
 
@@ -322,7 +477,7 @@ __device__ CF_NOINLINE T direct_distance(const Meta<T, CMAX, TQ, TK>& mt, const 
   return acc;
 }
 
-// Cross-term tile on tensor cores (float only, sm_80+): St[k * LDS + q] = <q, k> in tf32 with
+// Cross-term tile on tensor cores (float only, sm_80+): St[q * LDS + k] = <q, k> in tf32 with
 // fp32 accumulation; qn[q] = |q|^2 and kn[k] = |k|^2 in fp32 from the unrounded values.
 template <int CMAX, int LDS>
 __device__ void cross_tile_tf32(float* St, float* Qs, float* Ks, float* qn, float* kn,
@@ -368,9 +523,9 @@ __device__ void cross_tile_tf32(float* St, float* Qs, float* Ks, float* qn, floa
     }
     __syncthreads();
   }
-  // Column-major store: element (query i, key j) of a 16x16 block lands at St[(key) * LDS + query].
-  wmma::store_matrix_sync(St + wc * 16 * LDS + wr * 16, c0, LDS, wmma::mem_col_major);
-  wmma::store_matrix_sync(St + (wc + 1) * 16 * LDS + wr * 16, c1, LDS, wmma::mem_col_major);
+  // Row-major store: element (query i, key j) lands at St[query * LDS + key].
+  wmma::store_matrix_sync(St + wr * 16 * LDS + wc * 16, c0, LDS, wmma::mem_row_major);
+  wmma::store_matrix_sync(St + wr * 16 * LDS + (wc + 1) * 16, c1, LDS, wmma::mem_row_major);
   if (threadIdx.x < TQ)
     qn[threadIdx.x] = norm;
   else if (threadIdx.x < TQ + TK)
@@ -385,18 +540,26 @@ __device__ void cross_tile_tf32(float* St, float* Qs, float* Ks, float* qn, floa
 // Forward kernel.
 
 template <typename T, int CMAX, bool TF32>
-__global__ void __launch_bounds__(kThreads) forward_kernel(const PatchParams<T> p) {
+__global__ void __launch_bounds__(kThreads, TF32 || sizeof(T) != 4 ? 1 : CMAX == 1 ? 4 : 3) forward_kernel(const PatchParams<T> p) {
   constexpr int TQ = Cfg<T>::TQ, TK = Cfg<T>::TK, DK = Cfg<T>::DK;
   constexpr int PARTS = kThreads / TQ, KPT = TK / PARTS;
-  constexpr int LDS = TF32 ? TQ + 4 : TQ + 1;  // tf32: wmma needs a multiple of 4
-  constexpr int QS = TF32 ? TQ * (DK + 4) : TQ * Cfg<T>::DQ, KS = TF32 ? TK * (DK + 4) : TK * DK;
+  // St[q * LDS + k], query-major: a thread's KPT consecutive keys are read with 16-byte loads; the
+  // pad of 16 bytes per row keeps those loads (and wmma's row-major store) aligned and
+  // conflict-free.
+  constexpr int LDS = TK + 16 / static_cast<int>(sizeof(T));
+  constexpr int QS = TF32 ? TQ * (DK + 4) : TQ * Cfg<T>::DQ;
+  constexpr int KS = TF32 ? TK * (DK + 4) : TK * Cfg<T>::DQ;  // CUDA cores: ranges of DQ entries (distance_tile_simt)
+  constexpr int SK = TQ * LDS > KS ? TQ * LDS : KS;
   static_assert(!TF32 || (TQ == 64 && TK == 64), "the tf32 tiling is 64 x 64");
   static_assert(PARTS * TQ == kThreads && KPT * PARTS == TK, "epilogue mapping");
-  static_assert((3 + CMAX) * kThreads <= TK * LDS, "partial-state reduction reuses the distance tile");
+  static_assert((3 + CMAX) * kThreads <= TQ * LDS, "partial-state reduction reuses the distance tile");
 
-  __shared__ __align__(128) T St[TK * LDS];
+  // The distance tile and the key entries share one buffer: every path writes St after its last
+  // read of Ks, behind a barrier, and the next tile reloads Ks after the epilogue's barrier.
+  __shared__ __align__(128) T StKs[SK];
   __shared__ __align__(128) T Qs[QS];
-  __shared__ __align__(128) T Ks[KS];
+  T* const St = StKs;
+  T* const Ks = StKs;
   __shared__ T qn[TF32 ? TQ : 1], kn[TF32 ? TK : 1];
   __shared__ Meta<T, CMAX, TQ, TK> mt;
   __shared__ int64_t red_id[kThreads];
@@ -405,6 +568,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const PatchParams<T> 
   const GroupInfo g = p.groups[wi.group];
   const AxisPatch ar(p.P, p.H, p.boundary), ac(p.P, p.W, p.boundary);
   const int row = threadIdx.x % TQ, part = threadIdx.x / TQ;
+  const KeyIndex kx(g);
   const int64_t HW = static_cast<int64_t>(p.H) * p.W;
 
   load_queries(mt, p, g, wi.q0, ar, ac);
@@ -416,22 +580,21 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const PatchParams<T> 
   if (q_resident) load_query_patches(Qs, mt, p, ar, ac);  // ordered before use by the tile's first barrier
 
   for (int64_t kstart = wi.k0; kstart < wi.k1; kstart += TK) {  // sass: tile=TQ*TK/THREADS
-    load_keys(mt, p, g, kstart, wi.k1, ar, ac);
+    load_keys(mt, p, kx, kstart, wi.k1, ar, ac);
     __syncthreads();
     if constexpr (TF32) {
       cross_tile_tf32<CMAX, LDS>(St, Qs, Ks, qn, kn, mt, p, ar, ac);  // only instantiated for float
     } else {
-      distance_tile_simt<T, CMAX, TQ, TK, DK, LDS>(St, Qs, Ks, mt, p, ar, ac, q_resident);
+      distance_tile_simt<T, CMAX, TQ, TK, DK, LDS, true, true>(St, Qs, Ks, mt, p, ar, ac, q_resident);
     }
 
     // Online softmax over this thread's KPT keys of the tile.
     T lv[KPT];
     T lmax = neg_inf<T>();
-    int kbest = -1;
 #pragma unroll
     for (int j = 0; j < KPT; ++j) {
       const int k = part * KPT + j;
-      T dist = St[k * LDS + row];
+      T dist = St[row * LDS + k];
       if constexpr (TF32) {
         const T norms = qn[row] + kn[k];
         if (isfinite(norms)) {
@@ -449,19 +612,20 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const PatchParams<T> 
       // infinite, when every real key of the row is NaN or infinitely far too)
       const T l = -dist * scale + mt.k_logw[k];
       lv[j] = l;
-      if (l > lmax) {  // strict: the lowest key id wins ties (keys ascend within a thread)
-        lmax = l;
-        kbest = k;
-      }
+      lmax = fmax(lmax, l);  // a NaN logit is no maximum (as `l > lmax` would skip it)
     }
     // A new best or maximum is rare after the first tiles (cold for bench/sass_count.py).
     if (lmax > st.best) {
+      int kbest = part * KPT;  // sass: cold
+#pragma unroll
+      for (int j = KPT - 1; j >= 0; --j)
+        if (lv[j] == lmax) kbest = part * KPT + j;  // the lowest key id among ties (keys ascend); sass: cold
       st.best = lmax;  // sass: cold
       st.id = static_cast<int64_t>(mt.k_mu[kbest]) * HW +                     // sass: cold
               static_cast<int64_t>(mt.k_r[kbest]) * p.W + mt.k_c[kbest];  // sass: cold
     }
     if (lmax > st.m) {
-      const T r = fast_exp(st.m - lmax);  // exp(-inf) = 0 on the first finite logit; sass: cold
+      const T r = unit_exp(st.m - lmax);  // exp(-inf) = 0 on the first finite logit; sass: cold
       st.s *= r;                          // sass: cold
 #pragma unroll
       for (int c = 0; c < CMAX; ++c) st.acc[c] *= r;  // sass: cold
@@ -470,7 +634,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const PatchParams<T> 
     if (st.m > neg_inf<T>()) {
 #pragma unroll
       for (int j = 0; j < KPT; ++j) {
-        const T w = fast_exp(lv[j] - st.m);
+        const T w = unit_exp(lv[j] - st.m);
         st.s += w;
 #pragma unroll
         for (int c = 0; c < CMAX; ++c) st.acc[c] = fma(w, mt.k_centre[c][part * KPT + j], st.acc[c]);
@@ -536,7 +700,7 @@ __global__ void merge_kernel(const PatchParams<T> p, T* x0, T* lse, int64_t* bes
 #pragma unroll
   for (int ch = 0; ch < CMAX; ++ch)
     if (ch < p.C) x0[(static_cast<int64_t>(b) * p.C + ch) * HW + pix] = st.acc[ch] / st.s;
-  lse[idx] = st.m + log(st.s);
+  lse[idx] = st.m * LogitUnit<T>::kLn2 + log(st.s);  // the states' logits are in LogitUnit
   if (best != nullptr) best[idx] = st.id;
 }
 
@@ -545,7 +709,7 @@ __global__ void merge_kernel(const PatchParams<T> p, T* x0, T* lse, int64_t* bes
 // a_k = exp(l_k - lse) * (g . c_k - g . x0_hat).
 
 template <typename T, int CMAX>
-__global__ void __launch_bounds__(kThreads) backward_kernel(const PatchParams<T> p) {
+__global__ void __launch_bounds__(kThreads, 3) backward_kernel(const PatchParams<T> p) {
   constexpr int TQ = Cfg<T>::TQ, TK = Cfg<T>::TK, DK = Cfg<T>::DK;
   constexpr int PARTS = kThreads / TQ, KPT = TK / PARTS, LDS = TQ + 1;
   static_assert(DK % PARTS == 0, "A-pass mapping");
@@ -560,6 +724,7 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(const PatchParams<T>
   const GroupInfo g = p.groups[wi.group];
   const AxisPatch ar(p.P, p.H, p.boundary), ac(p.P, p.W, p.boundary);
   const int row = threadIdx.x % TQ, part = threadIdx.x / TQ;
+  const KeyIndex kx(g);
   const int64_t HW = static_cast<int64_t>(p.H) * p.W;
 
   load_queries(mt, p, g, wi.q0, ar, ac);
@@ -575,7 +740,7 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(const PatchParams<T>
     q_lse[i] = ok ? p.lse[b * HW + pix] : neg_inf<T>();
   }
   __syncthreads();
-  const T scale = mt.q_scale[row], lse_q = q_lse[row], gx0_q = q_gx0[row];
+  const T scale = mt.q_scale[row], lse_q = q_lse[row] * LogitUnit<T>::kPerNat, gx0_q = q_gx0[row];
   const bool live = mt.q_b[row] >= 0 && lse_q > neg_inf<T>();
   const bool q_resident = p.D <= Cfg<T>::DQ;
   if (q_resident) load_query_patches(Qs, mt, p, ar, ac);  // ordered before use by the tile's first barrier
@@ -586,9 +751,9 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(const PatchParams<T>
   T ssum = T(0);
 
   for (int64_t kstart = wi.k0; kstart < wi.k1; kstart += TK) {  // sass: tile=TQ*TK/THREADS
-    load_keys(mt, p, g, kstart, wi.k1, ar, ac);
+    load_keys(mt, p, kx, kstart, wi.k1, ar, ac);
     __syncthreads();
-    distance_tile_simt<T, CMAX, TQ, TK, DK, LDS>(St, Qs, Ks, mt, p, ar, ac, q_resident);
+    distance_tile_simt<T, CMAX, TQ, TK, DK, LDS, false, false>(St, Qs, Ks, mt, p, ar, ac, q_resident);
     // Coefficients a_k, in place of the distances.
 #pragma unroll
     for (int j = 0; j < KPT; ++j) {
@@ -599,7 +764,7 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(const PatchParams<T>
         T sdot = -gx0_q;
 #pragma unroll
         for (int ch = 0; ch < CMAX; ++ch) sdot = fma(gq[ch], mt.k_centre[ch][k], sdot);
-        a = fast_exp(l - lse_q) * sdot;
+        a = unit_exp(l - lse_q) * sdot;
       }
       St[k * LDS + row] = a;
       ssum += a;
@@ -609,15 +774,34 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(const PatchParams<T>
     for (int d0 = 0; d0 < p.D; d0 += DK) {  // sass: trips=NCHUNK
       load_chunk<T, CMAX, TQ, TK, DK, false>(Qs, Ks, TQ, TK, mt, p, ar, ac, d0, false, false);
       __syncthreads();
+      // The thread's entries dd = part + PARTS * s of the chunk, s < NS, in registers: each
+      // coefficient a[q, k] is loaded once for all of them (each sum still runs over k in order).
+      constexpr int NS = DK / PARTS;
+      if (d0 + DK <= p.D) {
+        T o[NS];
 #pragma unroll
-      for (int s = 0; s < DK / PARTS; ++s) {
-        const int dd = part + PARTS * s;
-        if (d0 + dd >= p.D) break;  // the last chunk's padding: nothing to write (uniform per warp)
-        T o = T(0);  // sass: weight=D/(NCHUNK*DK)
+        for (int s = 0; s < NS; ++s) o[s] = T(0);  // sass: weight=FULL/NCHUNK
+#pragma unroll 4
+        for (int k = 0; k < TK; ++k) {  // sass: trips=TK/4; weight=FULL/NCHUNK
+          const T a = St[k * LDS + row];  // sass: weight=FULL/NCHUNK
+#pragma unroll
+          for (int s = 0; s < NS; ++s) o[s] = fma(a, Ks[(part + PARTS * s) * TK + k], o[s]);  // sass: weight=FULL/NCHUNK
+        }
+        if (mt.q_b[row] >= 0) {
+#pragma unroll
+          for (int s = 0; s < NS; ++s) p.pA[e * p.D + d0 + part + PARTS * s] += o[s];  // sass: weight=FULL/NCHUNK
+        }
+      } else {
+#pragma unroll
+        for (int s = 0; s < NS; ++s) {
+          const int dd = part + PARTS * s;
+          if (d0 + dd >= p.D) break;  // the last chunk's padding: nothing to write (uniform per warp)
+          T o = T(0);  // sass: weight=PARTW
 #pragma unroll 8
-        for (int k = 0; k < TK; ++k)  // sass: trips=TK/8; weight=D/(NCHUNK*DK)
-          o = fma(St[k * LDS + row], Ks[dd * TK + k], o);  // sass: weight=D/(NCHUNK*DK)
-        if (mt.q_b[row] >= 0) p.pA[e * p.D + d0 + dd] += o;  // sass: weight=D/(NCHUNK*DK)
+          for (int k = 0; k < TK; ++k)  // sass: trips=TK/8; weight=PARTW
+            o = fma(St[k * LDS + row], Ks[dd * TK + k], o);  // sass: weight=PARTW
+          if (mt.q_b[row] >= 0) p.pA[e * p.D + d0 + dd] += o;  // sass: weight=PARTW
+        }
       }
       __syncthreads();
     }
