@@ -99,6 +99,21 @@ def test_twin_glyph_global_consistency():
     assert Mx.global_consistency(train.images)["twin"].all()
 
 
+def test_same_glyph_chance_by_hand_and_by_simulation():
+    # glyph frequencies over all samples: 0 x6, 1 x2, 2 x0 -> p = (3/4, 1/4, 0)
+    glyphs = [[0, 0], [0, 1], [0], [1, 0, 0], []]
+    p = np.array([6, 2, 0]) / 8
+    expected = ((p ** 2).sum() + (p ** 2).sum() + (p ** 3).sum()) / 3
+    assert Mx.same_glyph_chance(glyphs, 3) == pytest.approx(expected, rel=1e-12)
+    assert Mx.same_glyph_chance([[0, 1], [2, 3]], 4) == pytest.approx(0.25)
+    assert np.isnan(Mx.same_glyph_chance([[0], []], 4))
+    # independent draws from p match the chance rate
+    rng = np.random.default_rng(0)
+    draws = rng.choice(3, p=[0.5, 0.3, 0.2], size=(20000, 2))
+    same = (draws[:, 0] == draws[:, 1]).mean()
+    assert Mx.same_glyph_chance(draws.tolist(), 3) == pytest.approx(same, abs=0.01)
+
+
 def test_wilson_and_bootstrap_intervals():
     lo, hi = Mx.wilson_interval(0, 10)
     assert lo == 0.0 and hi == pytest.approx(0.2775, abs=1e-4)
