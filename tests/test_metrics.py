@@ -190,6 +190,31 @@ def test_sweep_and_analyze_cli(tmp_path, capsys):
     assert main(["analyze", str(tmp_path / "missing.npz")]) == 2
 
 
+def test_sweep_covers_pels_beta_and_attend_on(tmp_path, capsys):
+    from creativity_fast.cli import main
+
+    train = twin_glyphs(6, 11, 11, seed=0)
+    data = io.save_npz(tmp_path / "twin_glyphs_11x11.npz", train_images=train.images.numpy())
+    out = tmp_path / "sweep"
+    argv = ["sweep", "--data", str(data), "--machines", "els,pels", "--P", "5", "--beta", "0,2", "--attend-on",
+            "z,x0", "--steps", "2", "--seeds", "0-2", "--batch-size", "3", "--backend", "reference", "--no-progress",
+            "--no-heldout", "--attention-P", "3", "--out", str(out)]
+    assert main(argv) == 0
+    rows = json.loads((out / "sweep.json").read_text())["rows"]
+    assert [r["id"] for r in rows] == ["els_P5", "pels_P5_beta0_onz", "pels_P5_beta0_onx0", "pels_P5_beta2_onz",
+                                       "pels_P5_beta2_onx0"]
+    assert rows[0]["beta"] is None and rows[3]["beta"] == 2.0 and rows[4]["attend_on"] == "x0"
+    runs = {r["id"]: io.load_npz(out / "runs" / f"{r['id']}.npz")["samples"] for r in rows}
+    # beta = 0 is ELS whatever the attention source; beta = 2 is not
+    for pid in ("pels_P5_beta0_onz", "pels_P5_beta0_onx0"):
+        np.testing.assert_allclose(runs[pid], runs["els_P5"], atol=1e-5)
+    assert np.abs(runs["pels_P5_beta2_onz"] - runs["els_P5"]).max() > 1e-3
+    # ELS points keep their settings (no PELS keys), so older sweeps resume unchanged
+    assert "beta" not in json.loads(json.loads((out / "rows" / "els_P5.json").read_text())["settings"])
+    assert main(argv[:-2] + ["--attend-on", "y", "--out", str(tmp_path / "bad")]) == 2
+    assert "--attend-on must be" in capsys.readouterr().err
+
+
 def test_analyze_a_networks_samples(tmp_path, capsys):
     """`analyze --net PATH` samples the network (resumable file) and analyzes those samples."""
     import json
