@@ -13,10 +13,14 @@ seed per sample) with deterministic DDIM, 10 steps on the cosine VP schedule:
 - the trained networks of ``scripts/train_twin_glyph_nets.sh`` (``--nets``): the CNN, CNN + soft
   attention, CNN + top-1 attention, one row per training seed;
 - IS, ELS (P = 9, the CNN's receptive field), AELS (lam = 1, gamma = 0);
-- PELS (P = 9, attention patch 5, exclusion 5, partner window P2 = P) for every ``--betas`` and
+- PELS (P = 9, attention patch 5, exclusion 5, partner window P2 = P = 9) for every ``--betas`` and
   both ``attend_on`` values (beta = 0 is ELS exactly, and is run once).
 
-Tables (``table.md``, ``table.json``):
+Outputs in ``--out``: ``table.md``, ``table.json``, ``samples.png`` (the first 16 samples of every row,
+same seeds in every column), ``tradeoff.png`` (consistency against memorization and novelty) and ``samples_<row>.npz`` (the ``creativity-fast sample`` format).
+Networks whose folder still holds a ``last.pt`` (training in progress) are skipped.
+
+Tables:
 
 (a) global consistency: among samples with two or more detected glyphs, the fraction whose
     glyphs are all the same (Wilson 95% interval), beside the chance rate: the same fraction
@@ -49,6 +53,7 @@ from creativity_fast import io  # noqa: E402
 from creativity_fast.attention import AELSDenoiser  # noqa: E402,F401  (registers "aels")
 from creativity_fast.calibration import agreement  # noqa: E402
 from creativity_fast.data.synthetic import DEFAULT_ALPHABET  # noqa: E402
+from creativity_fast.figures import save_samples_by_machine  # noqa: E402
 from creativity_fast.metrics import analyze_samples, fraction_summary, same_glyph_chance  # noqa: E402
 from creativity_fast.nets import NetworkDenoiser, load_network  # noqa: E402
 from creativity_fast.registry import make_denoiser  # noqa: E402
@@ -97,10 +102,14 @@ def machine_rows(args) -> list[tuple[str, str, dict]]:
 
 
 def network_rows(nets: Path) -> list[tuple[str, Path]]:
-    """(label, model.pt) of every trained network found under ``nets``, CNN first."""
+    """(label, model.pt) of every finished network under ``nets``, CNN first (a folder that still holds a
+    ``last.pt`` is a run in progress, and is skipped)."""
     out = []
     for kind, name in NET_KINDS.items():
         for path in sorted(nets.glob(f"{kind}_seed*/model.pt")):
+            if (path.parent / "last.pt").exists():
+                print(f"skipped {path.parent}: training not finished", flush=True)
+                continue
             out.append((f"{name} s{path.parent.name.split('seed')[-1]}", path))
     return out
 
@@ -135,9 +144,9 @@ def agreement_tables(finals: dict, machines: list[str], nets: list[str]) -> dict
             if a != b:
                 r[(a, b)] = agreement(finals[b], finals[a])[0]
     cells = {f"{a} | {b}": median_summary(v) for (a, b), v in r.items()}
-    els = next(m for m in machines if m.startswith("ELS"))
+    els = next((m for m in machines if m.startswith("ELS")), None)
     tests = {}
-    for net in nets:
+    for net in nets if els is not None else ():
         for m in machines:
             if m.startswith("PELS"):
                 d = r[(m, net)] - r[(els, net)]
@@ -172,6 +181,8 @@ def markdown(rows, tables, machines, nets, config) -> str:
         lines.append(f"| {r['row']} | {r['n_two']} | {fmt_frac(r['same_given_two'])} | {r['chance']:.2f} | "
                      f"{fmt_frac(r['consistent'])} | {fmt_frac(r['no_glyph'])} | {fmt_frac(r['memorized'])} | "
                      f"{r['nn_relative']:.2f} |")
+    if not nets:
+        return "\n".join(lines) + "\n"
     lines += ["", "(b) Agreement from the same initial noise: median over seeds of the per-seed Pearson r between "
               "final images (bootstrap 95% interval).", "",
               "| row | " + " | ".join(nets) + " |", "|---|" + "---|" * len(nets)]
@@ -187,6 +198,40 @@ def markdown(rows, tables, machines, nets, config) -> str:
         lines.append(f"| {m.split(' vs ')[0]} | {net} | {fmt_median(t['difference'])} | "
                      f"{w['fraction']:.2f} [{w['ci'][0]:.2f}, {w['ci'][1]:.2f}] |")
     return "\n".join(lines) + "\n"
+
+
+def tradeoff_figure(rows: list[dict], path: Path) -> Path:
+    """Consistency against novelty: per row, the same-glyph rate among samples with >= 2 glyphs (x) against
+    the memorized fraction and the median NN distance relative to held-out images (y); PELS rows joined
+    along beta, one line per attend_on."""
+    from creativity_fast.figures import _pyplot
+
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    usable = [r for r in rows if r["same_given_two"] is not None]
+    for ax, key, label in ((axes[0], "memorized", "memorized fraction"),
+                           (axes[1], "nn_relative", "NN distance / held-out (novelty)")):
+        def y(r):
+            return r[key]["fraction"] if key == "memorized" else r[key]
+
+        for on in ("z", "x0"):
+            line = [r for r in usable if r["row"].startswith("PELS") and r["row"].endswith(f"on={on})")]
+            if line:
+                ax.plot([r["same_given_two"]["fraction"] for r in line], [y(r) for r in line], "o-",
+                        label=f"PELS on={on} (beta up)")
+                for r in line:
+                    ax.annotate(r["row"].split(",")[0].split("=")[1], (r["same_given_two"]["fraction"], y(r)),
+                                fontsize=7, xytext=(3, 3), textcoords="offset points")
+        for r in usable:
+            if not r["row"].startswith("PELS"):
+                ax.plot(r["same_given_two"]["fraction"], y(r), "s", label=f"{r['row']} (n={r['n_two']})")
+        ax.set_xlabel("same glyph | >= 2 glyphs (global consistency)")
+        ax.set_ylabel(label)
+    axes[1].legend(fontsize=6, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def main(argv=None) -> int:
@@ -229,6 +274,10 @@ def main(argv=None) -> int:
     config["torch"] = torch.__version__
     io.save_json(out / "table.json", {"config": config, "consistency": rows, "agreement": tables})
     (out / "table.md").write_text(markdown(rows, tables, machines, nets, config))
+    captions = {r["row"]: f"same|>=2 {r['same_given_two']['fraction']:.2f}" if r["same_given_two"] else "no pairs"
+                for r in rows}
+    save_samples_by_machine(finals, out / "samples.png", captions=captions)
+    tradeoff_figure(rows, out / "tradeoff.png")
     print((out / "table.md").read_text())
     return 0
 

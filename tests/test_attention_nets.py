@@ -165,3 +165,49 @@ def test_training_and_cli_with_attention(tmp_path, capsys):
                  "--threads", "1"]) == 0
     assert "finished at step 2/2" in capsys.readouterr().out
     assert load_network(out / MODEL_FILE)[1]["config"]["attention"] == "soft"
+
+
+def test_attention_experiment_script_runs_and_grows_without_resampling(tmp_path):
+    """scripts/attention_experiment.py on a tiny setting: tables, figures, and a larger --samples reuses
+    the seeds already sampled (the 512-sample command resumes)."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    import numpy as np
+
+    from creativity_fast import io
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("attention_experiment", root / "scripts" / "attention_experiment.py")
+    exp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(exp)
+    nets = tmp_path / "nets"
+    for kind, attention in (("cnn", None), ("top1", "top1")):
+        torch.manual_seed(0)
+        save_network(nets / f"{kind}_seed0" / "model.pt", _randomize(build_network(
+            _config(attention, 5, depth=2)), scale=0.05))
+    (nets / "soft_seed0").mkdir()
+    (nets / "soft_seed0" / "model.pt").write_bytes(b"")
+    (nets / "soft_seed0" / "last.pt").write_bytes(b"")  # a run in progress: skipped
+    out = tmp_path / "out"
+    argv = ["--out", str(out), "--nets", str(nets), "--n-train", "8", "--n-heldout", "4", "--betas", "0,1",
+            "--attend-on", "z", "--steps", "2", "--batch-size", "3", "--backend", "reference", "--no-progress"]
+    assert exp.main(argv + ["--samples", "3"]) == 0
+    table = json.loads((out / "table.json").read_text())
+    rows = [r["row"] for r in table["consistency"]]
+    assert rows == ["CNN s0", "CNN+top-1 attn s0", "IS", "ELS(P=9)", "AELS(lam=1, gamma=0)", "PELS(beta=1, on=z)"]
+    assert "PELS(beta=1, on=z) | CNN s0" in table["agreement"]["median_r"]
+    assert "PELS(beta=1, on=z) vs ELS(P=9) | CNN+top-1 attn s0" in table["agreement"]["pels_minus_els"]
+    for name in ("table.md", "samples.png", "tradeoff.png"):
+        assert (out / name).stat().st_size > 0
+    # mark the stored samples: a rerun that resampled them (deterministically) would erase the mark
+    path = out / "samples_pels_beta_1_on_z.npz"
+    arrays = io.load_npz(path)
+    arrays["samples"] = np.full_like(arrays["samples"], 0.123)
+    io.save_npz(path, **arrays)
+    assert exp.main(argv + ["--samples", "5"]) == 0
+    after = io.load_npz(path)
+    assert after["seeds"].tolist() == [0, 1, 2, 3, 4]
+    assert (after["samples"][:3] == np.float32(0.123)).all() and not (after["samples"][3:] == np.float32(0.123)).all()
+    assert json.loads((out / "table.json").read_text())["consistency"][0]["n"] == 5
