@@ -128,6 +128,9 @@ class TrainConfig:
         for name, choices in (("optimizer", OPTIMIZERS), ("lr_schedule", LR_SCHEDULES)):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {', '.join(choices)}; got {getattr(self, name)!r}")
+        if self.attention is None and self.attention_exclude != 0:
+            raise ValueError(f"attention_exclude={self.attention_exclude} needs an attention layer (attention='soft' "
+                             "or 'top1')")
         if self.attention is not None and self.arch != "resnet":
             raise ValueError(f"attention is an option of the resnet (a CNN plus one attention layer); arch is "
                              f"{self.arch!r}")

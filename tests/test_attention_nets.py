@@ -140,6 +140,8 @@ def test_bad_attention_options_get_clear_errors():
         ConvResNet(attention="soft", attention_exclude=-1)
     with pytest.raises(ValueError, match="keys a unet does not take: attention"):
         build_network(dict(arch="unet", attention="soft"))
+    with pytest.raises(ValueError, match="attention_exclude=3 needs an attention layer"):
+        TrainConfig(attention_exclude=3).check()
     with pytest.raises(ValueError, match="attention is an option of the resnet"):
         TrainConfig(arch="unet", attention="soft").check()
     net = build_network(_config("top1", 4))
