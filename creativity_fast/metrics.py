@@ -31,7 +31,7 @@ from .ops import patch_posterior_mean
 __all__ = [
     "MEMORIZATION_THRESHOLD", "nearest_neighbours", "memorization", "novelty", "compute_provenance",
     "provenance_summary", "local_consistency", "global_consistency", "wilson_interval",
-    "bootstrap_interval", "fraction_summary", "analyze_samples",
+    "bootstrap_interval", "fraction_summary", "analyze_samples", "same_glyph_chance",
 ]
 
 #: Gu et al.'s memorization rule: a sample is memorized when d(NN1) / d(NN2) < 1/3.
@@ -287,6 +287,27 @@ def global_consistency(samples: torch.Tensor, *, alphabet: Optional[int] = None,
             "summary": {"consistent": fraction_summary(consistent), "twin": fraction_summary(twin),
                         "mixed": fraction_summary(mixed), "no_glyph": fraction_summary(n == 0),
                         "glyph_count_histogram": hist}}
+
+
+def same_glyph_chance(glyphs, alphabet: int) -> float:
+    """Chance rate of "all glyphs the same" among samples with two or more glyphs.
+
+    ``glyphs``: per sample, the detected glyph ids (``find_glyphs``). With ``p_g`` the frequency of
+    glyph ``g`` among all detected glyphs of these samples, a sample with ``k >= 2`` glyphs drawn
+    independently from ``p`` is all-same with probability ``sum_g p_g^k``; the chance rate is the
+    mean of that over the samples with ``k >= 2`` (NaN when there are none). It is what the
+    same-glyph rate would be if the glyphs of one image were chosen without regard to each other,
+    with the row's own glyph frequencies (``1 / alphabet`` for two uniform glyphs).
+    """
+    counts = np.zeros(int(alphabet), dtype=np.float64)
+    for g in glyphs:
+        for gid in g:
+            counts[int(gid)] += 1
+    ks = [len(g) for g in glyphs if len(g) >= 2]
+    if not ks or counts.sum() == 0:
+        return float("nan")
+    p = counts / counts.sum()
+    return float(np.mean([(p ** k).sum() for k in ks]))
 
 
 # --------------------------------------------------------------------------- #

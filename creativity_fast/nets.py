@@ -9,6 +9,11 @@ the cosine VP schedule ``abar(t) = cos^2(pi t / 2.016)``:
 - ``SmallUNet``: a 3-level UNet (resolutions H, H/2, H/4) with one residual block
   per level and side, for comparison with a network of global receptive field.
 
+``ConvResNet(attention="soft" | "top1")`` is the same CNN plus ONE self-attention layer over all
+positions after its last residual block (``SelfAttention``; docs/attention.md): the attention
+layer's parameters are the only ones the baseline lacks, so a trained pair isolates what
+attention adds (docs/theory.md §3.7 is the closed-form optimum of the ``"top1"`` form).
+
 Both take ``(x_t [B,C,H,W], t [B], class_labels [B] or None)`` with
 ``x_t = sqrt(abar) x0 + sqrt(1-abar) eps`` and return ``eps_hat``. Time enters through a
 sinusoidal embedding and an MLP; a class-conditional network (``num_classes=K``) adds a
@@ -69,7 +74,7 @@ __all__ = [
     "ARCHITECTURES", "PADDINGS", "NORMS", "ConvResNet", "SmallUNet", "build_network", "NetworkDenoiser",
     "load_network", "load_checkpoint", "save_network", "network_checkpoint", "default_network_path",
     "vp_noise", "CHECKPOINT_FORMAT", "ACTIVATIONS", "EMBEDDINGS", "DOWNSAMPLES", "UPSAMPLES",
-    "PAPER_ARCHITECTURES", "paper_network_config", "check_class_labels",
+    "PAPER_ARCHITECTURES", "paper_network_config", "check_class_labels", "ATTENTIONS", "SelfAttention",
 ]
 
 CHECKPOINT_FORMAT = "creativity_fast.net"
@@ -81,6 +86,7 @@ ACTIVATIONS = ("silu", "relu")
 EMBEDDINGS = ("film", "add")
 DOWNSAMPLES = ("avg", "max")
 UPSAMPLES = ("nearest", "transpose")
+ATTENTIONS = ("soft", "top1")
 
 #: The paper's networks (Kamb & Ganguli 2025; docs/calibration.md "Networks as the paper"): no normalisation,
 #: ReLU, additive time (and class) embeddings; the ResNet has 8 3x3 convs (receptive field 17) at 256 channels,
@@ -246,6 +252,71 @@ class _Conditioning(nn.Module):
         return _ACTIVATION_FUNCTIONS[self.activation](e)
 
 
+class SelfAttention(nn.Module):
+    """One self-attention layer over all ``H*W`` positions, added residually: ``h + W_o (A V)``.
+
+    ``h [B, D, H, W]``; ``q, k, v = W_{q,k,v} norm(h)`` (1x1 convolutions, ``D`` channels each);
+    scores ``s_xy = <q_x, k_y> / sqrt(D)``, ``-inf`` for keys ``y`` closer to ``x`` than ``exclude``
+    in Chebyshev distance (``exclude = 0``: every key; the same rule as the machines' attention).
+
+    - ``mode="soft"``: ``A = softmax_y(s)``.
+    - ``mode="top1"``: ``A = onehot(argmax_y s)`` in the forward pass (lowest flat index on ties),
+      so each output position reads exactly one key's value; trained with the straight-through
+      estimator ``A = onehot + softmax(s) - stop_grad(softmax(s))``: the backward pass is the soft
+      layer's, the forward value is exactly the one-hot (``softmax - softmax`` is exactly 0).
+
+    ``W_o`` starts at zero, so at initialisation the network equals its CNN baseline.
+    """
+
+    def __init__(self, width: int, mode: str = "soft", norm: str = "group", exclude: int = 0):
+        super().__init__()
+        if mode not in ATTENTIONS:
+            raise ValueError(f"attention must be one of {', '.join(ATTENTIONS)}; got {mode!r}")
+        self.mode, self.exclude = mode, _check_int(exclude, "attention_exclude", 0)
+        self.norm = _norm(norm, width)
+        self.qkv = nn.Conv2d(width, 3 * width, 1)
+        self.proj = nn.Conv2d(width, width, 1)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def _key_mask(self, H: int, W: int, device) -> Optional[torch.Tensor]:
+        """``[HW, HW]`` bool, True where key ``y`` is admissible for query ``x`` (None: all are)."""
+        if self.exclude == 0:
+            return None
+        from .reference import _outside_exclusion
+        mask = _outside_exclusion(H, W, self.exclude, device)
+        if not bool(mask.any(1).all()):
+            raise ValueError(f"attention_exclude={self.exclude} leaves some query of a {H}x{W} image "
+                             "without any key; lower attention_exclude")
+        return mask
+
+    def scores(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scores ``s [B, HW, HW]`` (query rows, key columns) and values ``v [B, HW, D]``."""
+        B, D, H, W = h.shape
+        q, k, v = self.qkv(self.norm(h)).reshape(B, 3, D, H * W).transpose(2, 3).unbind(1)
+        s = q @ k.transpose(1, 2) / math.sqrt(D)
+        mask = self._key_mask(H, W, h.device)
+        return (s if mask is None else s.masked_fill(~mask, float("-inf"))), v
+
+    def weights(self, h: torch.Tensor) -> torch.Tensor:
+        """Attention weights ``A [B, HW, HW]`` as the forward pass uses them (rows sum to 1)."""
+        s, _ = self.scores(h)
+        return self._weights(s)
+
+    def _weights(self, s: torch.Tensor) -> torch.Tensor:
+        soft = torch.softmax(s, dim=-1)
+        if self.mode == "soft":
+            return soft
+        hard = F.one_hot(s.argmax(-1), s.shape[-1]).to(soft.dtype)
+        return hard + (soft - soft.detach())  # straight-through: forward hard, backward soft
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        B, D, H, W = h.shape
+        s, v = self.scores(h)
+        out = (self._weights(s) @ v).transpose(1, 2).reshape(B, D, H, W)
+        return h + self.proj(out)
+
+
 class ConvResNet(_Conditioning):
     """ResNet of ``depth`` 3x3 convolutions at constant ``width``: receptive field ``2*depth+1``.
 
@@ -257,14 +328,23 @@ class ConvResNet(_Conditioning):
     normalisation statistics see the whole image. ``norm="none"`` makes the network
     strictly local (exactly the receptive field above). ``activation``, ``embedding`` and
     ``num_classes`` as in the module doc; ``PAPER_ARCHITECTURES["resnet"]`` is the paper's.
+
+    ``attention``: None (the CNN), ``"soft"`` or ``"top1"``: one :class:`SelfAttention` layer
+    (keys closer than ``attention_exclude`` excluded) after the last residual block, before the
+    output convolution. It is built last, so under one ``torch.manual_seed`` every other parameter
+    starts equal to the baseline's.
     """
 
     def __init__(self, channels: int = 1, width: int = 32, depth: int = 8, padding: str = "zeros",
                  temb_dim: Optional[int] = None, norm: str = "group", activation: str = "silu",
-                 embedding: str = "film", num_classes: Optional[int] = None):
+                 embedding: str = "film", num_classes: Optional[int] = None, attention: Optional[str] = None,
+                 attention_exclude: int = 0):
         super().__init__()
         _check_config_values(channels=channels, width=width, depth=depth, padding=padding, min_depth=2, norm=norm,
                              activation=activation, embedding=embedding, num_classes=num_classes, temb_dim=temb_dim)
+        if attention is not None and attention not in ATTENTIONS:
+            raise ValueError(f"attention must be None or one of {', '.join(ATTENTIONS)}; got {attention!r}")
+        _check_int(attention_exclude, "attention_exclude", 0)
         temb_dim = int(temb_dim or width)
         self.channels, self.width, self.depth, self.padding, self.norm = channels, width, depth, padding, norm
         self.embedding = embedding
@@ -277,9 +357,13 @@ class ConvResNet(_Conditioning):
              for i in range((inner + 1) // 2)])
         self.norm_out = _norm(norm, width)
         self.conv_out = _conv3x3(width, channels, padding)
+        # built last: the baseline's parameters draw the same initial values under one seed
+        self.attention = attention
+        self.attn = None if attention is None else SelfAttention(width, attention, norm, attention_exclude)
 
     @property
     def receptive_field(self) -> int:
+        """Width of the convolutional receptive field (the attention layer, when present, adds the whole image)."""
         return 2 * self.depth + 1
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, class_labels=None) -> torch.Tensor:
@@ -288,6 +372,8 @@ class ConvResNet(_Conditioning):
         h = self.conv_in(x)
         for block in self.blocks:
             h = block(h, temb)
+        if self.attn is not None:
+            h = self.attn(h)
         return self.conv_out(_ACTIVATION_FUNCTIONS[self.activation](self.norm_out(h)))
 
 
@@ -377,12 +463,14 @@ def _check_config_values(*, channels, width, depth, padding, min_depth: int = 2,
 
 
 _COMMON_KEYS = ("channels", "width", "padding", "temb_dim", "norm", "activation", "embedding", "num_classes")
-_ARCH_KEYS = {"resnet": _COMMON_KEYS + ("depth",), "unet": _COMMON_KEYS + ("mults", "down", "up")}
+_ARCH_KEYS = {"resnet": _COMMON_KEYS + ("depth", "attention", "attention_exclude"),
+              "unet": _COMMON_KEYS + ("mults", "down", "up")}
 
 
 def build_network(config: dict) -> nn.Module:
     """Network from a config dict: ``{"arch": "resnet"|"unet", "channels", "width", "padding", "temb_dim", "norm",
-    "activation", "embedding", "num_classes"}`` plus ``"depth"`` (resnet) or ``"mults", "down", "up"`` (unet).
+    "activation", "embedding", "num_classes"}`` plus ``"depth"`` and optionally ``"attention"``
+    (None | "soft" | "top1") and ``"attention_exclude"`` (resnet), or ``"mults", "down", "up"`` (unet).
 
     A missing key takes the constructor's default (the original networks), so checkpoints written
     before an option existed rebuild unchanged. An unknown key is an error (a typo must not be ignored).
@@ -408,6 +496,8 @@ def network_config(net: nn.Module) -> dict:
                embedding=net.embedding, num_classes=net.num_classes)
     if isinstance(net, ConvResNet):
         cfg["depth"] = net.depth
+        if net.attn is not None:  # absent for the plain CNN: its config (and old checkpoints) unchanged
+            cfg.update(attention=net.attention, attention_exclude=net.attn.exclude)
     else:
         cfg.update(mults=list(net.mults), down=net.down, up=net.up)
     return cfg

@@ -75,6 +75,8 @@ class TrainConfig:
     mults: tuple = (1, 2, 2)      # unet: level widths / width
     down: str = "avg"             # unet: "avg" | "max" pooling
     up: str = "nearest"           # unet: "nearest" | "transpose"
+    attention: Optional[str] = None  # resnet: None (the CNN) | "soft" | "top1" (one final self-attention layer)
+    attention_exclude: int = 0    # resnet with attention: keys closer than this (Chebyshev) are not attended to
     steps: int = 1000             # total optimisation steps
     batch_size: int = 128
     optimizer: str = "adamw"      # "adamw" | "adam"
@@ -96,6 +98,8 @@ class TrainConfig:
                    activation=self.activation, embedding=self.embedding, num_classes=self.num_classes)
         if self.arch == "resnet":
             cfg["depth"] = self.depth
+            if self.attention is not None:
+                cfg.update(attention=self.attention, attention_exclude=self.attention_exclude)
         else:
             cfg.update(mults=list(self.mults), down=self.down, up=self.up)
         return cfg
@@ -124,6 +128,12 @@ class TrainConfig:
         for name, choices in (("optimizer", OPTIMIZERS), ("lr_schedule", LR_SCHEDULES)):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {', '.join(choices)}; got {getattr(self, name)!r}")
+        if self.attention is None and self.attention_exclude != 0:
+            raise ValueError(f"attention_exclude={self.attention_exclude} needs an attention layer (attention='soft' "
+                             "or 'top1')")
+        if self.attention is not None and self.arch != "resnet":
+            raise ValueError(f"attention is an option of the resnet (a CNN plus one attention layer); arch is "
+                             f"{self.arch!r}")
         build_network(self.network_config(1))  # architecture options checked before any data is read
         return self
 
@@ -230,7 +240,7 @@ def _read_log(path: Path, upto: int) -> list[str]:
 # Settings a resumed run must share with the checkpoint (others, e.g. steps or checkpoint_every, may change).
 # The optimiser recipe is included: a resumed run must continue the same learning-rate curve and EMA.
 _RESUME_KEYS = ("arch", "width", "depth", "padding", "norm", "activation", "embedding", "num_classes", "mults",
-                "down", "up", "batch_size", "seed", "optimizer", "lr", "lr_schedule", "lr_decay", "warmup",
+                "down", "up", "attention", "attention_exclude", "batch_size", "seed", "optimizer", "lr", "lr_schedule", "lr_decay", "warmup",
                 "weight_decay", "ema_decay", "grad_clip", "t_min")
 
 

@@ -116,30 +116,43 @@ def run_machine(label, name, options, args, train, data_path, sigmas, out: Path)
                            "eta": 0.0, "noise_schedule": "cosine", "data": str(data_path), "limit": None,
                            "class_label": None, "backend": args.backend, "data_name": "twin_glyphs",
                            "n_train": len(train), "experiment": "twin_glyphs"}, sort_keys=True)
-    path = out / f"samples_{slug(label)}.npz"
+    make = lambda: make_denoiser(name, train.images, backend=args.backend, record_stats=True, **options)  # noqa: E731
+    return sample_cached(slug(label), make, settings, args, train.image_shape, sigmas, out,
+                         patch_size=options.get("P", 1))
+
+
+def sample_cached(name: str, make, settings: str, args, shape_chw, sigmas, out: Path, *, patch_size: int = 1):
+    """Samples of seeds ``0 .. args.samples - 1`` from ``make()`` (a denoiser), kept in ``samples_<name>.npz``.
+
+    Seeds already in that file or in an interrupted run's partial file (same ``settings``) are
+    reused, so rerunning with a larger ``--samples`` only samples the new seeds, and a
+    rerun after an interruption loses at most one batch. Returns
+    ``(samples [n, C, H, W], provenance [n, H, W, 2] or None, seconds of sampling, path)``.
+    """
+    path = out / f"samples_{name}.npz"
     seeds = list(range(args.samples))
-    if path.exists():
-        arrays = io.load_npz(path)
-        if str(arrays["settings"]) == settings and len(arrays["seeds"]) == len(seeds):
-            prov = torch.from_numpy(arrays["provenance"]) if "provenance" in arrays else None
-            return torch.from_numpy(arrays["samples"]), prov, float(arrays.get("seconds", np.nan)), path
-    denoiser = make_denoiser(name, train.images, backend=args.backend, record_stats=True, **options)
-    partial = common.partial_results_path(out, slug(label))
-    done = common.load_partial(partial, settings)
-    start = time.perf_counter()
-    results = common.sample_images(denoiser, seeds, train.image_shape, sigmas, sampler="ddim", eta=0.0,
-                                   batch_size=args.batch_size, progress=not args.no_progress, done=done,
-                                   checkpoint=lambda r: common.save_partial(partial, r, settings))
-    seconds = time.perf_counter() - start
-    samples, provenance = common.stack_results(results, seeds)
-    arrays = dict(samples=samples.numpy(), seeds=np.array(seeds), settings=np.array(settings),
-                  sigmas=sigmas.numpy(), patch_sizes=np.array([options.get("P", 1)] * args.steps),
-                  seconds=np.array(seconds))
-    if provenance is not None:
-        arrays["provenance"] = provenance.numpy()
-    io.save_npz(path, **arrays)
-    common.remove_quietly(partial)
-    return samples, provenance, seconds, path
+    partial = common.partial_results_path(out, name)
+    done = {**common.load_partial(path, settings), **common.load_partial(partial, settings)}
+    seconds_before = float(io.load_npz(path).get("seconds", 0.0)) if path.exists() and done else 0.0
+    seconds = 0.0
+    if any(s not in done for s in seeds):
+        start = time.perf_counter()
+        done = common.sample_images(make(), seeds, shape_chw, sigmas, sampler="ddim", eta=0.0,
+                                    batch_size=args.batch_size, progress=not args.no_progress, done=done,
+                                    checkpoint=lambda r: common.save_partial(partial, r, settings))
+        seconds = time.perf_counter() - start
+        every = sorted(done)
+        all_samples, all_prov = common.stack_results(done, every)
+        arrays = dict(samples=all_samples.numpy(), seeds=np.array(every), settings=np.array(settings),
+                      sigmas=sigmas.numpy(), patch_sizes=np.array([patch_size] * (len(sigmas) - 1)),
+                      seconds=np.array(seconds_before + seconds))
+        if all_prov is not None:
+            arrays["provenance"] = all_prov.numpy()
+        io.save_npz(path, **arrays)
+        common.remove_quietly(partial)
+    samples, provenance = common.stack_results(done, seeds)
+    per_sample = (seconds_before + seconds) / max(1, len(done))
+    return samples, provenance, per_sample * len(seeds), path
 
 
 def fmt(summary: dict) -> str:

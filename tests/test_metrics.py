@@ -99,6 +99,21 @@ def test_twin_glyph_global_consistency():
     assert Mx.global_consistency(train.images)["twin"].all()
 
 
+def test_same_glyph_chance_by_hand_and_by_simulation():
+    # glyph frequencies over all samples: 0 x6, 1 x2, 2 x0 -> p = (3/4, 1/4, 0)
+    glyphs = [[0, 0], [0, 1], [0], [1, 0, 0], []]
+    p = np.array([6, 2, 0]) / 8
+    expected = ((p ** 2).sum() + (p ** 2).sum() + (p ** 3).sum()) / 3
+    assert Mx.same_glyph_chance(glyphs, 3) == pytest.approx(expected, rel=1e-12)
+    assert Mx.same_glyph_chance([[0, 1], [2, 3]], 4) == pytest.approx(0.25)
+    assert np.isnan(Mx.same_glyph_chance([[0], []], 4))
+    # independent draws from p match the chance rate
+    rng = np.random.default_rng(0)
+    draws = rng.choice(3, p=[0.5, 0.3, 0.2], size=(20000, 2))
+    same = (draws[:, 0] == draws[:, 1]).mean()
+    assert Mx.same_glyph_chance(draws.tolist(), 3) == pytest.approx(same, abs=0.01)
+
+
 def test_wilson_and_bootstrap_intervals():
     lo, hi = Mx.wilson_interval(0, 10)
     assert lo == 0.0 and hi == pytest.approx(0.2775, abs=1e-4)
@@ -173,6 +188,31 @@ def test_sweep_and_analyze_cli(tmp_path, capsys):
     assert metrics["inputs"]["provenance"].startswith("recomputed")
     assert (tmp_path / "bare_provenance.png").exists() and (tmp_path / "bare_nn_distances.png").exists()
     assert main(["analyze", str(tmp_path / "missing.npz")]) == 2
+
+
+def test_sweep_covers_pels_beta_and_attend_on(tmp_path, capsys):
+    from creativity_fast.cli import main
+
+    train = twin_glyphs(6, 11, 11, seed=0)
+    data = io.save_npz(tmp_path / "twin_glyphs_11x11.npz", train_images=train.images.numpy())
+    out = tmp_path / "sweep"
+    argv = ["sweep", "--data", str(data), "--machines", "els,pels", "--P", "5", "--beta", "0,2", "--attend-on",
+            "z,x0", "--steps", "2", "--seeds", "0-2", "--batch-size", "3", "--backend", "reference", "--no-progress",
+            "--no-heldout", "--attention-P", "3", "--out", str(out)]
+    assert main(argv) == 0
+    rows = json.loads((out / "sweep.json").read_text())["rows"]
+    assert [r["id"] for r in rows] == ["els_P5", "pels_P5_beta0_onz", "pels_P5_beta0_onx0", "pels_P5_beta2_onz",
+                                       "pels_P5_beta2_onx0"]
+    assert rows[0]["beta"] is None and rows[3]["beta"] == 2.0 and rows[4]["attend_on"] == "x0"
+    runs = {r["id"]: io.load_npz(out / "runs" / f"{r['id']}.npz")["samples"] for r in rows}
+    # beta = 0 is ELS whatever the attention source; beta = 2 is not
+    for pid in ("pels_P5_beta0_onz", "pels_P5_beta0_onx0"):
+        np.testing.assert_allclose(runs[pid], runs["els_P5"], atol=1e-5)
+    assert np.abs(runs["pels_P5_beta2_onz"] - runs["els_P5"]).max() > 1e-3
+    # ELS points keep their settings (no PELS keys), so older sweeps resume unchanged
+    assert "beta" not in json.loads(json.loads((out / "rows" / "els_P5.json").read_text())["settings"])
+    assert main(argv[:-2] + ["--attend-on", "y", "--out", str(tmp_path / "bad")]) == 2
+    assert "--attend-on must be" in capsys.readouterr().err
 
 
 def test_analyze_a_networks_samples(tmp_path, capsys):

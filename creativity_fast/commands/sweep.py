@@ -1,4 +1,4 @@
-"""``creativity-fast sweep``: a grid over machine, P, lam and gamma, with metrics per grid point.
+"""``creativity-fast sweep``: a grid over machine, P, lam, gamma, beta and attend_on, with metrics per grid point.
 
 For every grid point the samples are drawn from the same seeds (same initial noise),
 saved as ``runs/<point>.npz`` (the ``sample`` format, so ``analyze`` works on each), and
@@ -10,13 +10,15 @@ scored with the docs/theory.md §7 metrics. Outputs in ``--out``:
 Resumable: finished points are skipped on a rerun with the same settings (``rows/<point>.json``),
 and a point interrupted mid-way resumes from its last finished batch.
 Parameters that do not apply to a machine are collapsed: ``lam``/``gamma`` only vary for
-``aels``, ``P`` not for ``ideal`` or ``gaussian``.
+``aels``, ``beta``/``attend_on`` only for ``pels`` (docs/theory.md §3.7), ``P`` not for ``ideal``
+or ``gaussian``.
 """
 
 from __future__ import annotations
 
 import csv
 import io as _pyio
+import itertools
 import json
 import math
 import time
@@ -25,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import io
+from ..paired import ATTEND_ON
 from ..registry import get_machine, machine_names, make_denoiser
 from . import common
 from .analyze import glyph_alphabet, heldout_images, is_twin_glyphs
@@ -51,16 +54,20 @@ def _odd_ints(text: str) -> list[int]:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("sweep", help="grid over machine, P, lam, gamma: samples, metrics table and plots")
+    p = sub.add_parser("sweep", help="grid over machine, P, lam, gamma, beta, attend_on: samples, metrics table "
+                                     "and plots")
     common.add_data_options(p)
     g = p.add_argument_group("grid")
     g.add_argument("--machines", default="els,aels", help="comma list of machines (default: %(default)s)")
     g.add_argument("--P", default="3,5,7", help="comma list of patch sizes (default: %(default)s)")
     g.add_argument("--lam", default="0,1", help="AELS attention-prior strengths (default: %(default)s)")
     g.add_argument("--gamma", default="0,1", help="AELS sample-time attention strengths (default: %(default)s)")
+    g.add_argument("--beta", default="1", help="PELS partner-distance weights (default: %(default)s)")
+    g.add_argument("--attend-on", default="z", help="PELS attention source(s), comma list of z, x0 "
+                                                    "(default: %(default)s)")
     g.add_argument("--tau", type=float, default=None, help="AELS soft-attention temperature (default: top-1)")
-    g.add_argument("--attention-P", type=int, default=None, help="AELS attention patch size (default: P)")
-    g.add_argument("--exclude", type=int, default=None, help="AELS exclusion radius (default: attention P)")
+    g.add_argument("--attention-P", type=int, default=None, help="AELS/PELS attention patch size (default: P)")
+    g.add_argument("--exclude", type=int, default=None, help="AELS/PELS exclusion radius (default: attention P)")
     m = p.add_argument_group("machine")
     m.add_argument("--boundary", default="zeros", choices=("zeros", "circular"))
     m.add_argument("--keys", default="all", choices=("all", "valid"))
@@ -85,17 +92,23 @@ def grid(args) -> list[dict]:
     Ps, lams, gammas = _odd_ints(args.P), _floats(args.lam, "lam"), _floats(args.gamma, "gamma")
     if any(v < 0 for v in lams):
         raise ValueError(f"--lam values must be >= 0; got {args.lam!r}")
+    betas = _floats(args.beta, "beta")
+    if any(v < 0 for v in betas):
+        raise ValueError(f"--beta values must be >= 0; got {args.beta!r}")
+    sources = [v.strip() for v in str(args.attend_on).split(",") if v.strip()]
+    if not sources or any(v not in ATTEND_ON for v in sources):
+        raise ValueError(f"--attend-on must be a comma list of {', '.join(ATTEND_ON)}; got {args.attend_on!r}")
     points, seen = [], set()
     for machine in machines:
-        for P in Ps:
-            for lam in lams:
-                for gamma in gammas:
-                    point = {"machine": machine, "P": P if get_machine(machine).takes("P") else None,
-                             "lam": lam if machine == "aels" else None, "gamma": gamma if machine == "aels" else None}
-                    key = tuple(point.values())
-                    if key not in seen:
-                        seen.add(key)
-                        points.append(point)
+        aels, pels = machine == "aels", machine == "pels"
+        for P, lam, gamma, beta, source in itertools.product(Ps, lams, gammas, betas, sources):
+            point = {"machine": machine, "P": P if get_machine(machine).takes("P") else None,
+                     "lam": lam if aels else None, "gamma": gamma if aels else None,
+                     "beta": beta if pels else None, "attend_on": source if pels else None}
+            key = tuple(point.values())
+            if key not in seen:
+                seen.add(key)
+                points.append(point)
     return points
 
 
@@ -105,6 +118,8 @@ def point_id(point: dict) -> str:
         parts.append(f"P{point['P']}")
     if point["lam"] is not None:
         parts += [f"lam{point['lam']:g}", f"gamma{point['gamma']:g}"]
+    if point.get("beta") is not None:
+        parts += [f"beta{point['beta']:g}", f"on{point['attend_on']}"]
     return "_".join(parts).replace("-", "m")
 
 
@@ -113,6 +128,9 @@ def machine_options(point: dict, args, data) -> dict:
     opts: dict = {}
     if point["machine"] == "aels":
         opts.update(lam=point["lam"], gamma=point["gamma"], tau=args.tau, attention_P=args.attention_P,
+                    exclude=args.exclude)
+    if point["machine"] == "pels":
+        opts.update(beta=point["beta"], attend_on=point["attend_on"], attention_P=args.attention_P,
                     exclude=args.exclude)
     settings = dict(boundary=args.boundary, keys=args.keys, backend=args.backend, labels=data.labels,
                     class_label=common.class_label_of(args, data), record_stats=True)
@@ -125,6 +143,8 @@ def flatten_row(point: dict, summary: dict, seconds: float, glyphs: bool) -> dic
     mem = summary["memorization"]
     nov = summary["novelty"]
     row = dict(point)
+    # one plotted line per machine and attention source
+    row["series"] = point["machine"] + (f" on={point['attend_on']}" if point.get("attend_on") else "")
     row.update(id=point_id(point), n=summary["n_samples"], seconds=round(seconds, 2),
                memorized=mem["fraction"], memorized_lo=mem["ci95"][0], memorized_hi=mem["ci95"][1],
                nn_median=nov["sample"]["median"], nn_relative=nov.get("relative_median"))
@@ -144,7 +164,9 @@ def run_point(point, args, data, sigmas, seeds, out: Path, heldout, glyphs, alph
     from ..metrics import analyze_samples
 
     pid = point_id(point)
-    settings = json.dumps({**base_settings, **point, "machine": point["machine"], "id": pid,
+    # PELS keys only where they apply, so the settings (and resumes) of other machines' points are as before
+    shown = {k: v for k, v in point.items() if k not in ("beta", "attend_on") or v is not None}
+    settings = json.dumps({**base_settings, **shown, "machine": point["machine"], "id": pid,
                            "patch_schedule": str(point["P"] or 1), "tau": args.tau,
                            "attention_P": args.attention_P, "exclude": args.exclude}, sort_keys=True)
     row_path = out / "rows" / f"{pid}.json"
@@ -184,7 +206,7 @@ def run_point(point, args, data, sigmas, seeds, out: Path, heldout, glyphs, alph
 
 
 def write_table(rows: list[dict], out: Path, config: dict, glyphs: bool) -> list[Path]:
-    columns = ["id", "machine", "P", "lam", "gamma", "n", "memorized", "memorized_lo", "memorized_hi",
+    columns = ["id", "machine", "P", "lam", "gamma", "beta", "attend_on", "n", "memorized", "memorized_lo", "memorized_hi",
                "nn_median", "nn_relative", "local_consistency", "n_sources"]
     if glyphs:
         columns += ["consistent", "consistent_lo", "consistent_hi", "twin", "twin_lo", "twin_hi",
@@ -255,10 +277,10 @@ def run(args) -> int:
         metrics["consistent"] = "globally consistent"
         metrics["twin"] = "twin (>=2 same glyphs)"
         metrics["mixed"] = "mixed (>=2 different glyphs)"
-    params = [p for p in ("P", "lam", "gamma") if len({r.get(p) for r in rows if r.get(p) is not None}) > 1]
+    params = [p for p in ("P", "lam", "gamma", "beta") if len({r.get(p) for r in rows if r.get(p) is not None}) > 1]
     if not params:
         params = ["P"]
-    paths.append(plot_sweep(rows, params, metrics, out / "sweep.png"))
+    paths.append(plot_sweep(rows, params, metrics, out / "sweep.png", group="series"))
     print(f"{len(points)} grid points, {len(seeds)} samples each, {time.perf_counter() - start:.1f} s on {device}")
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0

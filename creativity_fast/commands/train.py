@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import torch
 
-from ..nets import ACTIVATIONS, ARCHITECTURES, DOWNSAMPLES, EMBEDDINGS, NORMS, PADDINGS, UPSAMPLES
+from ..nets import ACTIVATIONS, ARCHITECTURES, ATTENTIONS, DOWNSAMPLES, EMBEDDINGS, NORMS, PADDINGS, UPSAMPLES
 from ..training import LAST_CHECKPOINT, LR_SCHEDULES, OPTIMIZERS, PRESETS, TrainConfig, preset_config, train
 from . import common
 
 # (option dest, TrainConfig field) of every option a preset may set; their argparse default is None
 # so that "not given" (take the preset's value) differs from "given" (override it).
 _CONFIG_OPTIONS = ("arch", "width", "depth", "padding", "norm", "activation", "embedding", "mults", "down", "up",
+                   "attention", "attention_exclude",
                    "steps", "batch_size", "optimizer", "lr", "lr_schedule", "lr_decay", "warmup", "ema_decay",
                    "grad_clip", "seed", "checkpoint_every", "log_every")
 
@@ -62,6 +63,13 @@ def register(sub) -> None:
                    help="UNet level widths as multiples of --width; default: 1,2,2 (paper: 1,2,4)")
     g.add_argument("--down", default=None, choices=DOWNSAMPLES, help=f"UNet pooling; default: {d.down}")
     g.add_argument("--up", default=None, choices=UPSAMPLES, help=f"UNet up-sampling; default: {d.up}")
+    g.add_argument("--attention", default=None, choices=ATTENTIONS,
+                   help="ResNet: add one self-attention layer over all positions after the last block: soft "
+                        "(softmax) or top1 (one key per query, straight-through gradients); docs/attention.md. "
+                        "default: none (the CNN)")
+    g.add_argument("--attention-exclude", type=int, default=None, metavar="R",
+                   help="with --attention: keys within Chebyshev distance < R of the query are not attended to "
+                        f"(default: {d.attention_exclude}, every key)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--steps", type=int, default=None, help=f"total optimisation steps (default: {d.steps})")
     g.add_argument("--batch-size", type=int, default=None, help=f"default: {d.batch_size}")
