@@ -75,7 +75,7 @@ def _tool(name):
 @pytest.mark.skipif(_tool("nvcc") is None or _tool("nvdisasm") is None, reason="needs nvcc and nvdisasm")
 def test_counter_on_the_kernels():
     results = {r["case"]: r["instructions_per_pair"] for r in sass_count.run(only="forward fp32 C=1|backward fp32 C=1")}
-    # the work of the CUDA issue: 76 and 269 before (bench/RESULTS.md); the floor of direct
+    # the work of the CUDA issue: 76 and 269 before (bench/SASS.md); the floor of direct
     # differences is 2 D (18 and 98)
     assert 18 < results["forward fp32 C=1 P=3"] < 60
     assert 98 < results["forward fp32 C=1 P=7"] < 200
