@@ -57,9 +57,8 @@ from creativity_fast.figures import save_samples_by_machine  # noqa: E402
 from creativity_fast.metrics import analyze_samples, fraction_summary, same_glyph_chance  # noqa: E402
 from creativity_fast.nets import NetworkDenoiser, load_network  # noqa: E402
 from creativity_fast.registry import make_denoiser  # noqa: E402
-from creativity_fast.schedules import cosine_vp_sigmas  # noqa: E402
 from creativity_fast.stats import median_summary, win_fraction  # noqa: E402
-from twin_glyph_experiment import sample_cached, slug, write_data  # noqa: E402
+from twin_glyph_experiment import prepare, sample_cached, slug  # noqa: E402
 
 NET_KINDS = {"cnn": "CNN", "soft": "CNN+soft attn", "top1": "CNN+top-1 attn"}
 
@@ -236,12 +235,7 @@ def tradeoff_figure(rows: list[dict], path: Path) -> Path:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    data_path, train, held = write_data(out, args)
-    sigmas = cosine_vp_sigmas(args.steps)
+    out, data_path, train, held, sigmas = prepare(args)
     only = None if args.only is None else set(args.only.split(","))
     finals, rows, machines, nets = {}, [], [], []
     for label, path in network_rows(Path(args.nets)):

@@ -160,14 +160,19 @@ def fmt(summary: dict) -> str:
     return f"{summary['fraction']:.2f} [{lo:.2f}, {hi:.2f}]"
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def prepare(args):
+    """Threads, output folder, data and noise schedule of one run: (out, data_path, train, held, sigmas)."""
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     data_path, train, held = write_data(out, args)
-    sigmas = cosine_vp_sigmas(args.steps)
+    return out, data_path, train, held, cosine_vp_sigmas(args.steps)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    out, data_path, train, held, sigmas = prepare(args)
     kernel = has_kernel("cpu") and args.backend != "reference"
     rows, groups, total_start = [], {}, time.perf_counter()
     for label, name, options in machines(args):
