@@ -100,7 +100,7 @@ void forward_group(Unit<T>& u, FwdState<T>& st, int g, const PairedTerm<T>& pt) 
             const vd m = st.M[qrow + c];
             raise = raise | (vdi)(ARGMAX ? (l >= m) : (l > m));
             const vd x = l - m;
-            live += int(any_ge(x, pruneLo));
+            live += int(any_not_below(x, pruneLo));
             u.xbuf[j] = to_v<T>(x);
           }
           if (!any_nonzero(raise)) {
@@ -108,12 +108,13 @@ void forward_group(Unit<T>& u, FwdState<T>& st, int g, const PairedTerm<T>& pt) 
               // Peaked softmax (low noise): most keys would add exactly +0, so the
               // surviving ones are packed first and only they get exps. Same keys, same
               // order, same sums bit for bit; the pass pays off below half survivors.
+              // NaN logits survive, so they reach the sums as on every other path.
               int k = 0;
               for (int j = 0; j < n; ++j) {
                 const vd x = to_vd<T>(u.xbuf[j]);
                 u.xbuf[k] = u.xbuf[j];
                 u.cbuf[k] = clo + j;
-                k += int(any_ge(x, pruneLo));
+                k += int(any_not_below(x, pruneLo));
               }
               exp_accumulate(kr, qrow, k, [&](int j) { return u.cbuf[j]; });
             } else {

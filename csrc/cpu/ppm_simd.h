@@ -152,6 +152,10 @@ CF_AI bool any_gt(VecT<double>::v a, VecT<double>::v b) {
 CF_AI bool any_ge(VecT<double>::v a, VecT<double>::v b) {
   return _mm512_cmp_pd_mask((__m512d)a, (__m512d)b, _CMP_GE_OQ) != 0;
 }
+// Some lane not provably below b: >= b, or NaN (a NaN must reach the sums, not be pruned).
+CF_AI bool any_not_below(VecT<double>::v a, VecT<double>::v b) {
+  return _mm512_cmp_pd_mask((__m512d)a, (__m512d)b, _CMP_NLT_UQ) != 0;
+}
 #else
 template <class VI>
 CF_AI bool any_true(VI m) {
@@ -186,6 +190,11 @@ CF_AI bool any_gt(VV a, VV b) {
 template <class VV>
 CF_AI bool any_ge(VV a, VV b) {
   return any_true(a >= b);
+}
+// Some lane not provably below b: >= b, or NaN (a NaN must reach the sums, not be pruned).
+template <class VV>
+CF_AI bool any_not_below(VV a, VV b) {
+  return any_true(~(a < b));
 }
 #endif
 
