@@ -230,20 +230,13 @@ def policy_decision(z, data, sigma, P):
 def _forward(z, data, sigma, P, math="auto", verbose=False, argmax=False):
     import torch
 
-    old = {k: os.environ.get(k) for k in ("CREATIVITY_FAST_CUDA_MATH", "CREATIVITY_FAST_CUDA_VERBOSE")}
-    os.environ["CREATIVITY_FAST_CUDA_MATH"] = math
-    if verbose:
-        os.environ["CREATIVITY_FAST_CUDA_VERBOSE"] = "1"
-    try:
+    from creativity_fast.ops import environment
+
+    knobs = {"CREATIVITY_FAST_CUDA_MATH": math, **({"CREATIVITY_FAST_CUDA_VERBOSE": "1"} if verbose else {})}
+    with environment(**knobs):
         out = torch.ops.creativity_fast.patch_posterior_mean(z, data, sigma, P, "els", "zeros", "all", None, argmax)
         torch.cuda.synchronize()
         return out
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _stderr_of(fn) -> str:

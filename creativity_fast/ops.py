@@ -22,6 +22,8 @@ Operators (docs/theory.md §4):
 
 from __future__ import annotations
 
+import contextlib
+import os
 import warnings
 from typing import Optional, Union
 
@@ -76,6 +78,22 @@ def use_kernel(op: str, backend: str, device: Union[str, torch.device]) -> bool:
         raise ValueError(f"backend='kernel' but no compiled {op} kernel is available for {torch.device(device).type}"
                          + (f" (extension failed to load: {EXTENSION_ERROR})" if EXTENSION_ERROR else ""))
     return available
+
+
+@contextlib.contextmanager
+def environment(**values):
+    """The kernels' environment knobs (``CREATIVITY_FAST_*``, read per call) set for a ``with`` block, then restored."""
+    old = {k: os.environ.get(k) for k in values}
+    try:
+        for k, v in values.items():
+            os.environ[k] = str(v)
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def decode_best_key(best_key: torch.Tensor, H: int, W: int) -> torch.Tensor:

@@ -15,7 +15,6 @@ disk by torch under a name that hashes every header under csrc/, the source and 
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import os
@@ -23,6 +22,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from creativity_fast.ops import environment
 
 ROOT = Path(__file__).resolve().parents[1]
 CSRC = ROOT / "csrc"
@@ -145,17 +146,5 @@ def backend_runner(name: str):
     return EmulatorRunner(emulator_module())
 
 
-@contextlib.contextmanager
-def set_env(**values):
-    """Environment variables set for the duration of a ``with`` block (the operators read them per call)."""
-    old = {k: os.environ.get(k) for k in values}
-    try:
-        for k, v in values.items():
-            os.environ[k] = str(v)
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+# Environment variables set for the duration of a ``with`` block (the operators read them per call).
+set_env = environment
