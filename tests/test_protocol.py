@@ -2,6 +2,8 @@
 median of per-seed best P, the seed-overlap check, the ceiling path and resuming."""
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +14,8 @@ from creativity_fast.classes import seed_classes, splitmix64
 from creativity_fast.data import load_dataset
 from creativity_fast.denoisers import ELSDenoiser, LocalDenoiser
 from creativity_fast.schedules import PatchSchedule, cosine_vp_sigmas
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 # --------------------------------------------------------------------------- #
@@ -180,6 +184,24 @@ def test_compare_cli_net_steps_resume_overlap_and_ceiling(tmp_path, tiny_net, ca
     ceiling = json.loads((tmp_path / "c" / "compare.json").read_text())
     assert ceiling["machines"]["ceiling"]["r"] == pytest.approx([1.0, 1.0])
     assert main(["compare", *common[:-4], "--machine", "none", "--out", str(tmp_path / "d")]) == 2
+
+    # scripts/protocol_report.py: one row per machine with its interval and the paper's
+    # number, and the ceiling of the matching protocol (network steps 20 -> Table 2)
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("protocol_report", ROOT / "scripts" / "protocol_report.py")
+    protocol_report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(protocol_report)
+    root = tmp_path / "proto"
+    (root / "table2_own").mkdir(parents=True)
+    (root / "ceiling_20").mkdir()
+    shutil.copy(a / "compare.json", root / "table2_own")
+    shutil.copy(tmp_path / "c" / "compare.json", root / "ceiling_20")
+    text = protocol_report.report(root, "resnet")
+    r_ls = more["statistics"]["machines"]["local"]["r"]          # a/compare.json: the 3-seed run
+    assert f"| LS | {r_ls['median']:.3f} [{r_ls['ci'][0]:.3f}, {r_ls['ci'][1]:.3f}]" in text
+    assert text.count("| 0.88 |") == 1 and "| 0.74 |" in text      # the paper's Table 2 LS and IS
+    assert "| ceiling: network B vs network | 1.000 [1.000, 1.000]" in text
+    assert "Table 1" not in text                                    # no Table 1 outputs given
 
     # --resize 32 reaches the samples and every output's settings
     assert main(["compare", *common[:-4], "--machine", "ideal", "--resize", "32", "--out", str(tmp_path / "r")]) == 0

@@ -1,0 +1,36 @@
+#!/bin/bash
+# The paper's Fashion-MNIST protocol for one class-conditional 32x32 network, every step
+# resumable (rerun the same command after an interruption): ELS and LS calibration on
+# 16 seeds disjoint from the evaluation seeds, then Table 2 (network 20 steps) and
+# Table 1 (network 150 steps) with the own calibration and with the published schedule,
+# the ceiling if a second network is given, and ROOT/report.md.
+# docs/calibration.md, "The paper's protocol", explains every command.
+#
+#   NET=model.pt ROOT=runs/proto SCHEDULE=fashion_mnist_resnet_zeros [NET_B=model_b.pt] \
+#       [SEEDS=0-99] [DATA=/usr/share/datasets/fashion-mnist] bash scripts/paper_protocol.sh
+set -euo pipefail
+: "${NET:?set NET to the network checkpoint}" "${ROOT:?set ROOT to the output folder}"
+SCHEDULE=${SCHEDULE:-fashion_mnist_resnet_zeros}
+SEEDS=${SEEDS:-0-99}
+DATA=${DATA:-/usr/share/datasets/fashion-mnist}
+PAPER=${PAPER:-resnet}
+cf() { python -m creativity_fast "$@" --data "$DATA" --resize 32 --no-progress; }
+mkdir -p "$ROOT"
+set -x
+cf calibrate --net "$NET" --limit 5000 --machine els --seeds 1000-1015 --candidates 3-17 --out "$ROOT/cal_els"
+cf calibrate --net "$NET" --limit 5000 --machine local --seeds 1000-1015 --candidates 3-17 --out "$ROOT/cal_ls"
+own=(--patch-schedule "$ROOT/cal_els/calibration.json" --schedule-for "local=$ROOT/cal_ls/calibration.json")
+for sched in own published; do
+    args=("${own[@]}"); [ $sched = published ] && args=(--patch-schedule "$SCHEDULE")
+    cf compare --net "$NET" --seeds "$SEEDS" --steps 20 --net-steps 20 "${args[@]}" --out "$ROOT/table2_$sched"
+    # the machines' samples do not depend on the network's step count: reuse them
+    mkdir -p "$ROOT/table1_$sched"
+    cp -n "$ROOT/table2_$sched"/per_seed_{els,local,ideal}.npz "$ROOT/table1_$sched/"
+    cf compare --net "$NET" --seeds "$SEEDS" --steps 20 --net-steps 150 "${args[@]}" --out "$ROOT/table1_$sched"
+done
+if [ -n "${NET_B:-}" ]; then
+    for n in 20 150; do
+        cf compare --net "$NET" --net-ceiling "$NET_B" --machine none --seeds "$SEEDS" --net-steps $n --out "$ROOT/ceiling_$n"
+    done
+fi
+python scripts/protocol_report.py "$ROOT" --paper "$PAPER"

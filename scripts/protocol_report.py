@@ -1,0 +1,95 @@
+"""Tables of the paper's Fashion-MNIST protocol from the outputs of ``scripts/paper_protocol.sh``.
+
+Reads ``ROOT/{table2_own, table1_own, table2_published, table1_published, ceiling_20,
+ceiling_150}/compare.json`` (whichever exist) and writes ``ROOT/report.md``: one table per
+protocol (Table 1: network 150 DDIM steps, machines 20; Table 2: 20 and 20), each machine's
+median Pearson r, r^2 and coefficient of determination R^2 with bootstrap 95% intervals,
+the fraction of seeds where it beats IS, the median per-seed difference to IS, the
+ceiling (the same r between two networks of the same recipe), and the paper's number
+beside it. docs/calibration.md, "The paper's protocol", defines every quantity.
+
+    python scripts/protocol_report.py ROOT [--paper resnet|none]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+# Median r between the network and each machine in Kamb & Ganguli (2025), Fashion-MNIST
+# ResNet: Table 1 (network 150 steps, machines 20) and Table 2 (20 and 20).
+PAPER_R = {
+    "resnet": {"table1": {"els": 0.94, "local": 0.88, "ideal": 0.68},
+               "table2": {"els": 0.90, "local": 0.88, "ideal": 0.74}},
+    "none": {"table1": {}, "table2": {}},
+}
+MACHINE_LABEL = {"els": "ELS", "local": "LS", "ideal": "IS"}
+RUNS = [("table2", "own"), ("table1", "own"), ("table2", "published"), ("table1", "published")]
+PROTOCOL = {"table1": "Table 1 protocol: network 150 DDIM steps, machines 20",
+            "table2": "Table 2 protocol: network 20 DDIM steps, machines 20"}
+
+
+def _ci(stat: dict, digits: int = 3) -> str:
+    lo, hi = stat["ci"]
+    return f"{stat['median']:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def _load(path: Path):
+    f = path / "compare.json"
+    return json.loads(f.read_text()) if f.exists() else None
+
+
+def run_table(obj: dict, paper: dict, ceiling: dict | None) -> list[str]:
+    """Markdown rows for one compare.json: machines, then the ceiling if given."""
+    st = obj["statistics"]
+    rows = ["| machine | median r [95% CI] | median r^2 | median R^2 [95% CI] | beats IS: fraction of seeds [95% CI] "
+            "| median r - r(IS) [95% CI] | paper's median r |",
+            "|---|---|---|---|---|---|---|"]
+    for name in obj["machines"]:
+        m = st["machines"][name]
+        vs = st.get("versus", {}).get(name)
+        beats = (f"{vs['beats']['wins']}/{vs['beats']['n']} = {vs['beats']['fraction']:.2f} "
+                 f"[{vs['beats']['ci'][0]:.2f}, {vs['beats']['ci'][1]:.2f}]") if vs else "-"
+        diff = _ci(vs["difference"]) if vs else "-"
+        ref = paper.get(name)
+        rows.append(f"| {MACHINE_LABEL.get(name, name)} | {_ci(m['r'])} | {m['r_squared']['median']:.3f} | "
+                    f"{_ci(m['R2'])} | {beats} | {diff} | {'-' if ref is None else f'{ref:.2f}'} |")
+    if ceiling is not None:
+        c = ceiling["statistics"]["machines"]["ceiling"]
+        rows.append(f"| ceiling: network B vs network | {_ci(c['r'])} | {c['r_squared']['median']:.3f} | "
+                    f"{_ci(c['R2'])} | - | - | - |")
+    return rows
+
+
+def report(root: Path, paper_key: str) -> str:
+    lines = [f"# The paper's Fashion-MNIST protocol: results in `{root}`", ""]
+    for table, schedule in RUNS:
+        obj = _load(root / f"{table}_{schedule}")
+        if obj is None:
+            continue
+        s = obj["settings"]
+        ceiling = _load(root / f"ceiling_{150 if table == 'table1' else 20}")
+        lines += [f"## {PROTOCOL[table]}; patch schedule: {schedule}", "",
+                  f"{obj['n_seeds']} seeds; network `{Path(s['net']).name}`; schedules "
+                  + ", ".join(f"{MACHINE_LABEL.get(k, k)} `{Path(str(v)).name}`" for k, v in s["patch_schedules"].items())
+                  + f"; {s['n_train']:,} training images at {s['resize']} x {s['resize']}; "
+                  f"{sum(s['pairs'].values()):.3g} pairs; {s['seconds']:.0f} s on {s['device']}.", ""]
+        lines += run_table(obj, PAPER_R[paper_key][table], ceiling)
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("root", type=Path)
+    p.add_argument("--paper", choices=sorted(PAPER_R), default="resnet",
+                   help="whose published medians to print beside ours (the paper gives the ResNet's only)")
+    args = p.parse_args(argv)
+    text = report(args.root, args.paper)
+    (args.root / "report.md").write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
