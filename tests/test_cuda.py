@@ -288,9 +288,7 @@ def test_nonfinite_inputs_propagate_the_same_on_every_path(runner, case, machine
 
 # Where the other backends stand against the same rule (csrc/cuda/NOTES.md, "Non-finite
 # inputs"): known deviations are strict xfails, so a fix shows up as an XPASS to remove.
-_CPU_NONFINITE_DEVIATIONS = {
-    ("z_nan", "local"): "CPU kernel, mode local: a pixel with only NaN logits gets lse = -inf, not NaN",
-}
+_CPU_NONFINITE_DEVIATIONS: dict = {}  # none left (the CPU kernel keeps NaN logits through pruning)
 
 
 def _nonfinite_other_backend_cases():

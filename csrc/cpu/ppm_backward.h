@@ -19,7 +19,7 @@ void backward_group(Unit<T>& u, int g, const double* gq, const double* gx0, cons
   const AxisTables& ac = pb.ax_c;
   const int H = u.H, W = u.W, C = u.C, r0 = u.r0, r1 = u.r1;
   const int64_t HW = u.HW;
-  const bool prune = pb.opt.prune != 0;
+  const bool prune = pb.opt.prune != 0 && u.group_finite;  // see Unit::pack_group
   const double neg_inv2s2 = -u.inv2s2;
   const vd pruneLo = splat<vd>(prune_below<T>());
   const AxisMap rm = u.rmap, cm = u.cmap;
@@ -55,7 +55,7 @@ void backward_group(Unit<T>& u, int g, const double* gq, const double* gx0, cons
             vd l = drow[c - clo] * neg_inv2s2;
             if (LOGW) l = l + u.lw[size_t(kr) * W + kc];
             const vd x = l - lseq[q];
-            if (!prune || any_ge(x, pruneLo)) {
+            if (!prune || any_not_below(x, pruneLo)) {
               const vd w = to_vd<T>(vexp(to_v<T>(x)));
               const v* cen = u.phi(kr, kc);
               vd s = splat<vd>(-gx0[q]);

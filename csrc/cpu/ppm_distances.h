@@ -67,6 +67,7 @@ struct Unit {
   double inv2s2;
   AxisMap rmap, cmap;
   int slide_min;  // PpmOptions::slide_min (at least 2: a window of 1 has nothing to slide)
+  bool group_finite = true;  // every value of the packed group is finite (pack_group)
 
   // scratch
   Arena arena;
@@ -198,6 +199,13 @@ struct Unit {
           for (int c = 0; c < W; ++c)
             phs[((size_t(r) * (W + 1) + c) * C + ch) * V + lane] = src ? src[(size_t(ch) * H + r) * W + c] : T(0);
     }
+    // A key of weight exactly 0 whose value is +-inf still makes 0 * inf = NaN in the
+    // weighted sum (the non-finite rule of every backend, csrc/cuda/NOTES.md), so pruning
+    // such a key would change the result: groups with a non-finite value are not pruned.
+    // (Pruning decides per vector of V images, so otherwise the result would depend on
+    // the instruction set's lane count.)
+    group_finite = true;
+    for (size_t i = 0, e = size_t(H + 1) * (W + 1) * C * V; i < e; ++i) group_finite &= std::isfinite(phs[i]);
     if constexpr (!std::is_same<T, double>::value) {
       // rows 0..H-1, columns 0..W-1 (the zero row and column stay zero)
       for (int r = 0; r < H; ++r)
