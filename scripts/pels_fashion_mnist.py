@@ -14,8 +14,8 @@ window = the step's P, attention on ``--attend-on``).
 
 Outputs in ``--out``: ``grid.png`` (one row per machine, the same seed in every column), ``summary.json`` and
 ``summary.md`` (per machine: memorized fraction with a Wilson 95% interval, median nearest-training-image
-distance relative to held-out test images of the class with a bootstrap 95% interval, and against ELS the
-per-seed Pearson r and RMS difference), and ``<machine>/samples.npz`` (not kept in git).
+distance relative to held-out test images of the class and the median mirror r (:func:`mirror_r`, beside the
+real images' value), with bootstrap 95% intervals, and against ELS the per-seed Pearson r and RMS difference), and ``<machine>/samples.npz`` (not kept in git).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from creativity_fast.cli import main as cli_main  # noqa: E402
 from creativity_fast.data import load_dataset  # noqa: E402
 from creativity_fast.figures import save_samples_by_machine  # noqa: E402
 from creativity_fast.metrics import memorization, nearest_neighbours  # noqa: E402
-from creativity_fast.stats import median_summary  # noqa: E402
+from creativity_fast.stats import median_summary, win_fraction  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -75,6 +75,18 @@ def sample_argv(args, folder: Path, extra: list[str]) -> list[str]:
     return argv + (["--no-progress"] if args.no_progress else [])
 
 
+def mirror_r(images: torch.Tensor) -> np.ndarray:
+    """Per image ``[B, C, H, W]``: Pearson r over all pixels between the image and its left-right mirror image.
+
+    A crude global-consistency proxy for a symmetric class (trousers: do the two legs agree?); 1 for a
+    mirror-symmetric image. Not a project metric: reported beside the same number for real images.
+    """
+    x = images.flatten(1).double()
+    y = images.flip(-1).flatten(1).double()
+    x, y = x - x.mean(1, keepdim=True), y - y.mean(1, keepdim=True)
+    return ((x * y).sum(1) / (x.norm(dim=1) * y.norm(dim=1)).clamp_min(1e-12)).numpy()
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.threads:
@@ -102,30 +114,43 @@ def main(argv=None) -> int:
         mem = memorization(samples, images)
         row = {"memorized": mem["summary"],
                "nn_relative": median_summary(mem["nn_distance"][:, 0].numpy() / held_median),
+               "mirror_r": median_summary(mirror_r(samples)),
                "value_range": [float(samples.min()), float(samples.max())], "command": commands[label]}
         if label != "ELS":
             r, _ = agreement(finals["ELS"], samples)
             rms = (samples - finals["ELS"]).pow(2).flatten(1).mean(1).sqrt().numpy()
-            row.update(r_vs_els=median_summary(r), rms_vs_els=median_summary(rms))
+            row.update(r_vs_els=median_summary(r), rms_vs_els=median_summary(rms),
+                       mirror_r_minus_els=median_summary(mirror_r(samples) - mirror_r(finals["ELS"])),
+                       more_symmetric_than_els=win_fraction(mirror_r(samples), mirror_r(finals["ELS"])))
         rows[label] = row
     config = {k: v for k, v in vars(args).items() if k not in ("no_progress", "out")}
     config.update(n_train_class=int(images.shape[0]), n_heldout_class=int(held.shape[0]),
-                  heldout_nn_median=held_median, torch=torch.__version__)
+                  heldout_nn_median=held_median, torch=torch.__version__,
+                  mirror_r_train=median_summary(mirror_r(images)), mirror_r_heldout=median_summary(mirror_r(held)))
     io.save_json(out / "summary.json", {"config": config, "rows": rows})
+    def med(s):
+        return f"{s['median']:.2f} [{s['ci'][0]:.2f}, {s['ci'][1]:.2f}]"
+
+    def win(w):
+        return f"{w['wins']}/{w['n']} [{w['ci'][0]:.2f}, {w['ci'][1]:.2f}]"
+
     lines = [f"Fashion-MNIST class {args.class_label}: the {images.shape[0]} images of it among the first {args.limit} "
              f"training images, resized to {args.resize}x{args.resize}; seeds {args.seeds} (the same initial noise in "
              f"every row), DDIM {args.steps} steps, published fashion_mnist patch schedule; PELS attention patch "
              f"{args.attention_P}, attention on {args.attend_on}. Held-out: the {held.shape[0]} test images of the class.",
-             "", "| row | memorized | NN dist / held-out (median) | r vs ELS (median) | RMS diff vs ELS (median) |",
-             "|---|---|---|---|---|"]
-
-    def med(s):
-        return f"{s['median']:.2f} [{s['ci'][0]:.2f}, {s['ci'][1]:.2f}]"
+             "", "Mirror r: per image, Pearson r between the image and its left-right mirror image (a crude "
+             f"consistency proxy for a symmetric class); training images {med(config['mirror_r_train'])}, held-out "
+             f"{med(config['mirror_r_heldout'])}.", "",
+             "| row | memorized | NN dist / held-out (median) | mirror r (median) | mirror r - ELS's, per seed "
+             "(median) | more symmetric than ELS | r vs ELS (median) | RMS diff vs ELS (median) |",
+             "|---|---|---|---|---|---|---|---|"]
 
     for label, row in rows.items():
         m = row["memorized"]
         lines.append(f"| {label} | {m['fraction']:.2f} [{m['ci95'][0]:.2f}, {m['ci95'][1]:.2f}] | "
-                     f"{med(row['nn_relative'])} | {med(row['r_vs_els']) if 'r_vs_els' in row else '-'} | "
+                     f"{med(row['nn_relative'])} | {med(row['mirror_r'])} | "
+                     f"{med(row['mirror_r_minus_els']) if 'r_vs_els' in row else '-'} | "
+                     f"{win(row['more_symmetric_than_els']) if 'r_vs_els' in row else '-'} | {med(row['r_vs_els']) if 'r_vs_els' in row else '-'} | "
                      f"{med(row['rms_vs_els']) if 'rms_vs_els' in row else '-'} |")
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     captions = {label: f"mem {row['memorized']['fraction']:.2f}" for label, row in rows.items()}

@@ -16,7 +16,7 @@ glyph size, exclusion 5, partner window P2 = P).
 Per grid point, from the sweep's saved samples:
 
 - global consistency: among samples with two or more detected glyphs, the fraction whose glyphs are all the
-  same (Wilson 95%), beside its chance rate (``metrics.same_glyph_chance``: each glyph drawn independently
+  same (Wilson 95%), beside its chance rate (``metrics.glyph_chance_rates``: each glyph drawn independently
   from the point's own glyph frequencies);
 - novelty: the memorized fraction (d(NN1)/d(NN2) < 1/3, Wilson 95%) and the median nearest-training-image
   distance relative to the held-out median, over all samples and over the samples holding at least one
@@ -24,8 +24,9 @@ Per grid point, from the sweep's saved samples:
   novel from empty); bootstrap 95% intervals of the medians;
 - the fraction of samples with no glyph.
 
-Outputs in ``--out``: ``tradeoff.png`` (consistency against memorization, novelty and emptiness, one line per
-P along beta, the chance rate of every point drawn), ``tradeoff.json``, ``tradeoff.md``.
+Outputs in ``--out``: ``tradeoff.png`` (consistency against memorization, novelty and emptiness, one row of
+panels per ``attend_on``, one line per P along beta, the chance rate of every point drawn; points with fewer
+than 10 two-glyph samples left out), ``tradeoff.json``, ``tradeoff.md``.
 """
 
 from __future__ import annotations
@@ -45,8 +46,7 @@ from creativity_fast import io  # noqa: E402
 from creativity_fast.cli import build_parser, main as cli_main  # noqa: E402
 from creativity_fast.commands.sweep import grid, point_id  # noqa: E402
 from creativity_fast.data.synthetic import DEFAULT_ALPHABET  # noqa: E402
-from creativity_fast.metrics import (fraction_summary, global_consistency, memorization,  # noqa: E402
-                                     nearest_neighbours, same_glyph_chance)
+from creativity_fast.metrics import global_consistency, memorization, nearest_neighbours  # noqa: E402
 from creativity_fast.stats import median_summary  # noqa: E402
 from twin_glyph_experiment import prepare  # noqa: E402
 
@@ -86,15 +86,12 @@ def sweep_argv(args, data_path: Path, sweep_out: Path) -> list[str]:
 def point_metrics(samples: torch.Tensor, train: torch.Tensor, held_median: float, alphabet: int) -> dict:
     """Consistency (with chance), memorization and novelty of one grid point's ``samples [B, C, H, W]``."""
     glob = global_consistency(samples, alphabet=alphabet)
-    glyphs = glob["glyphs"]
-    n = np.array([len(g) for g in glyphs])
+    g = glob["summary"]
+    n = np.asarray(glob["n_glyphs"])
     mem = memorization(samples, train)
     d = mem["nn_distance"][:, 0].numpy() / held_median
-    two = n >= 2
-    return {"n": int(samples.shape[0]), "n_two": int(two.sum()),
-            "same_given_two": fraction_summary(np.asarray(glob["twin"])[two]),
-            "chance": same_glyph_chance(glyphs, alphabet),
-            "no_glyph": fraction_summary(n == 0), "memorized": mem["summary"],
+    return {"n": int(samples.shape[0]), "n_two": g["same_given_two"]["n"], "same_given_two": g["same_given_two"],
+            "chance": g["chance"]["same_given_two"], "no_glyph": g["no_glyph"], "memorized": mem["summary"],
             "nn_relative": median_summary(d), "nn_relative_glyph": median_summary(d[n >= 1]),
             "value_range": [float(samples.min()), float(samples.max())]}
 
@@ -136,68 +133,64 @@ def markdown(rows: list[dict], args) -> str:
     return "\n".join(lines) + "\n"
 
 
+MIN_PAIRS = 10  # points with fewer samples holding two glyphs are left out of the figure (kept in the table)
+
+
 def tradeoff_figure(rows: list[dict], path: Path, title: str) -> Path:
     """Global consistency (x: same glyph | >= 2 glyphs, Wilson 95% bars) against memorization, novelty of the
-    glyph-holding samples and emptiness (y); one colour per P, points joined along beta (beta = 0 is ELS, the
-    open end), every point's chance rate drawn as a grey tick joined to it on the same row."""
+    glyph-holding samples and emptiness (columns), one row of panels per ``attend_on``; one colour per P, the
+    points of one P joined along beta (beta = 0 is ELS, the open circle), every point's chance rate drawn as a
+    tick of its colour at its height. Points with fewer than ``MIN_PAIRS`` two-glyph samples are left out."""
     from creativity_fast.figures import _pyplot, save_figure
 
     plt = _pyplot()
     panels = (("memorized", "memorized fraction (copies)", "frac"),
-              ("nn_relative_glyph", "NN distance / held-out, samples with >= 1 glyph (novelty)", "median"),
+              ("nn_relative_glyph", "NN distance / held-out,\nsamples with >= 1 glyph (novelty)", "median"),
               ("no_glyph", "no complete glyph (empty samples)", "frac"))
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.8))
+    sources = sorted({r["point"]["attend_on"] for r in rows if r["point"]["machine"] == "pels"}) or [""]
+    fig, axes = plt.subplots(len(sources), 3, figsize=(15, 4.4 * len(sources)), squeeze=False)
     Ps = sorted({r["point"]["P"] for r in rows if r["point"]["P"] is not None})
-    series = sorted({(r["point"]["P"], r["point"].get("attend_on") or "")
-                     for r in rows if r["point"]["machine"] == "pels"})
-    styles = {on: s for on, s in zip(sorted({on for _, on in series}), ("-", "--", ":"))}
+    shown = [r for r in rows if r["metrics"]["n_two"] >= MIN_PAIRS]
 
     def y_of(m, key, kind):
         s = m[key]
-        if kind == "frac":
-            return s["fraction"], s["ci95"]
-        return s["median"], s["ci"]
+        return (s["fraction"], s["ci95"]) if kind == "frac" else (s["median"], s["ci"])
 
-    for ax, (key, ylabel, kind) in zip(axes, panels):
-        for r in rows:  # chance ticks first, under the points
-            m = r["metrics"]
-            if not m["n_two"]:
-                continue
-            x, y = m["same_given_two"]["fraction"], y_of(m, key, kind)[0]
-            ax.plot([m["chance"], x], [y, y], color="0.75", lw=0.8, zorder=1)
-            ax.plot(m["chance"], y, marker="|", color="0.45", ms=9, zorder=1)
-        for i, P in enumerate(Ps):
-            colour = f"C{i}"
-            els = [r for r in rows if r["point"]["machine"] == "els" and r["point"]["P"] == P]
-            for on, style in styles.items():
-                line = els + sorted((r for r in rows if r["point"]["machine"] == "pels" and r["point"]["P"] == P
-                                     and r["point"]["attend_on"] == on), key=lambda r: r["point"]["beta"])
-                line = [r for r in line if r["metrics"]["n_two"]]
+    for axrow, on in zip(axes, sources):
+        for ax, (key, ylabel, kind) in zip(axrow, panels):
+            for i, P in enumerate(Ps):
+                colour = f"C{i}"
+                line = [r for r in shown if r["point"]["machine"] == "els" and r["point"]["P"] == P]
+                line += sorted((r for r in shown if r["point"]["machine"] == "pels" and r["point"]["P"] == P
+                                and r["point"]["attend_on"] == on), key=lambda r: r["point"]["beta"])
                 if not line:
                     continue
                 xs = [r["metrics"]["same_given_two"]["fraction"] for r in line]
                 ys = [y_of(r["metrics"], key, kind)[0] for r in line]
-                ax.plot(xs, ys, style, color=colour, lw=1.3, zorder=2,
-                        label=f"P={P}" + (f", attend on {on}" if len(styles) > 1 else ""))
+                ax.plot(xs, ys, "-", color=colour, lw=1.3, zorder=2, label=f"P={P}")
+                ax.plot([r["metrics"]["chance"] for r in line], ys, "|", color=colour, ms=10, mew=1.5, zorder=2)
                 for r, x, y in zip(line, xs, ys):
                     lo, hi = r["metrics"]["same_given_two"]["ci95"]
                     ylo, yhi = y_of(r["metrics"], key, kind)[1]
+                    els = r["point"]["machine"] == "els"
                     ax.errorbar(x, y, xerr=[[x - lo], [hi - x]], yerr=[[max(0.0, y - ylo)], [max(0.0, yhi - y)]],
-                                fmt="o", color=colour, ms=4 if r["point"]["machine"] == "pels" else 6,
-                                mfc="white" if r["point"]["machine"] == "els" else colour, elinewidth=0.6,
-                                capsize=1.5, zorder=3)
-                    beta = 0 if r["point"]["machine"] == "els" else r["point"]["beta"]
+                                fmt="o", color=colour, ms=6 if els else 4, mfc="white" if els else colour,
+                                elinewidth=0.6, capsize=1.5, zorder=3)
+                    beta = 0 if els else r["point"]["beta"]
                     ax.annotate(f"{beta:g}", (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
-        for r in rows:
-            if r["point"]["machine"] == "ideal" and r["metrics"]["n_two"]:
-                m = r["metrics"]
-                ax.plot(m["same_given_two"]["fraction"], y_of(m, key, kind)[0], "k*", ms=10, zorder=4, label="IS")
-        ax.set_xlabel("same glyph | >= 2 glyphs (global consistency)")
-        ax.set_ylabel(ylabel, fontsize=8)
-        ax.set_xlim(0, 1.03)
-        ax.grid(alpha=0.3)
-    axes[0].plot([], [], marker="|", color="0.45", ls="none", ms=9, label="chance of the point")
-    axes[0].legend(fontsize=7, loc="upper left")
+            for r in shown:
+                if r["point"]["machine"] == "ideal":
+                    m = r["metrics"]
+                    ax.plot(m["same_given_two"]["fraction"], y_of(m, key, kind)[0], "k*", ms=10, zorder=4, label="IS")
+                    ax.plot(m["chance"], y_of(m, key, kind)[0], "|", color="k", ms=10, mew=1.5)
+            ax.set_xlabel("same glyph | >= 2 glyphs (global consistency)")
+            ax.set_ylabel(ylabel, fontsize=8)
+            ax.set_xlim(0, 1.03)
+            ax.grid(alpha=0.3)
+        axrow[0].set_title(f"PELS attention on {on}" if on else "", fontsize=9, loc="left")
+    axes[0, 0].plot([], [], "|", color="0.3", ms=10, mew=1.5, label="chance of the point (same colour, same height)")
+    axes[0, 0].plot([], [], "o", color="0.3", mfc="white", label="ELS (beta = 0); numbers: beta")
+    axes[0, 0].legend(fontsize=7, loc="upper left")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return save_figure(fig, path)
@@ -227,7 +220,8 @@ def main(argv=None) -> int:
     io.save_json(out / "tradeoff.json", {"config": config, "rows": rows})
     (out / "tradeoff.md").write_text(markdown(rows, args))
     title = (f"Twin glyphs {args.size}x{args.size}: patch size P (locality) and PELS beta (pairing) against global "
-             f"consistency; {args.samples} samples per point, 95% intervals; grey tick = the point's chance rate")
+             f"consistency; {args.samples} samples per point, 95% intervals; tick = the point's chance rate; "
+             f"points with < {MIN_PAIRS} two-glyph samples omitted")
     tradeoff_figure(rows, out / "tradeoff.png", title)
     print((out / "tradeoff.md").read_text())
     return 0
