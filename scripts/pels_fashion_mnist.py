@@ -12,7 +12,7 @@ VP schedule, the published ``fashion_mnist`` patch schedule, zero boundary) from
 ELS, and PELS at every ``--betas`` (attention patch ``--attention-P``, exclusion = attention patch, partner
 window = the step's P, attention on ``--attend-on``).
 
-Outputs in ``--out``: ``grid.png`` (one row per machine, the same seed in every column), ``summary.json`` and
+Outputs in ``--out``: ``grid.png`` (8 seeds per row, one row per machine, the same seed in every column), ``summary.json`` and
 ``summary.md`` (per machine: memorized fraction with a Wilson 95% interval, median nearest-training-image
 distance relative to held-out test images of the class and the median mirror r (:func:`mirror_r`, beside the
 real images' value), with bootstrap 95% intervals, and against ELS the per-seed Pearson r and RMS difference), and ``<machine>/samples.npz`` (not kept in git).
@@ -153,8 +153,14 @@ def main(argv=None) -> int:
                      f"{win(row['more_symmetric_than_els']) if 'r_vs_els' in row else '-'} | {med(row['r_vs_els']) if 'r_vs_els' in row else '-'} | "
                      f"{med(row['rms_vs_els']) if 'rms_vs_els' in row else '-'} |")
     (out / "summary.md").write_text("\n".join(lines) + "\n")
-    captions = {label: f"mem {row['memorized']['fraction']:.2f}" for label, row in rows.items()}
-    save_samples_by_machine(finals, out / "grid.png", captions=captions)
+    # 8 seeds per row, the machines of one block of seeds one under the other (same noise in each column)
+    groups, captions = {}, {}
+    for start in range(0, len(finals["ELS"]), 8):
+        for label, samples in finals.items():
+            key = f"{label}\nseeds {start}-{min(start + 8, len(samples)) - 1}"
+            groups[key] = samples[start:start + 8]
+            captions[key] = f"mirror r {rows[label]['mirror_r']['median']:.2f}" if start == 0 else ""
+    save_samples_by_machine(groups, out / "grid.png", per_row=8, captions=captions)
     print((out / "summary.md").read_text())
     return 0
 
