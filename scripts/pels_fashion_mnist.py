@@ -159,7 +159,7 @@ def main(argv=None) -> int:
         for label, samples in finals.items():
             key = f"{label}\nseeds {start}-{min(start + 8, len(samples)) - 1}"
             groups[key] = samples[start:start + 8]
-            captions[key] = f"mirror r {rows[label]['mirror_r']['median']:.2f}" if start == 0 else ""
+            captions[key] = f"mirror r {rows[label]['mirror_r']['median']:.2f} (all)" if start == 0 else ""
     save_samples_by_machine(groups, out / "grid.png", per_row=8, captions=captions)
     print((out / "summary.md").read_text())
     return 0
