@@ -12,7 +12,8 @@
 - :func:`local_consistency`: fraction of pixels equal (within ``tol``) to the centre of
   their nearest admissible training patch (the ELS paper's theorem for sigma -> 0).
 - :func:`global_consistency`: on twin glyphs, whether all glyphs found in a sample are
-  the same (``data.synthetic.find_glyphs``).
+  the same (``data.synthetic.find_glyphs``), with the chance rate of each fraction
+  (:func:`glyph_chance_rates`, :func:`same_glyph_chance`).
 - :func:`wilson_interval`, :func:`bootstrap_interval`: 95% intervals.
 - :func:`analyze_samples`: all of the above in one JSON-ready dict.
 """
@@ -31,7 +32,7 @@ from .ops import patch_posterior_mean
 __all__ = [
     "MEMORIZATION_THRESHOLD", "nearest_neighbours", "memorization", "novelty", "compute_provenance",
     "provenance_summary", "local_consistency", "global_consistency", "wilson_interval",
-    "bootstrap_interval", "fraction_summary", "analyze_samples", "same_glyph_chance",
+    "bootstrap_interval", "fraction_summary", "analyze_samples", "same_glyph_chance", "glyph_chance_rates",
 ]
 
 #: Gu et al.'s memorization rule: a sample is memorized when d(NN1) / d(NN2) < 1/3.
@@ -271,7 +272,9 @@ def global_consistency(samples: torch.Tensor, *, alphabet: Optional[int] = None,
     Per sample: ``glyphs`` (ids in reading order), ``consistent`` (at least one glyph and
     all the same: the consistency measure of docs/theory.md §7), ``twin`` (at least two glyphs, all the same: the
     training images' structure), ``mixed`` (two or more different glyphs) and ``n_glyphs``.
-    The summary gives each fraction with a Wilson 95% interval and the glyph-count histogram.
+    The summary gives each fraction with a Wilson 95% interval, ``same_given_two`` (among the samples
+    with two or more glyphs, the fraction whose glyphs are all the same), ``chance`` (the chance rate of
+    each of these fractions, :func:`glyph_chance_rates`) and the glyph-count histogram.
     """
     from .data.synthetic import DEFAULT_ALPHABET, DEFAULT_GLYPH_THRESHOLD, find_glyphs
 
@@ -286,7 +289,52 @@ def global_consistency(samples: torch.Tensor, *, alphabet: Optional[int] = None,
     return {"glyphs": glyphs, "n_glyphs": n, "consistent": consistent, "twin": twin, "mixed": mixed,
             "summary": {"consistent": fraction_summary(consistent), "twin": fraction_summary(twin),
                         "mixed": fraction_summary(mixed), "no_glyph": fraction_summary(n == 0),
+                        "same_given_two": fraction_summary(twin[n >= 2]),
+                        "chance": glyph_chance_rates(glyphs, alphabet or DEFAULT_ALPHABET),
                         "glyph_count_histogram": hist}}
+
+
+def _glyph_frequencies(glyphs, alphabet: int) -> np.ndarray:
+    """``p [alphabet]``: the frequency of each glyph id among all detected glyphs (zeros when none)."""
+    counts = np.zeros(int(alphabet), dtype=np.float64)
+    for g in glyphs:
+        for gid in g:
+            gid = int(gid)
+            if not 0 <= gid < counts.size:
+                raise ValueError(f"glyph id {gid} is outside the alphabet 0..{counts.size - 1}")
+            counts[gid] += 1
+    return counts / counts.sum() if counts.sum() else counts
+
+
+def glyph_chance_rates(glyphs, alphabet: int) -> dict:
+    """Chance rates of the twin-glyph consistency fractions of :func:`global_consistency`.
+
+    ``glyphs``: per sample, the detected glyph ids (``find_glyphs``). The null model keeps each
+    sample's glyph count ``k`` and draws its ``k`` ids independently from the row's own glyph
+    frequencies ``p`` (all detected glyphs of these samples), so the ``k`` glyphs are all the same
+    with probability ``s_k = sum_g p_g^k`` (``s_1 = 1``). The chance rate of each fraction is its
+    expectation under that model:
+
+    - ``consistent`` (>= 1 glyph, all the same; over all samples): ``mean_i [k_i >= 1] s_{k_i}``;
+    - ``twin`` (>= 2 glyphs, all the same; over all samples): ``mean_i [k_i >= 2] s_{k_i}``;
+    - ``mixed`` (two or more different ids; over all samples): ``mean_i [k_i >= 2] (1 - s_{k_i})``;
+    - ``same_given_two`` (all the same among the samples with ``k >= 2``): ``mean_{i: k_i >= 2} s_{k_i}``
+      (``1 / alphabet`` for pairs of uniform glyphs; NaN when no sample holds two glyphs).
+
+    NaN everywhere when there are no samples; ``no_glyph`` has no chance rate (it depends on ``k`` only).
+    """
+    glyphs = [list(g) for g in glyphs]
+    if not glyphs:
+        nan = float("nan")
+        return {"consistent": nan, "twin": nan, "mixed": nan, "same_given_two": nan}
+    p = _glyph_frequencies(glyphs, alphabet)
+    k = np.array([len(g) for g in glyphs])
+    same = np.array([float((p ** n).sum()) if n >= 1 else 0.0 for n in k])
+    two = k >= 2
+    return {"consistent": float(np.where(k >= 1, same, 0.0).mean()),
+            "twin": float(np.where(two, same, 0.0).mean()),
+            "mixed": float(np.where(two, 1.0 - same, 0.0).mean()),
+            "same_given_two": float(same[two].mean()) if two.any() else float("nan")}
 
 
 def same_glyph_chance(glyphs, alphabet: int) -> float:
@@ -298,16 +346,9 @@ def same_glyph_chance(glyphs, alphabet: int) -> float:
     mean of that over the samples with ``k >= 2`` (NaN when there are none). It is what the
     same-glyph rate would be if the glyphs of one image were chosen without regard to each other,
     with the row's own glyph frequencies (``1 / alphabet`` for two uniform glyphs).
+    ``glyph_chance_rates(glyphs, alphabet)["same_given_two"]``.
     """
-    counts = np.zeros(int(alphabet), dtype=np.float64)
-    for g in glyphs:
-        for gid in g:
-            counts[int(gid)] += 1
-    ks = [len(g) for g in glyphs if len(g) >= 2]
-    if not ks or counts.sum() == 0:
-        return float("nan")
-    p = counts / counts.sum()
-    return float(np.mean([(p ** k).sum() for k in ks]))
+    return glyph_chance_rates(glyphs, alphabet)["same_given_two"]
 
 
 # --------------------------------------------------------------------------- #

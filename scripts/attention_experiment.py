@@ -19,6 +19,8 @@ seed per sample) with deterministic DDIM, 10 steps on the cosine VP schedule:
 Outputs in ``--out``: ``table.md``, ``table.json``, ``samples.png`` (the first 16 samples of every row,
 same seeds in every column), ``tradeoff.png`` (consistency against memorization and novelty) and ``samples_<row>.npz`` (the ``creativity-fast sample`` format).
 Networks whose folder still holds a ``last.pt`` (training in progress) are skipped.
+The other parts of the experiment have their own scripts: ``scripts/tradeoff_experiment.py`` (consistency
+against novelty as P and beta vary) and ``scripts/pels_fashion_mnist.py`` (PELS beside ELS on Fashion-MNIST).
 
 Tables:
 

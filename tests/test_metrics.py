@@ -114,6 +114,42 @@ def test_same_glyph_chance_by_hand_and_by_simulation():
     assert Mx.same_glyph_chance(draws.tolist(), 3) == pytest.approx(same, abs=0.01)
 
 
+def test_glyph_chance_rates_by_hand_and_by_simulation():
+    # p = (3/4, 1/4, 0); all-same probabilities s_1 = 1, s_2 = 5/8, s_3 = 7/16
+    glyphs = [[0, 0], [0, 1], [0], [1, 0, 0], []]
+    s2, s3 = 0.75 ** 2 + 0.25 ** 2, 0.75 ** 3 + 0.25 ** 3
+    c = Mx.glyph_chance_rates(glyphs, 3)
+    assert c["consistent"] == pytest.approx((s2 + s2 + 1 + s3 + 0) / 5, rel=1e-12)
+    assert c["twin"] == pytest.approx((s2 + s2 + s3) / 5, rel=1e-12)
+    assert c["mixed"] == pytest.approx((2 * (1 - s2) + (1 - s3)) / 5, rel=1e-12)
+    assert c["same_given_two"] == pytest.approx((2 * s2 + s3) / 3, rel=1e-12)
+    assert c["same_given_two"] == Mx.same_glyph_chance(glyphs, 3)
+    assert c["twin"] + c["mixed"] == pytest.approx(3 / 5)  # every sample with >= 2 glyphs is one or the other
+    assert all(np.isnan(v) for v in Mx.glyph_chance_rates([], 4).values())
+    with pytest.raises(ValueError, match="alphabet"):
+        Mx.glyph_chance_rates([[0, 4]], 4)
+    # the null model itself: keep each sample's glyph count, redraw its ids independently from p
+    rng = np.random.default_rng(1)
+    counts = rng.integers(0, 4, size=30000)
+    redrawn = [rng.choice(3, p=[0.5, 0.3, 0.2], size=k).tolist() for k in counts]
+    got = Mx.glyph_chance_rates(redrawn, 3)
+    n = np.array([len(g) for g in redrawn])
+    same = np.array([len(set(g)) == 1 for g in redrawn])
+    assert got["consistent"] == pytest.approx(((n >= 1) & same).mean(), abs=0.01)
+    assert got["twin"] == pytest.approx(((n >= 2) & same).mean(), abs=0.01)
+    assert got["mixed"] == pytest.approx(((n >= 2) & ~same).mean(), abs=0.01)
+
+
+def test_global_consistency_reports_same_given_two_and_chance():
+    samples = torch.stack([_twin_image(0, 0), _twin_image(0, 2), _twin_image(1, 1), -torch.ones(1, 16, 16)])
+    s = Mx.global_consistency(samples, alphabet=4)["summary"]
+    assert s["same_given_two"]["count"] == 2 and s["same_given_two"]["n"] == 3
+    p2 = (3 ** 2 + 2 ** 2 + 1 ** 2) / 6 ** 2  # glyph frequencies 3/6, 2/6, 1/6
+    assert s["chance"]["same_given_two"] == pytest.approx(p2, rel=1e-12)
+    assert s["chance"]["twin"] == pytest.approx(3 * p2 / 4, rel=1e-12)
+    assert s["chance"]["mixed"] == pytest.approx(3 * (1 - p2) / 4, rel=1e-12)
+
+
 def test_wilson_and_bootstrap_intervals():
     lo, hi = Mx.wilson_interval(0, 10)
     assert lo == 0.0 and hi == pytest.approx(0.2775, abs=1e-4)
@@ -167,6 +203,11 @@ def test_sweep_and_analyze_cli(tmp_path, capsys):
     assert [r["id"] for r in table["rows"]] == ["ideal", "els_P5", "aels_P5_lam0_gamma0", "aels_P5_lam1_gamma0"]
     ideal, els, aels0 = table["rows"][:3]
     assert ideal["memorized"] == 1.0 and ideal["twin"] == 1.0
+    # every consistency fraction carries its chance rate (IS copies twin images: one glyph id each, chance 1/alphabet-ish)
+    for name in ("consistent", "twin", "mixed", "same_given_two"):
+        assert f"{name}_chance" in ideal
+    assert ideal["same_given_two"] == 1.0 and ideal["n_two"] == 4
+    assert "(chance " in (out / "sweep.md").read_text()
     assert els["memorized"] == aels0["memorized"] and els["consistent"] == aels0["consistent"]  # lam=gamma=0 is ELS
     for name in ("sweep.csv", "sweep.md", "sweep.png"):
         assert (out / name).stat().st_size > 0
@@ -179,6 +220,7 @@ def test_sweep_and_analyze_cli(tmp_path, capsys):
     assert main(["analyze", str(run), "--out", str(tmp_path / "a")]) == 0
     metrics = json.loads((tmp_path / "a" / "els_P5_metrics.json").read_text())
     assert "global_consistency" in metrics["summary"] and metrics["inputs"]["provenance"].startswith("recorded")
+    assert set(metrics["summary"]["global_consistency"]["chance"]) == {"consistent", "twin", "mixed", "same_given_two"}
     assert metrics["summary"]["novelty"]["heldout"]["n"] == 4
     arrays = io.load_npz(run)
     arrays.pop("provenance")
@@ -190,47 +232,34 @@ def test_sweep_and_analyze_cli(tmp_path, capsys):
     assert main(["analyze", str(tmp_path / "missing.npz")]) == 2
 
 
-def test_sweep_covers_pels_beta_and_attend_on(tmp_path, capsys):
+def test_analyze_prints_and_writes_consistency_with_chance(tmp_path, capsys):
+    """analyze on five hand-made 16x16 samples with known glyphs: (0, 0), (0, 2), (1, 1), (3), none."""
     from creativity_fast.cli import main
 
-    train = twin_glyphs(6, 11, 11, seed=0)
-    data = io.save_npz(tmp_path / "twin_glyphs_11x11.npz", train_images=train.images.numpy())
-    out = tmp_path / "sweep"
-    argv = ["sweep", "--data", str(data), "--machines", "els,pels", "--P", "5", "--beta", "0,2", "--attend-on",
-            "z,x0", "--steps", "2", "--seeds", "0-2", "--batch-size", "3", "--backend", "reference", "--no-progress",
-            "--no-heldout", "--attention-P", "3", "--out", str(out)]
-    assert main(argv) == 0
-    rows = json.loads((out / "sweep.json").read_text())["rows"]
-    assert [r["id"] for r in rows] == ["els_P5", "pels_P5_beta0_onz", "pels_P5_beta0_onx0", "pels_P5_beta2_onz",
-                                       "pels_P5_beta2_onx0"]
-    assert rows[0]["beta"] is None and rows[3]["beta"] == 2.0 and rows[4]["attend_on"] == "x0"
-    runs = {r["id"]: io.load_npz(out / "runs" / f"{r['id']}.npz")["samples"] for r in rows}
-    # beta = 0 is ELS whatever the attention source; beta = 2 is not
-    for pid in ("pels_P5_beta0_onz", "pels_P5_beta0_onx0"):
-        np.testing.assert_allclose(runs[pid], runs["els_P5"], atol=1e-5)
-    assert np.abs(runs["pels_P5_beta2_onz"] - runs["els_P5"]).max() > 1e-3
-    # ELS points keep their settings (no PELS keys), so older sweeps resume unchanged
-    assert "beta" not in json.loads(json.loads((out / "rows" / "els_P5.json").read_text())["settings"])
-    assert main(argv[:-2] + ["--attend-on", "y", "--out", str(tmp_path / "bad")]) == 2
-    assert "--attend-on must be" in capsys.readouterr().err
+    train = twin_glyphs(8, 16, 16, seed=0)
+    data = io.save_npz(tmp_path / "twin_glyphs_16x16.npz", train_images=train.images.numpy(),
+                       train_labels=train.labels.numpy())
+    single = -torch.ones(1, 16, 16)
+    single[:, 1:6, 1:6] = glyph_templates(4)[3]
+    samples = torch.stack([_twin_image(0, 0), _twin_image(0, 2), _twin_image(1, 1), single, -torch.ones(1, 16, 16)])
+    results = io.save_npz(tmp_path / "hand.npz", samples=samples.numpy(),
+                          settings=np.array(json.dumps({"machine": "els", "P": 3, "data": str(data)})))
+    capsys.readouterr()
+    assert main(["analyze", str(results), "--no-heldout", "--no-attribution", "--alphabet", "4",
+                 "--backend", "reference"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    g = json.loads((tmp_path / "hand_metrics.json").read_text())["summary"]["global_consistency"]
+    s2 = (3 ** 2 + 2 ** 2 + 1 ** 2 + 1 ** 2) / 7 ** 2  # glyph frequencies (3, 2, 1, 1) / 7
+    want = {"same_given_two": s2, "twin": 3 * s2 / 5, "mixed": 3 * (1 - s2) / 5, "consistent": (3 * s2 + 1) / 5}
+    for name, chance in want.items():
+        assert g["chance"][name] == pytest.approx(chance, rel=1e-12), name
+    assert g["same_given_two"]["fraction"] == pytest.approx(2 / 3) and g["same_given_two"]["n"] == 3
+    assert g["consistent"]["fraction"] == pytest.approx(3 / 5)
 
+    def line(prefix):
+        return next(x for x in printed if x.startswith(prefix))
 
-def test_analyze_a_networks_samples(tmp_path, capsys):
-    """`analyze --net PATH` samples the network (resumable file) and analyzes those samples."""
-    import json
-
-    from creativity_fast.cli import main
-    from creativity_fast.nets import default_network_path
-
-    out = tmp_path / "net"
-    args = ["analyze", "--net", str(default_network_path()), "--limit", "40", "--seeds", "0-1", "--steps", "2",
-            "--no-heldout", "--no-progress", "--out", str(out), "--device", "cpu"]
-    assert main(args) == 0
-    result = json.loads((out / "network_samples_metrics.json").read_text())
-    assert result["summary"]["n_samples"] == 2 and result["inputs"]["n_train"] == 40
-    assert result["inputs"]["settings"]["machine"] == "network"
-    assert result["inputs"]["provenance"].startswith("recomputed")
-    for both_or_neither in (["analyze", "--no-progress"], ["analyze", str(out / "network_samples.npz"), "--net",
-                                                             str(default_network_path())]):
-        assert main(both_or_neither) == 2
-        assert "either RESULTS.npz or --net" in capsys.readouterr().err
+    assert f"0.667 [" in line("same glyph among") and f"(n=3; chance {s2:.3f})" in line("same glyph among")
+    assert f"chance {want['consistent']:.3f})" in line("globally consistent")
+    assert f"chance {want['twin']:.3f})" in line("twin")
+    assert f"chance {want['mixed']:.3f})" in line("mixed")

@@ -8,7 +8,8 @@ docs/theory.md §11.1) first samples that network with the sampling options (one
 against the network's training set; a network records no provenance, so it is recomputed.
 
 - ``<stem>_metrics.json``: a summary (fractions with Wilson 95% intervals, distributions
-  with bootstrap intervals of the median) and per-sample values;
+  with bootstrap intervals of the median; on twin glyphs the consistency fractions with their
+  chance rates, ``summary.global_consistency.chance``) and per-sample values;
 - ``<stem>_provenance.png``: sample | source training image ids colour-coded | source offsets;
 - ``<stem>_nn_distances.png``: nearest-training-image distances of samples vs held-out images.
 
@@ -256,6 +257,23 @@ def attribution_summary(samples, images, P_attr: Optional[int], boundary: str, k
             "top1pct_uniform": top["uniform"], "top1pct_chance": top["chance_mean"]}
 
 
+def consistency_lines(g: dict) -> list[str]:
+    """The printed twin-glyph consistency fractions, each with its Wilson 95% interval and, beside it, its chance
+    rate (``metrics.glyph_chance_rates``: each sample's glyph ids redrawn independently from the row's own glyph
+    frequencies)."""
+    def frac(name: str, label: str) -> str:
+        f, chance = g[name], g["chance"][name]
+        return (f"{label} {f['fraction']:.3f} [{f['ci95'][0]:.3f}, {f['ci95'][1]:.3f}] (n={f['n']}; "
+                f"chance {chance:.3f})")
+
+    return [frac("consistent", "globally consistent (>= 1 glyph, all the same):"),
+            frac("twin", "twin (>= 2 glyphs, all the same):"),
+            frac("mixed", "mixed (>= 2 different glyphs):"),
+            frac("same_given_two", "same glyph among samples with >= 2 glyphs:"),
+            f"no glyph: {g['no_glyph']['fraction']:.3f} [{g['no_glyph']['ci95'][0]:.3f}, "
+            f"{g['no_glyph']['ci95'][1]:.3f}]"]
+
+
 def run(args) -> int:
     if args.rows <= 0:
         raise ValueError(f"--rows must be a positive int; got {args.rows}")
@@ -285,10 +303,7 @@ def run(args) -> int:
                      f"top 1% of images hold {a['top1pct_share']:.3f} of copied pixels "
                      f"(uniform {a['top1pct_uniform']:.3f}, chance {a['top1pct_chance']:.3f})")
     if "global_consistency" in s:
-        g = s["global_consistency"]
-        lines.append(f"globally consistent: {g['consistent']['fraction']:.3f} "
-                     f"[{g['consistent']['ci95'][0]:.3f}, {g['consistent']['ci95'][1]:.3f}], "
-                     f"twin {g['twin']['fraction']:.3f}, mixed {g['mixed']['fraction']:.3f}")
+        lines += consistency_lines(s["global_consistency"])
     print("\n".join(lines))
     print(f"on {result['inputs']['device']}, wrote " + ", ".join(result["files"].values()))
     return 0

@@ -4,7 +4,8 @@ For every grid point the samples are drawn from the same seeds (same initial noi
 saved as ``runs/<point>.npz`` (the ``sample`` format, so ``analyze`` works on each), and
 scored with the docs/theory.md §7 metrics. Outputs in ``--out``:
 
-- ``sweep.json`` (settings and one row per point), ``sweep.csv``, ``sweep.md``;
+- ``sweep.json`` (settings and one row per point), ``sweep.csv``, ``sweep.md`` (on twin glyphs the
+  consistency fractions with Wilson 95% intervals and their chance rates, ``metrics.glyph_chance_rates``);
 - ``sweep.png``: memorized fraction, novelty and consistency against each parameter.
 
 Resumable: finished points are skipped on a rerun with the same settings (``rows/<point>.json``),
@@ -154,9 +155,11 @@ def flatten_row(point: dict, summary: dict, seconds: float, glyphs: bool) -> dic
         row["n_sources"] = summary["provenance"]["n_sources"]["median"]
     if glyphs and "global_consistency" in summary:
         g = summary["global_consistency"]
-        for name in ("consistent", "twin", "mixed"):
+        for name in ("consistent", "twin", "mixed", "same_given_two"):
             row[name] = g[name]["fraction"]
             row[f"{name}_lo"], row[f"{name}_hi"] = g[name]["ci95"]
+            row[f"{name}_chance"] = g["chance"][name]
+        row["n_two"] = g["same_given_two"]["n"]
     return row
 
 
@@ -209,8 +212,9 @@ def write_table(rows: list[dict], out: Path, config: dict, glyphs: bool) -> list
     columns = ["id", "machine", "P", "lam", "gamma", "beta", "attend_on", "n", "memorized", "memorized_lo", "memorized_hi",
                "nn_median", "nn_relative", "local_consistency", "n_sources"]
     if glyphs:
-        columns += ["consistent", "consistent_lo", "consistent_hi", "twin", "twin_lo", "twin_hi",
-                    "mixed", "mixed_lo", "mixed_hi"]
+        for name in ("consistent", "twin", "mixed", "same_given_two"):
+            columns += [name, f"{name}_lo", f"{name}_hi", f"{name}_chance"]
+        columns.insert(columns.index("same_given_two"), "n_two")
     columns.append("seconds")
     paths = [io.save_json(out / "sweep.json", {"config": config, "rows": rows})]
     buffer = _pyio.StringIO()
@@ -226,7 +230,8 @@ def write_table(rows: list[dict], out: Path, config: dict, glyphs: bool) -> list
             return "-"
         return f"{v:.3f}" if isinstance(v, float) else str(v)
 
-    shown = [c for c in columns if not c.endswith(("_lo", "_hi"))]
+    # intervals and chance rates go in their fraction's cell: "0.33 [0.28, 0.39] (chance 0.26)"
+    shown = [c for c in columns if not c.endswith(("_lo", "_hi", "_chance"))]
     lines = ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
     for r in rows:
         cells = []
@@ -234,6 +239,8 @@ def write_table(rows: list[dict], out: Path, config: dict, glyphs: bool) -> list
             text = cell(r.get(c))
             if f"{c}_lo" in r and r.get(c) is not None:
                 text += f" [{r[c + '_lo']:.2f}, {r[c + '_hi']:.2f}]"
+            if r.get(f"{c}_chance") is not None:
+                text += f" (chance {r[c + '_chance']:.2f})"
             cells.append(text)
         lines.append("| " + " | ".join(cells) + " |")
     with io.atomic_open(out / "sweep.md", "w") as handle:
@@ -277,6 +284,7 @@ def run(args) -> int:
         metrics["consistent"] = "globally consistent"
         metrics["twin"] = "twin (>=2 same glyphs)"
         metrics["mixed"] = "mixed (>=2 different glyphs)"
+        metrics["same_given_two"] = "same glyph | >=2 glyphs"
     params = [p for p in ("P", "lam", "gamma", "beta") if len({r.get(p) for r in rows if r.get(p) is not None}) > 1]
     if not params:
         params = ["P"]
