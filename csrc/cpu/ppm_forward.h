@@ -131,7 +131,9 @@ void forward_group(Unit<T>& u, FwdState<T>& st, int g, const PairedTerm<T>& pt) 
           if (LOGW) l = l + u.lw[size_t(kr) * W + ckey[c]];
           vd m = st.M[q];
           vd x = l - m;
-          if (prune && !any_ge(x, pruneLo)) continue;  // every lane's weight is exactly 0
+          // every lane's weight is exactly 0 (a NaN logit is not provably below the cut-off: it
+          // must reach the sums, as on the fast path and every other backend)
+          if (prune && !any_not_below(x, pruneLo)) continue;
           if (ARGMAX ? any_ge(l, m) : any_gt(l, m)) {  // rare: a new max (or a tie)
             const vd mn = l > m ? l : m;
             const v sc = vexp(to_v<T>(m - mn));

@@ -727,6 +727,7 @@ __global__ void __launch_bounds__(kThreads, TF32 || sizeof(T) != 4 ? 1 : CMAX ==
   static_assert(!TF32 || (TQ == 64 && TK == 64), "the tf32 tiling is 64 x 64");
   static_assert(PARTS * TQ == kThreads && KPT * PARTS == TK, "epilogue mapping");
   static_assert((3 + CMAX) * kThreads <= TQ * LDS, "partial-state reduction reuses the distance tile");
+  if (p.path != nullptr && (*p.path != 0) != TF32) return;  // the device chose the other path (uniform)
 
   // The distance tile and the key entries share one buffer: every path writes St after its last
   // read of Ks, behind a barrier, and the next tile reloads Ks after the epilogue's barrier.
