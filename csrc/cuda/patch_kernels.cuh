@@ -454,11 +454,13 @@ __device__ __forceinline__ void accumulate_range(T (&acc)[RM][RN], const T* Qs, 
 // q_resident: Qs holds the whole query patches (load_query_patches).
 // WIDE (the forward): entries in ranges of DW = Cfg<T>::DQ (Qs and Ks hold TQ x DW and TK x DW),
 // one range when D <= DW, no padded entries; St may alias Ks (it is written after the last read
-// of Ks, behind a barrier). Otherwise (the backward) chunks of DK entries.
+// of Ks, behind a barrier); with ko->on (short patches, the forward's KeyEntryOffsets) the key
+// entries come from load_key_patch_small into spare rows of Qs. Otherwise (the backward) chunks
+// of DK entries.
 template <typename T, int CMAX, int TQ, int TK, int DK, int LDS, bool QMAJOR, bool WIDE>
 __device__ void distance_tile_simt(T* St, T* Qs, T* Ks, const Meta<T, CMAX, TQ, TK>& mt, const PatchParams<T>& p,
                                    const AxisPatch& ar, const AxisPatch& ac, bool q_resident,
-                                   const KeyEntryOffsets<TK>& ko) {
+                                   const KeyEntryOffsets<TK>* ko = nullptr) {
   constexpr int RM = TQ / 16, RN = TK / 16;
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
   T acc[RM][RN];
@@ -468,12 +470,12 @@ __device__ void distance_tile_simt(T* St, T* Qs, T* Ks, const Meta<T, CMAX, TQ, 
     for (int j = 0; j < RN; ++j) acc[i][j] = T(0);
   if constexpr (WIDE) {
     constexpr int DW = Cfg<T>::DQ;
-    if (ko.on) {
+    if (ko != nullptr && ko->on) {
       // Short patches, queries resident (KeyEntryOffsets): one range, no loop; the key entries go
       // to the rows of Qs past the query patches (D <= SMALL_ROWS), so St does not alias them and
       // needs no barrier between the last read of Ks and its store.
       T* const Kq = Qs + SMALL_ROWS * TQ;
-      load_key_patch_small(Kq, mt, p, ar, ac, ko);  // sass: weight=KSMALL
+      load_key_patch_small(Kq, mt, p, ar, ac, *ko);  // sass: weight=KSMALL
       __syncthreads();  // sass: weight=KSMALL
       accumulate_range<T, RM, RN, TQ, TK>(acc, Qs, Kq, tx, ty, p.D);  // sass: weight=KSMALL
     } else {
@@ -764,7 +766,7 @@ __global__ void __launch_bounds__(kThreads, TF32 || sizeof(T) != 4 ? 1 : CMAX ==
     if constexpr (TF32) {
       cross_tile_tf32<CMAX, LDS>(St, Qs, Ks, qn, kn, mt, p, ar, ac);  // only instantiated for float
     } else {
-      distance_tile_simt<T, CMAX, TQ, TK, DK, LDS, true, true>(St, Qs, Ks, mt, p, ar, ac, q_resident, ko);
+      distance_tile_simt<T, CMAX, TQ, TK, DK, LDS, true, true>(St, Qs, Ks, mt, p, ar, ac, q_resident, &ko);
     }
 
     // Online softmax over this thread's KPT keys of the tile.
@@ -875,7 +877,6 @@ __global__ void __launch_bounds__(kThreads, 3) backward_kernel(const PatchParams
   const bool live = mt.q_b[row] >= 0 && lse_q > neg_inf<T>();
   const bool q_resident = p.D <= Cfg<T>::DQ;
   if (q_resident) load_query_patches(Qs, mt, p, ar, ac);  // ordered before use by the tile's first barrier
-  const KeyEntryOffsets<TK> ko(p.doff, p.D, false);  // the backward's chunks load their keys themselves
   T gq[CMAX];
 #pragma unroll
   for (int ch = 0; ch < CMAX; ++ch) gq[ch] = q_g[ch][row];
@@ -885,7 +886,7 @@ __global__ void __launch_bounds__(kThreads, 3) backward_kernel(const PatchParams
   for (int64_t kstart = wi.k0; kstart < wi.k1; kstart += TK) {  // sass: tile=TQ*TK/THREADS
     load_keys(mt, p, kx, kstart, wi.k1, ar, ac);
     __syncthreads();
-    distance_tile_simt<T, CMAX, TQ, TK, DK, LDS, false, false>(St, Qs, Ks, mt, p, ar, ac, q_resident, ko);
+    distance_tile_simt<T, CMAX, TQ, TK, DK, LDS, false, false>(St, Qs, Ks, mt, p, ar, ac, q_resident);
     // Coefficients a_k, in place of the distances.
 #pragma unroll
     for (int j = 0; j < KPT; ++j) {
