@@ -349,10 +349,17 @@ def patch_env(C: int, P: int, dtype: str = "float", H: int = 28, W: int = 28, tf
     # one per thread (means over the LSTEP warp-uniform starts t // 64), accumulate_range AMAIN
     # of 8 and AREM of one; the trip counts are means over the ranges.
     qres = int(D <= DQ and not tf32)
+    # PLAIN: the forward's epilogue for a full key tile without key_logw (tile_softmax_plain), the
+    # counted case on the fp32 path (the last, partial tile of a block is one in T >= 4, and rarer
+    # at scale; key_logw would take tile_softmax_general on every tile)
+    plain = int(not tf32)
+    # KSMALL: the fp32 forward loads short key patches (D <= 4 * LSTEP) with per-thread offsets
+    # in registers (load_key_patch_small) instead of load_key_range
+    ksmall = int(not tf32 and D <= 4 * (THREADS // TK))
     lstep = THREADS // TK
     ranges = [min(DQ, D - d0) for d0 in range(0, D, DQ)]
     counts = [len(range(s, n, lstep)) for n in ranges for s in range(lstep)]
-    return dict(C=C, P=P, D=D, TQ=TQ, TK=TK, DK=DK, NCHUNK=nchunk, FULL=full, REM=rem, QRES=qres,
+    return dict(C=C, P=P, D=D, TQ=TQ, TK=TK, DK=DK, NCHUNK=nchunk, FULL=full, REM=rem, QRES=qres, PLAIN=plain, KSMALL=ksmall,
                 NWIDE=len(ranges), LSTEP=lstep, LMAIN=sum(n // 4 for n in counts) / len(counts),
                 LREM=sum(n % 4 for n in counts) / len(counts), AMAIN=sum(n // 8 for n in ranges) / len(ranges),
                 AREM=sum(n % 8 for n in ranges) / len(ranges),

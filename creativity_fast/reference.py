@@ -151,7 +151,9 @@ def els_partials(z, data, sigma, P, boundary, keys="all", key_logw=None, *, chun
     D = weights.numel()
     allowed = (admissible_centres(H, P, "els", boundary, keys)[:, None, :, None]
                & admissible_centres(W, P, "els", boundary, keys)[None, :, None, :]).reshape(HW, HW)
-    log_mask = torch.zeros(HW, HW, dtype=z.dtype, device=z.device).masked_fill(~allowed.to(z.device), float("-inf"))
+    # inadmissible keys get logit -inf by masked_fill, not by adding -inf (a NaN distance plus
+    # -inf stays NaN and would poison a pixel that may not use the key)
+    barred = (~allowed.to(z.device)).repeat(B, 1)[:, None, :]  # [B*HW, 1, HW]
     q = extract_patches(z, rows, cols, pad).reshape(B * HW, D)
     q_sq = (q * q * weights).sum(-1)
     inv2s2 = (1.0 / (2 * sigma * sigma)).repeat_interleave(HW)[:, None, None]  # [B*HW, 1, 1]
@@ -163,7 +165,7 @@ def els_partials(z, data, sigma, P, boundary, keys="all", key_logw=None, *, chun
         k = extract_patches(chunk, rows, cols, pad).reshape(n * HW, D)
         centres = chunk.permute(0, 2, 3, 1).reshape(n * HW, C)
         dist = _sq_dist(q, q_sq, k, weights).reshape(B * HW, n, HW)
-        logits = -dist * inv2s2 + log_mask.repeat(B, 1)[:, None, :]
+        logits = (-dist * inv2s2).masked_fill(barred, float("-inf"))
         if key_logw is not None:
             logits = logits + key_logw[start:start + n].reshape(1, n, HW)
         ids = torch.arange(start * HW, (start + n) * HW, device=z.device)
@@ -244,7 +246,9 @@ def paired_partials(z, data, sigma, P, P2, query_partner, key_partner, beta, bou
     D, D2 = weights.numel(), weights2.numel()
     allowed = (admissible_centres(H, P, "els", boundary, keys)[:, None, :, None]
                & admissible_centres(W, P, "els", boundary, keys)[None, :, None, :]).reshape(HW, HW)
-    log_mask = torch.zeros(HW, HW, dtype=z.dtype, device=z.device).masked_fill(~allowed.to(z.device), float("-inf"))
+    # inadmissible keys get logit -inf by masked_fill, not by adding -inf (a NaN distance plus
+    # -inf stays NaN and would poison a pixel that may not use the key)
+    barred = (~allowed.to(z.device)).repeat(B, 1)[:, None, :]  # [B*HW, 1, HW]
     q = extract_patches(z, rows, cols, pad).reshape(B * HW, D)
     q_sq = (q * q * weights).sum(-1)
     paired = beta != 0
@@ -263,7 +267,7 @@ def paired_partials(z, data, sigma, P, P2, query_partner, key_partner, beta, bou
             k2 = partner_patches(chunk, key_partner[start:start + n], rows2, cols2, pad2).reshape(n * HW, D2)
             dist = dist + beta * _sq_dist(q2, q2_sq, k2, weights2)
         centres = chunk.permute(0, 2, 3, 1).reshape(n * HW, C)
-        logits = -dist.reshape(B * HW, n, HW) * inv2s2 + log_mask.repeat(B, 1)[:, None, :]
+        logits = (-dist.reshape(B * HW, n, HW) * inv2s2).masked_fill(barred, float("-inf"))
         ids = torch.arange(start * HW, (start + n) * HW, device=z.device)
         state.update(logits.reshape(B * HW, n * HW), lambda p, c=centres: p @ c, ids)
     return _state_partials(state, B, C, H, W)

@@ -288,7 +288,7 @@ def test_nonfinite_inputs_propagate_the_same_on_every_path(runner, case, machine
 
 # Where the other backends stand against the same rule (csrc/cuda/NOTES.md, "Non-finite
 # inputs"): known deviations are strict xfails, so a fix shows up as an XPASS to remove.
-_CPU_NONFINITE_DEVIATIONS: dict = {}  # none left (the CPU kernel keeps NaN logits through pruning)
+_CPU_NONFINITE_DEVIATIONS: dict = {}  # none left (the CPU kernel's pruning keeps NaN logits)
 
 
 def _nonfinite_other_backend_cases():
@@ -299,12 +299,14 @@ def _nonfinite_other_backend_cases():
             if why:
                 marks.append(pytest.mark.xfail(strict=True, reason=why))
             yield pytest.param("cpu", case, m, marks=marks, id=f"cpu-{case}-{'-'.join(m)}")
-            # The reference: exact on NaN, but it expands the distance (inf - inf = NaN where the
-            # rule says +inf) and masks zeros-ELS keys by adding -inf (NaN + -inf = NaN).
+            # The reference, by design (docs/theory.md §4.4): it expands the distance (inf - inf =
+            # NaN where the rule says +inf: those cases are not run) and sums the centres of every
+            # key, the inadmissible zeros-ELS ones with weight 0 (0 * NaN = NaN).
             if "inf" not in case:
                 marks = [] if m[:2] != ("els", "zeros") or case.startswith("z") else [pytest.mark.xfail(
-                    strict=True, reason="reference: zeros-ELS masks keys by adding -inf, so a NaN key poisons "
-                                        "pixels that may not use it")]
+                    strict=True, reason="reference (dense twin, docs/theory.md §4.4): inadmissible zeros-ELS keys "
+                                        "enter the centre sum with weight 0, so a NaN centre pixel poisons pixels "
+                                        "that may not use its key")]
                 yield pytest.param("reference", case, m, marks=marks, id=f"reference-{case}-{'-'.join(m)}")
 
 
@@ -599,6 +601,33 @@ def test_training_set_norms_are_computed_once_per_data_set(runner):
         runner.forward(zc, dc, sc, 3, "els", "zeros", "all", None, False)
         assert passes() == n0 + 2, "an in-place change must recompute"
         assert runner.precision_stats()["last_knorm"] == pytest.approx(2 * _max_patch_norm(data, 3, "zeros"), rel=1e-6)
+        # `.data =` swaps the storage of the same tensor object without bumping its version
+        # counter: the cache must not return the old value (it also keys on the storage pointer)
+        version = dc._version
+        dc.data = dc.data * 1.5
+        assert dc._version == version
+        runner.forward(zc, dc, sc, 3, "els", "zeros", "all", None, False)
+        assert passes() == n0 + 3, "a swapped storage must recompute"
+        assert runner.precision_stats()["last_knorm"] == pytest.approx(3 * _max_patch_norm(data, 3, "zeros"), rel=1e-6)
+        runner.forward(zc, dc, sc, 3, "els", "zeros", "all", None, False)
+        assert passes() == n0 + 3, "an unchanged tensor is read from the cache"
+
+
+def test_auto_precision_makes_no_host_sync(runner):
+    """The automatic fp32 / tf32 decision runs on the device (no .cpu() / .item() per call) once the
+    training set's norms are cached: CUDA's sync debug mode turns any synchronising call into an error."""
+    if runner.device.type != "cuda":
+        pytest.skip("needs a CUDA device (the emulator has no host-device boundary)")
+    z, data, sigma, _ = random_inputs(B=2, C=1, H=9, W=9, N=10, seed=13)
+    args = (*_to(runner, torch.float32, z, data, sigma), 3, "els", "zeros", "all", None, True)
+    with set_env(CREATIVITY_FAST_CUDA_MATH="auto"):
+        runner.forward(*args)  # fills the cache (one pass over the data, which syncs)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            runner.forward(*args)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
 
 
 def test_float64_never_uses_tf32(runner):

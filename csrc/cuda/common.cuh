@@ -66,6 +66,10 @@ struct PatchParams {
   const int* rowclass = nullptr;  // [H] row class of a query row
   const int* colclass = nullptr;  // [W]
   int ncolclass = 0;              // group of pixel (r, c) = rowclass[r] * ncolclass + colclass[c]
+  // forward, automatic precision decided on the device (ops_impl.cuh: choose_tf32): 1 tf32, 0
+  // fp32; both instantiations are launched and the blocks of the other one return at once.
+  // nullptr: the launched instantiation runs.
+  const int* path = nullptr;
   int B = 0, C = 0, H = 0, W = 0, N = 0, D = 0, P = 0;
   Boundary boundary = Boundary::Zeros;
   // forward partial states, entry e: m, s, acc[e*C + c], best logit, best key id

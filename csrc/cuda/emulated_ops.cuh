@@ -93,8 +93,7 @@ inline at::Tensor backward_lse(const at::Tensor& grad, const at::Tensor& grad_ls
 // The precision policy's decisions so far (ops_impl.cuh: PrecisionStats), as
 // {tf32, fp32, forced, data_passes, last_bound, last_tol, last_knorm, last_qnorm}.
 inline std::vector<double> precision_stats() {
-  std::lock_guard<std::mutex> lock(cfc::impl::precision_mutex());
-  const auto& s = cfc::impl::precision_stats();
+  const auto s = cfc::impl::read_precision_stats();
   return {double(s.tf32), double(s.fp32), double(s.forced), double(s.data_passes),
           s.last_bound, s.last_tol, s.last_knorm, s.last_qnorm};
 }

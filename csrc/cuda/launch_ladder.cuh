@@ -33,12 +33,18 @@ struct LaunchDims {
 };
 
 // forward_kernel<T, CMAX, TF32>: one block per work item; cmax is 1 or 4 (channels held in
-// registers); tf32 only for float.
+// registers); tf32 only for float; p.path set (float): both fp32 and tf32, one of them runs.
 template <typename T, typename Launcher>
 cudaError_t patch_forward(Launcher&& launch, const PatchParams<T>& p, int64_t nwork, bool tf32, int cmax) {
   if (nwork <= 0) return cudaSuccess;
   const LaunchDims d{static_cast<unsigned>(nwork), 1, static_cast<unsigned>(kThreads), 0};
   if constexpr (std::is_same<T, float>::value) {
+    if (p.path != nullptr) {  // decided on the device: both, the one not chosen returns at once
+      const cudaError_t e = cmax == 1 ? launch(detail::forward_kernel<float, 1, false>, d, p)
+                                      : launch(detail::forward_kernel<float, 4, false>, d, p);
+      if (e != cudaSuccess) return e;
+      tf32 = true;
+    }
     if (tf32) {
       if (cmax == 1) return launch(detail::forward_kernel<float, 1, true>, d, p);
       return launch(detail::forward_kernel<float, 4, true>, d, p);

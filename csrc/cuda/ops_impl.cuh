@@ -125,12 +125,16 @@ inline at::Tensor max_patch_sq_norms(const at::Tensor& u, const at::Tensor& Ar, 
 }
 
 // Decisions of the policy in this process, for tests and diagnostics (the emulator module
-// exposes them; CREATIVITY_FAST_CUDA_VERBOSE=1 prints each decision).
+// exposes them; CREATIVITY_FAST_CUDA_VERBOSE=1 prints each decision). The automatic decision is
+// made on the device (no host sync per call), so its counts and last values are kept as device
+// tensors and read only when asked for (read_precision_stats).
 struct PrecisionStats {
-  int64_t tf32 = 0, fp32 = 0;  // automatic decisions
+  int64_t tf32 = 0, fp32 = 0;  // automatic decisions (folded from `counts` when read)
   int64_t forced = 0;          // calls with CREATIVITY_FAST_CUDA_MATH=fp32|tf32 (or no choice: dtype, GPU)
   int64_t data_passes = 0;     // passes over the training set for its patch norms (cache misses)
   double last_bound = -1.0, last_tol = -1.0, last_knorm = -1.0, last_qnorm = -1.0;
+  at::Tensor counts;              // int64 [2] on the device of the last automatic call: fp32, tf32 decisions
+  at::Tensor last_bound_t, last_qnorm_t;  // float64 scalars of the last automatic call (undefined: none)
 };
 inline std::mutex& precision_mutex() {
   static std::mutex m;
@@ -141,29 +145,52 @@ inline PrecisionStats& precision_stats() {
   return s;
 }
 
+// The stats with the device-side counts and last values folded in (a host sync: diagnostics only).
+inline PrecisionStats read_precision_stats() {
+  std::lock_guard<std::mutex> lock(precision_mutex());
+  PrecisionStats& st = precision_stats();
+  if (st.counts.defined()) {
+    const at::Tensor c = st.counts.cpu();
+    st.fp32 += c.data_ptr<int64_t>()[0];
+    st.tf32 += c.data_ptr<int64_t>()[1];
+    st.counts = at::Tensor();
+  }
+  if (st.last_bound_t.defined()) st.last_bound = st.last_bound_t.item<double>();
+  if (st.last_qnorm_t.defined()) st.last_qnorm = st.last_qnorm_t.item<double>();
+  return st;
+}
+
 // The training set's largest weighted patch norm and largest |value|, cached per (tensor,
-// version, P, boundary): one pass over the data per data set and patch geometry, not per call.
-// The cache holds weak references, so a freed tensor never matches a new one at the same address.
+// storage pointer, shape, strides, dtype, device, version, P, boundary): one pass over the data
+// per data set and patch geometry, not per call. The version counter catches in-place writes, the
+// pointer and shape a `.data =` or `set_` swap (which keep the TensorImpl); the cache holds weak
+// references, so a freed tensor never matches a new one at the same address.
 struct DataNorms {
   double knorm = 0, absmax = 0;
 };
 struct DataNormEntry {
   c10::weak_intrusive_ptr<c10::TensorImpl> impl;
+  const void* ptr;
+  std::vector<int64_t> sizes, strides;
+  at::ScalarType dtype;
+  at::Device device;
   int64_t version;
   int P;
   Boundary boundary;
   DataNorms norms;
+  bool matches(const at::Tensor& t, int P_, Boundary b) const {
+    const auto alive = impl.lock();
+    return alive.get() == t.unsafeGetTensorImpl() && ptr == t.data_ptr() && t.sizes().vec() == sizes &&
+           t.strides().vec() == strides && dtype == t.scalar_type() && device == t.device() &&
+           version == t._version() && P == P_ && boundary == b;
+  }
 };
 inline DataNorms data_patch_norms(const at::Tensor& data, int P, Boundary boundary) {
   static std::vector<DataNormEntry> cache;  // a few recent entries, guarded by precision_mutex()
   {
     std::lock_guard<std::mutex> lock(precision_mutex());
-    for (const auto& e : cache) {
-      const auto alive = e.impl.lock();
-      if (alive.get() == data.unsafeGetTensorImpl() && e.version == data._version() && e.P == P &&
-          e.boundary == boundary)
-        return e.norms;
-    }
+    for (const auto& e : cache)
+      if (e.matches(data, P, boundary)) return e.norms;
   }
   const int64_t N = data.size(0), H = data.size(2), W = data.size(3);
   const at::Tensor Ar = axis_patch_matrix(H, P, boundary).to(data.device());
@@ -181,51 +208,89 @@ inline DataNorms data_patch_norms(const at::Tensor& data, int P, Boundary bounda
   DataNorms out{host.data_ptr<double>()[0], host.data_ptr<double>()[1]};
   std::lock_guard<std::mutex> lock(precision_mutex());
   if (cache.size() >= 4) cache.erase(cache.begin());
-  cache.push_back({c10::weak_intrusive_ptr<c10::TensorImpl>(data.getIntrusivePtr()), data._version(), P, boundary, out});
+  cache.push_back({c10::weak_intrusive_ptr<c10::TensorImpl>(data.getIntrusivePtr()), data.data_ptr(),
+                   data.sizes().vec(), data.strides().vec(), data.scalar_type(), data.device(), data._version(), P,
+                   boundary, out});
   ++precision_stats().data_passes;
   return out;
 }
 
-inline bool choose_tf32(const at::Tensor& z, const at::Tensor& data, const at::Tensor& sigma, const Options& o,
-                        int D, const DeviceInfo& dev) {
+// axis_patch_matrix on a device, cached per (size, P, boundary, device): no host-to-device copy per call.
+inline at::Tensor axis_patch_matrix_on(int size, int P, Boundary boundary, const at::Device& device) {
+  struct Entry {
+    int size, P;
+    Boundary boundary;
+    at::Device device;
+    at::Tensor A;
+  };
+  static std::vector<Entry> cache;  // guarded by precision_mutex()
+  std::lock_guard<std::mutex> lock(precision_mutex());
+  for (const auto& e : cache)
+    if (e.size == size && e.P == P && e.boundary == boundary && e.device == device) return e.A;
+  at::Tensor A = axis_patch_matrix(size, P, boundary).to(device);
+  if (cache.size() >= 16) cache.erase(cache.begin());
+  cache.push_back({size, P, boundary, device, A});
+  return A;
+}
+
+// tf32_logit_bound (plan.cuh) elementwise on float64 tensors qnorm [B] and sigma [B], for a scalar knorm.
+inline at::Tensor tf32_logit_bound_t(int D, const at::Tensor& qnorm, double knorm, const at::Tensor& sigma) {
+  const Tf32BoundCoefficients c = tf32_bound_coefficients(D);
+  return (qnorm * (2 * c.cross * knorm) + (qnorm * qnorm + knorm * knorm) * c.norms) / (sigma * sigma * 2);
+}
+
+// The precision path of a float32 forward call: `tf32` when the host decides (forced, or no
+// choice); otherwise `flag`, an int32 scalar on z's device, 1 where the proven bound is within the
+// tolerance (tf32) and 0 where not (fp32), computed there without a host sync (the forward then
+// launches both instantiations and each block of the one not chosen returns at once).
+struct PathChoice {
+  bool tf32 = false;
+  at::Tensor flag;  // undefined: the host decided
+};
+
+inline PathChoice choose_tf32(const at::Tensor& z, const at::Tensor& data, const at::Tensor& sigma, const Options& o,
+                              int D, const DeviceInfo& dev) {
   const std::string math = env_string("CREATIVITY_FAST_CUDA_MATH", "auto");
   TORCH_CHECK(math == "auto" || math == "fp32" || math == "tf32",
               "CREATIVITY_FAST_CUDA_MATH must be 'auto', 'fp32' or 'tf32'; got '", math, "'");
   if (math != "auto" || z.scalar_type() != at::kFloat || dev.major < 8) {
     std::lock_guard<std::mutex> lock(precision_mutex());
     ++precision_stats().forced;
-    return math == "tf32" && z.scalar_type() == at::kFloat && dev.major >= 8;
+    return {math == "tf32" && z.scalar_type() == at::kFloat && dev.major >= 8, at::Tensor()};
   }
-  const DataNorms dn = data_patch_norms(data, o.P, o.boundary);
+  const DataNorms dn = data_patch_norms(data, o.P, o.boundary);  // cached per data set: no pass, no sync
   const int H = z.size(2), W = z.size(3);
-  const at::Tensor Ar = axis_patch_matrix(H, o.P, o.boundary).to(z.device());
-  const at::Tensor Ac = axis_patch_matrix(W, o.P, o.boundary).to(z.device());
-  const at::Tensor qs = at::stack({max_patch_sq_norms(z, Ar, Ac).sqrt(), sigma.to(at::kDouble)}).cpu();  // one sync
-  const int64_t B = z.size(0);
-  const double* q = qs.data_ptr<double>();
-  double bound = 0, qmax = 0;
-  for (int64_t b = 0; b < B; ++b) {
-    bound = std::max(bound, tf32_logit_bound(D, q[b], dn.knorm, q[B + b]));
-    qmax = std::max(qmax, q[b]);
-  }
+  const at::Tensor Ar = axis_patch_matrix_on(H, o.P, o.boundary, z.device());
+  const at::Tensor Ac = axis_patch_matrix_on(W, o.P, o.boundary, z.device());
+  const at::Tensor qn = max_patch_sq_norms(z, Ar, Ac).sqrt();  // [B] float64, on the device
+  const at::Tensor bound = tf32_logit_bound_t(D, qn, dn.knorm, sigma.to(at::kDouble)).amax();
   const std::string tol_env = env_string("CREATIVITY_FAST_TF32_TOL", "");
   const double tol = tol_env.empty() ? tf32_default_tolerance(dn.absmax) : std::strtod(tol_env.c_str(), nullptr);
-  const bool use = bound <= tol;
+  const at::Tensor flag = bound.le(tol).to(at::kInt);  // a NaN bound (NaN input) is no certificate: fp32
   {
     std::lock_guard<std::mutex> lock(precision_mutex());
     PrecisionStats& st = precision_stats();
-    ++(use ? st.tf32 : st.fp32);
-    st.last_bound = bound;
+    const at::Tensor one = flag.to(at::kLong);
+    const at::Tensor inc = at::stack({1 - one, one});
+    if (st.counts.defined() && st.counts.device() != z.device()) {  // another device: fold (rare)
+      const at::Tensor c = st.counts.cpu();
+      st.fp32 += c.data_ptr<int64_t>()[0];
+      st.tf32 += c.data_ptr<int64_t>()[1];
+      st.counts = at::Tensor();
+    }
+    st.counts = st.counts.defined() ? st.counts + inc : inc;
+    st.last_bound_t = bound;
+    st.last_qnorm_t = qn.amax();
     st.last_tol = tol;
     st.last_knorm = dn.knorm;
-    st.last_qnorm = qmax;
   }
-  if (verbose())
+  if (verbose())  // diagnostics: reads the device values (a sync)
     std::fprintf(stderr,
                  "[creativity_fast cuda] precision: max|q|_w=%g max|k|_w=%g max|data|=%g D=%d: tf32 logit error <= %.3g "
                  "(tol %.3g) -> %s\n",
-                 qmax, dn.knorm, dn.absmax, D, bound, tol, use ? "tf32" : "fp32");
-  return use;
+                 qn.amax().item<double>(), dn.knorm, dn.absmax, D, bound.item<double>(), tol,
+                 flag.item<int>() ? "tf32" : "fp32");
+  return {false, flag};
 }
 
 // A plan with its tables on the device: int64 [groups | work items], int32 [dtab | rowclass | colclass | doff].
@@ -320,7 +385,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> patch_forward(const L& launch, co
                              fixed_tiles_per_block()),
                   z.device());
   const int64_t E = dp.host.entries;
-  const bool tf32 = std::is_same<T, float>::value && choose_tf32(z, data, sigma, o, dp.host.D, dev);
+  PathChoice path;
+  if (std::is_same<T, float>::value) path = choose_tf32(z, data, sigma, o, dp.host.D, dev);
   const at::Tensor inv2s2 = inv_two_sigma_sq(sigma);
   const auto opts = z.options();
   at::Tensor pm = at::empty({E}, opts), ps = at::empty({E}, opts), pbest = at::empty({E}, opts);
@@ -331,7 +397,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> patch_forward(const L& launch, co
   p.pbest = pbest.data_ptr<T>();
   p.pacc = pacc.data_ptr<T>();
   p.pid = pid.data_ptr<int64_t>();
-  launch.patch_forward(p, static_cast<int64_t>(dp.host.work.size()), tf32, C == 1 ? 1 : 4);
+  if (path.flag.defined()) p.path = path.flag.data_ptr<int>();  // both paths launched, one runs
+  launch.patch_forward(p, static_cast<int64_t>(dp.host.work.size()), path.tf32, C == 1 ? 1 : 4);
   at::Tensor x0 = at::empty({B, C, H, W}, opts), lse = at::empty({B, H, W}, opts);
   at::Tensor best = at::empty({return_argmax ? int64_t(B) * H * W : 0}, opts.dtype(at::kLong));
   launch.patch_merge(p, x0.data_ptr<T>(), lse.data_ptr<T>(), return_argmax ? best.data_ptr<int64_t>() : nullptr);

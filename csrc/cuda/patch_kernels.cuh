@@ -300,6 +300,48 @@ __device__ __forceinline__ void load_key_range(T* Ks, const Meta<T, CMAX, TQ, TK
     load_key_entries_slow(Ks, TK, mt, p, ar, ac, k, d0, n, true);  // sass: cold
 }
 
+// Per-thread offsets of the key entries it loads (load_key_patch_small), fixed for the block:
+// thread t loads entries t / TK + u * STEP, u < 4, of key t % TK; 0 (the corner) past D. `on` when every
+// entry of a patch is among them (D <= 4 * STEP) and `enable` (the caller's CUDA-core path reads
+// the patches as one range).
+constexpr int SMALL_ROWS = 16;  // short patches (load_key_patch_small): rows of Qs for the queries; the keys follow
+
+template <int TK>
+struct KeyEntryOffsets {
+  static constexpr int STEP = kThreads / TK;
+  int off[4];
+  bool on;
+  __device__ KeyEntryOffsets(const int* doff, int D, bool enable) : on(enable && D <= 4 * STEP) {
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+      const int d = static_cast<int>(threadIdx.x) / TK + u * STEP;
+      off[u] = on && d < D ? __ldg(doff + d) : 0;
+    }
+  }
+};
+
+// The whole patches of the tile's keys into Ks[d * TK + k] (layout "dm") when they are short
+// (KeyEntryOffsets::on): no loop, the offsets in registers, one address and one load per entry.
+template <typename T, int CMAX, int TQ, int TK>
+__device__ __forceinline__ void load_key_patch_small(T* Ks, const Meta<T, CMAX, TQ, TK>& mt, const PatchParams<T>& p,
+                                                     const AxisPatch& ar, const AxisPatch& ac,
+                                                     const KeyEntryOffsets<TK>& ko) {
+  // (the weight tags: the line table loses the call site of some of these instructions)
+  const int k = threadIdx.x % TK;  // sass: weight=KSMALL
+  const int64_t base = mt.k_base[k];  // sass: weight=KSMALL
+  if (base >= 0) {  // sass: weight=KSMALL
+    const T* src = p.data + base;  // sass: weight=KSMALL
+    CF_OPAQUE_PTR(src);  // sass: weight=KSMALL
+    T* xp = Ks + threadIdx.x;  // entry t / TK + u * STEP of key t % TK is at Ks[t + u * kThreads]; sass: weight=KSMALL
+    // Unconditional: an entry d >= D (offset 0, the patch corner) fills a row of Ks that no one
+    // reads (accumulate_range stops at D; Ks has DQ >= 4 * STEP rows), cheaper than a predicate.
+#pragma unroll
+    for (int u = 0; u < 4; ++u) xp[u * kThreads] = __ldg(src + ko.off[u]);  // sass: weight=KSMALL
+  } else {  // a padding key, or a patch across the border (edge groups; cold in the interior group counted)
+    load_key_entries_slow(Ks, TK, mt, p, ar, ac, k, 0, p.D, true);  // sass: cold
+  }
+}
+
 // Chunk [d0, d0+DK) of the query patches into Qs and of the key patches into Ks.
 // Layout "dm" (CUDA-core path): X[dd * ld + row]; layout "md" (tensor-core path): X[row * ld + dd].
 template <typename T, int CMAX, int TQ, int TK, int DK, bool ROW_MAJOR>
@@ -412,10 +454,13 @@ __device__ __forceinline__ void accumulate_range(T (&acc)[RM][RN], const T* Qs, 
 // q_resident: Qs holds the whole query patches (load_query_patches).
 // WIDE (the forward): entries in ranges of DW = Cfg<T>::DQ (Qs and Ks hold TQ x DW and TK x DW),
 // one range when D <= DW, no padded entries; St may alias Ks (it is written after the last read
-// of Ks, behind a barrier). Otherwise (the backward) chunks of DK entries.
+// of Ks, behind a barrier); with ko->on (short patches, the forward's KeyEntryOffsets) the key
+// entries come from load_key_patch_small into spare rows of Qs. Otherwise (the backward) chunks
+// of DK entries.
 template <typename T, int CMAX, int TQ, int TK, int DK, int LDS, bool QMAJOR, bool WIDE>
 __device__ void distance_tile_simt(T* St, T* Qs, T* Ks, const Meta<T, CMAX, TQ, TK>& mt, const PatchParams<T>& p,
-                                   const AxisPatch& ar, const AxisPatch& ac, bool q_resident) {
+                                   const AxisPatch& ar, const AxisPatch& ac, bool q_resident,
+                                   const KeyEntryOffsets<TK>* ko = nullptr) {
   constexpr int RM = TQ / 16, RN = TK / 16;
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
   T acc[RM][RN];
@@ -425,13 +470,23 @@ __device__ void distance_tile_simt(T* St, T* Qs, T* Ks, const Meta<T, CMAX, TQ, 
     for (int j = 0; j < RN; ++j) acc[i][j] = T(0);
   if constexpr (WIDE) {
     constexpr int DW = Cfg<T>::DQ;
-    for (int d0 = 0; d0 < p.D; d0 += DW) {  // sass: trips=NWIDE
-      const int n = p.D - d0 < DW ? p.D - d0 : DW;
-      if (!q_resident) load_query_range(Qs, mt, p, ar, ac, d0, n);  // sass: weight=1-QRES
-      load_key_range(Ks, mt, p, ar, ac, d0, n);
-      __syncthreads();
-      accumulate_range<T, RM, RN, TQ, TK>(acc, q_resident ? Qs + d0 * TQ : Qs, Ks, tx, ty, n);
-      __syncthreads();
+    if (ko != nullptr && ko->on) {
+      // Short patches, queries resident (KeyEntryOffsets): one range, no loop; the key entries go
+      // to the rows of Qs past the query patches (D <= SMALL_ROWS), so St does not alias them and
+      // needs no barrier between the last read of Ks and its store.
+      T* const Kq = Qs + SMALL_ROWS * TQ;
+      load_key_patch_small(Kq, mt, p, ar, ac, *ko);  // sass: weight=KSMALL
+      __syncthreads();  // sass: weight=KSMALL
+      accumulate_range<T, RM, RN, TQ, TK>(acc, Qs, Kq, tx, ty, p.D);  // sass: weight=KSMALL
+    } else {
+      for (int d0 = 0; d0 < p.D; d0 += DW) {  // sass: trips=NWIDE; weight=1-KSMALL
+        const int n = p.D - d0 < DW ? p.D - d0 : DW;  // sass: weight=1-KSMALL
+        if (!q_resident) load_query_range(Qs, mt, p, ar, ac, d0, n);  // sass: weight=(1-QRES)*(1-KSMALL)
+        load_key_range(Ks, mt, p, ar, ac, d0, n);  // sass: weight=1-KSMALL
+        __syncthreads();  // sass: weight=1-KSMALL
+        accumulate_range<T, RM, RN, TQ, TK>(acc, q_resident ? Qs + d0 * TQ : Qs, Ks, tx, ty, n);  // sass: weight=1-KSMALL
+        __syncthreads();  // sass: weight=1-KSMALL
+      }
     }
   } else {
     for (int d0 = 0; d0 < p.D; d0 += DK) {  // sass: trips=NCHUNK
@@ -537,6 +592,127 @@ __device__ void cross_tile_tf32(float* St, float* Qs, float* Ks, float* qn, floa
 }
 
 // ---------------------------------------------------------------------------------------
+// Streaming softmax of one tile: thread (row, part) folds its KPT keys k0 .. k0 + KPT - 1 of the
+// distance tile into its running state (logits in LogitUnit).
+
+// The new best key of a tile (rare after the first tiles: cold for bench/sass_count.py): the
+// lowest key id among the logits equal to lmax (keys ascend).
+template <typename T, int CMAX, int KPT, int TQ, int TK>
+__device__ __forceinline__ void take_best(State<T, CMAX>& st, const T (&lv)[KPT], T lmax,
+                                          const Meta<T, CMAX, TQ, TK>& mt, int k0, int64_t HW, int W) {
+  int kbest = k0;
+#pragma unroll
+  for (int j = KPT - 1; j >= 0; --j)
+    if (lv[j] == lmax) kbest = k0 + j;
+  st.best = lmax;
+  st.id = static_cast<int64_t>(mt.k_mu[kbest]) * HW + static_cast<int64_t>(mt.k_r[kbest]) * W + mt.k_c[kbest];
+}
+
+// A new running maximum (rare after the first tiles): rescale the sums.
+template <typename T, int CMAX>
+__device__ __forceinline__ void raise_max(State<T, CMAX>& st, T lmax) {
+  const T r = unit_exp(st.m - lmax);  // exp(-inf) = 0 on the first finite logit
+  st.s *= r;
+#pragma unroll
+  for (int c = 0; c < CMAX; ++c) st.acc[c] *= r;
+  st.m = lmax;
+}
+
+// Any tile: logit l = -dist * scale + k_logw (padding keys: k_logw = -inf), weight ex2(l - m).
+// dist_row: St + row * LDS (query-major tile); tf32: dist = |q|^2 + |k|^2 - 2 <q, k>.
+template <typename T, int CMAX, int KPT, bool TF32, int TQ, int TK>
+__device__ __forceinline__ void tile_softmax_general(State<T, CMAX>& st, const T* dist_row, const T* qn, const T* kn,
+                                                     const Meta<T, CMAX, TQ, TK>& mt, const PatchParams<T>& p,
+                                                     const AxisPatch& ar, const AxisPatch& ac, int row, int k0,
+                                                     T scale, int64_t HW) {
+  T lv[KPT];
+  T lmax = neg_inf<T>();
+#pragma unroll
+  for (int j = 0; j < KPT; ++j) {
+    const int k = k0 + j;
+    T dist = dist_row[k];
+    if constexpr (TF32) {
+      const T norms = qn[row] + kn[k];
+      if (isfinite(norms)) {
+        dist = norms - T(2) * dist;
+        dist = dist < T(0) ? T(0) : dist;  // clamps rounding below 0; keeps a NaN a NaN
+      } else if (mt.q_b[row] >= 0 && mt.k_mu[k] >= 0) {
+        // A non-finite entry (or an overflowing norm): the expanded form cannot tell an
+        // infinite distance from an undefined one, so evaluate the pair as the fp32 path does.
+        dist = direct_distance(mt, p, ar, ac, row, k);  // sass: cold
+      } else {
+        dist = T(0);  // a padding key (or row): any finite distance; its logit is k_logw = -inf
+      }
+    }
+    // padding keys have k_logw = -inf (and a finite distance unless the query is NaN or
+    // infinite, when every real key of the row is NaN or infinitely far too)
+    const T l = -dist * scale + mt.k_logw[k];
+    lv[j] = l;
+    lmax = fmax(lmax, l);  // a NaN logit is no maximum (as `l > lmax` would skip it)
+  }
+  if (lmax > st.best) take_best(st, lv, lmax, mt, k0, HW, p.W);  // sass: cold
+  if (lmax > st.m) raise_max(st, lmax);  // sass: cold
+  if (st.m > neg_inf<T>()) {
+#pragma unroll
+    for (int j = 0; j < KPT; ++j) {
+      const T w = unit_exp(lv[j] - st.m);
+      st.s += w;
+#pragma unroll
+      for (int c = 0; c < CMAX; ++c) st.acc[c] = fma(w, mt.k_centre[c][k0 + j], st.acc[c]);
+    }
+  } else {
+    // No finite logit yet (cold: only before the first one). A NaN logit must still
+    // poison the sum, so that x0_hat and lse are NaN as in the reference, not "no key".
+#pragma unroll
+    for (int j = 0; j < KPT; ++j)
+      if (lv[j] != lv[j]) st.s = lv[j];  // sass: cold
+  }
+}
+
+// A full tile without a log prior: every logit is l = -dist * scale (rounded as in
+// tile_softmax_general, whose `+ 0` is exact), so the tile maximum is -min(dist) * scale (rounding
+// is monotone, so this is the maximum of the rounded logits, ties and NaN as there: fmin skips a
+// NaN as fmax does) and each weight is ex2(fma(-dist, scale, -m)): one fma per pair for the logit
+// and its shift, one rounding instead of two. The best key and the maximum are those of the
+// general path bit for bit; the weights differ by the rounding of the logit (csrc/cuda/NOTES.md,
+// "Rounding of the base-2 logits").
+template <typename T, int CMAX, int KPT, int TQ, int TK>
+__device__ __forceinline__ void tile_softmax_plain(State<T, CMAX>& st, const T* dist_row,
+                                                   const Meta<T, CMAX, TQ, TK>& mt, int k0, T scale, int64_t HW,
+                                                   int W) {
+  T dv[KPT];
+  T dmin = static_cast<T>(INFINITY);
+#pragma unroll
+  for (int j = 0; j < KPT; ++j) {
+    dv[j] = dist_row[k0 + j];
+    dmin = fmin(dmin, dv[j]);
+  }
+  const T lmax = -dmin * scale;
+  if (lmax > st.best || lmax > st.m || !(st.m > neg_inf<T>())) {  // rare after the first tiles
+    T lv[KPT];  // sass: cold
+#pragma unroll
+    for (int j = 0; j < KPT; ++j) lv[j] = -dv[j] * scale;  // sass: cold
+    if (lmax > st.best) take_best(st, lv, lmax, mt, k0, HW, W);  // sass: cold
+    if (lmax > st.m) raise_max(st, lmax);  // sass: cold
+    if (!(st.m > neg_inf<T>())) {
+      // no finite logit yet: a NaN logit still poisons the sum (as in tile_softmax_general)
+#pragma unroll
+      for (int j = 0; j < KPT; ++j)
+        if (lv[j] != lv[j]) st.s = lv[j];  // sass: cold
+      return;  // sass: cold
+    }
+  }
+  const T nm = -st.m;
+#pragma unroll
+  for (int j = 0; j < KPT; ++j) {
+    const T w = unit_exp(fma(-dv[j], scale, nm));
+    st.s += w;
+#pragma unroll
+    for (int c = 0; c < CMAX; ++c) st.acc[c] = fma(w, mt.k_centre[c][k0 + j], st.acc[c]);
+  }
+}
+
+// ---------------------------------------------------------------------------------------
 // Forward kernel.
 
 template <typename T, int CMAX, bool TF32>
@@ -553,6 +729,7 @@ __global__ void __launch_bounds__(kThreads, TF32 || sizeof(T) != 4 ? 1 : CMAX ==
   static_assert(!TF32 || (TQ == 64 && TK == 64), "the tf32 tiling is 64 x 64");
   static_assert(PARTS * TQ == kThreads && KPT * PARTS == TK, "epilogue mapping");
   static_assert((3 + CMAX) * kThreads <= TQ * LDS, "partial-state reduction reuses the distance tile");
+  if (p.path != nullptr && (*p.path != 0) != TF32) return;  // the device chose the other path (uniform)
 
   // The distance tile and the key entries share one buffer: every path writes St after its last
   // read of Ks, behind a barrier, and the next tile reloads Ks after the epilogue's barrier.
@@ -578,6 +755,10 @@ __global__ void __launch_bounds__(kThreads, TF32 || sizeof(T) != 4 ? 1 : CMAX ==
   const T scale = mt.q_scale[row];
   const bool q_resident = !TF32 && p.D <= Cfg<T>::DQ;
   if (q_resident) load_query_patches(Qs, mt, p, ar, ac);  // ordered before use by the tile's first barrier
+  // (queries resident in their first SMALL_ROWS rows, and the rows that load_key_patch_small writes
+  // after them inside Qs)
+  const KeyEntryOffsets<TK> ko(p.doff, p.D, q_resident && p.D <= SMALL_ROWS &&
+                                                SMALL_ROWS * TQ + 4 * kThreads <= QS);
 
   for (int64_t kstart = wi.k0; kstart < wi.k1; kstart += TK) {  // sass: tile=TQ*TK/THREADS
     load_keys(mt, p, kx, kstart, wi.k1, ar, ac);
@@ -585,66 +766,18 @@ __global__ void __launch_bounds__(kThreads, TF32 || sizeof(T) != 4 ? 1 : CMAX ==
     if constexpr (TF32) {
       cross_tile_tf32<CMAX, LDS>(St, Qs, Ks, qn, kn, mt, p, ar, ac);  // only instantiated for float
     } else {
-      distance_tile_simt<T, CMAX, TQ, TK, DK, LDS, true, true>(St, Qs, Ks, mt, p, ar, ac, q_resident);
+      distance_tile_simt<T, CMAX, TQ, TK, DK, LDS, true, true>(St, Qs, Ks, mt, p, ar, ac, q_resident, &ko);
     }
 
     // Online softmax over this thread's KPT keys of the tile.
-    T lv[KPT];
-    T lmax = neg_inf<T>();
-#pragma unroll
-    for (int j = 0; j < KPT; ++j) {
-      const int k = part * KPT + j;
-      T dist = St[row * LDS + k];
-      if constexpr (TF32) {
-        const T norms = qn[row] + kn[k];
-        if (isfinite(norms)) {
-          dist = norms - T(2) * dist;
-          dist = dist < T(0) ? T(0) : dist;  // clamps rounding below 0; keeps a NaN a NaN
-        } else if (mt.q_b[row] >= 0 && mt.k_mu[k] >= 0) {
-          // A non-finite entry (or an overflowing norm): the expanded form cannot tell an
-          // infinite distance from an undefined one, so evaluate the pair as the fp32 path does.
-          dist = direct_distance(mt, p, ar, ac, row, k);  // sass: cold
-        } else {
-          dist = T(0);  // a padding key (or row): any finite distance; its logit is k_logw = -inf
-        }
-      }
-      // padding keys have k_logw = -inf (and a finite distance unless the query is NaN or
-      // infinite, when every real key of the row is NaN or infinitely far too)
-      const T l = -dist * scale + mt.k_logw[k];
-      lv[j] = l;
-      lmax = fmax(lmax, l);  // a NaN logit is no maximum (as `l > lmax` would skip it)
-    }
-    // A new best or maximum is rare after the first tiles (cold for bench/sass_count.py).
-    if (lmax > st.best) {
-      int kbest = part * KPT;  // sass: cold
-#pragma unroll
-      for (int j = KPT - 1; j >= 0; --j)
-        if (lv[j] == lmax) kbest = part * KPT + j;  // the lowest key id among ties (keys ascend); sass: cold
-      st.best = lmax;  // sass: cold
-      st.id = static_cast<int64_t>(mt.k_mu[kbest]) * HW +                     // sass: cold
-              static_cast<int64_t>(mt.k_r[kbest]) * p.W + mt.k_c[kbest];  // sass: cold
-    }
-    if (lmax > st.m) {
-      const T r = unit_exp(st.m - lmax);  // exp(-inf) = 0 on the first finite logit; sass: cold
-      st.s *= r;                          // sass: cold
-#pragma unroll
-      for (int c = 0; c < CMAX; ++c) st.acc[c] *= r;  // sass: cold
-      st.m = lmax;                                    // sass: cold
-    }
-    if (st.m > neg_inf<T>()) {
-#pragma unroll
-      for (int j = 0; j < KPT; ++j) {
-        const T w = unit_exp(lv[j] - st.m);
-        st.s += w;
-#pragma unroll
-        for (int c = 0; c < CMAX; ++c) st.acc[c] = fma(w, mt.k_centre[c][part * KPT + j], st.acc[c]);
-      }
+    if (!TF32 && p.logw == nullptr && kstart + TK <= wi.k1) {
+      // A full tile without a log prior (sass_count's case): every logit is -dist * scale, so
+      // the tile maximum is -min(dist) * scale (rounding is monotone: the same value as the
+      // maximum of the rounded logits) and each weight is one fma, ex2(-dist * scale - m), with
+      // one rounding instead of two (docs: csrc/cuda/NOTES.md, "Rounding of the base-2 logits").
+      tile_softmax_plain<T, CMAX, KPT>(st, St + row * LDS, mt, part * KPT, scale, HW, p.W);  // sass: weight=PLAIN
     } else {
-      // No finite logit yet (cold: only before the first one). A NaN logit must still
-      // poison the sum, so that x0_hat and lse are NaN as in the reference, not "no key".
-#pragma unroll
-      for (int j = 0; j < KPT; ++j)
-        if (lv[j] != lv[j]) st.s = lv[j];  // sass: cold
+      tile_softmax_general<T, CMAX, KPT, TF32>(st, St + row * LDS, qn, kn, mt, p, ar, ac, row, part * KPT, scale, HW);  // sass: weight=1-PLAIN
     }
     __syncthreads();  // St, Qs, Ks and the key metadata are rewritten by the next tile
   }

@@ -143,11 +143,18 @@ inline HostPlan build_plan(int B, int C, int H, int W, int N, int P, Mode mode, 
 //   |final rounding| <= 3 * 2^-24 (1 + g) (qnorm^2 + knorm^2)
 // with u = 2^-11 (tf32 rounding to nearest) and g = D 2^-23 / (1 - D 2^-23) (D fp32 additions,
 // allowing truncation); the logit is -dist / (2 sigma^2).
-inline double tf32_logit_bound(int D, double qnorm, double knorm, double sigma) {
+// bound = (2 cross qnorm knorm + norms (qnorm^2 + knorm^2)) / (2 sigma^2) with these coefficients
+// (ops_impl.cuh evaluates it on the device, per sample).
+struct Tf32BoundCoefficients {
+  double cross, norms;
+};
+inline Tf32BoundCoefficients tf32_bound_coefficients(int D) {
   const double u = std::ldexp(1.0, -11), e23 = std::ldexp(1.0, -23) * D, g = e23 / (1.0 - e23);
-  const double cross = (2 * u + u * u + g * (1 + 2 * u + u * u)) * qnorm * knorm;
-  const double norms = (g + 3 * std::ldexp(1.0, -24) * (1 + g)) * (qnorm * qnorm + knorm * knorm);
-  return (2 * cross + norms) / (2 * sigma * sigma);
+  return {2 * u + u * u + g * (1 + 2 * u + u * u), g + 3 * std::ldexp(1.0, -24) * (1 + g)};
+}
+inline double tf32_logit_bound(int D, double qnorm, double knorm, double sigma) {
+  const Tf32BoundCoefficients c = tf32_bound_coefficients(D);
+  return (2 * c.cross * qnorm * knorm + c.norms * (qnorm * qnorm + knorm * knorm)) / (2 * sigma * sigma);
 }
 
 // Logit-error budget of the tf32 path under the float32 precision contract (docs/theory.md
