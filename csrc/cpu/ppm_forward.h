@@ -31,7 +31,7 @@ void forward_group(Unit<T>& u, FwdState<T>& st, int g, const PairedTerm<T>& pt) 
   const AxisTables& ar = pb.ax_r;
   const AxisTables& ac = pb.ax_c;
   const int W = u.W, C = u.C, r0 = u.r0, r1 = u.r1;
-  const bool prune = pb.opt.prune != 0;
+  const bool prune = pb.opt.prune != 0 && u.group_finite;  // see Unit::pack_group
   const double neg_inv2s2 = -u.inv2s2;
   const vd pruneLo = splat<vd>(prune_below<T>());
   const vi gvec = splat<vi>(g);
@@ -179,7 +179,7 @@ void forward_group(Unit<T>& u, FwdState<T>& st, int g, const PairedTerm<T>& pt) 
               // its ELS distance and the term is not computed (no bit changes).
               vd l = drow[c - clo] * neg_inv2s2;
               if (LOGW) l = l + lwrow[ckey[c]];
-              if (!any_ge(l - st.M[qoff + c], pruneLo)) {
+              if (!any_not_below(l - st.M[qoff + c], pruneLo)) {
                 pt.row[c - clo] = drow[c - clo];
                 continue;
               }
