@@ -365,19 +365,17 @@ def patch_env(C: int, P: int, dtype: str = "float", H: int = 28, W: int = 28, tf
 def paired_env(C: int, P: int, P2: int, dtype: str = "float", H: int = 28, W: int = 28) -> dict:
     """patch_env plus the partner term's trip counts (patch_kernels.cuh: partner_tile): NPART ranges
     of DP entries of the D2 = C * P2 * P2 window (zeros: P2 clipped to 2H-1), per range the
-    gathers PGQ (query windows) and PGK (key windows) per thread (means over the warp-uniform
-    starts t // TQ, t // TK) and the sums' PMAIN iterations of 8 entries and PREM of one."""
+    window gathers (GMAIN, GREM) and the sums' PMAIN iterations of 8 entries and PREM of one."""
     env = patch_env(C, P, dtype, H, W)
     DP = 32 if dtype == "float" else 16  # csrc/cuda/common.cuh: Cfg<T>::DP
     D2 = C * min(P2, 2 * H - 1) * min(P2, 2 * W - 1)
     ranges = [min(DP, D2 - d0) for d0 in range(0, D2, DP)]
 
-    def gathers(rows):
-        step = THREADS // rows
-        counts = [len(range(s, n, step)) for n in ranges for s in range(step)]
-        return sum(counts) / len(counts)
-
-    env.update(P2=P2, D2=D2, DP=DP, NPART=len(ranges), PGQ=gathers(env["TQ"]), PGK=gathers(env["TK"]),
+    # load_window_range: per range GMAIN iterations of 4 gathers and GREM of one per thread (means
+    # over the LSTEP warp-uniform starts t // TK; the query windows have the same counts: TQ = TK)
+    counts = [len(range(s, n, env["LSTEP"])) for n in ranges for s in range(env["LSTEP"])]
+    env.update(P2=P2, D2=D2, DP=DP, NPART=len(ranges), GMAIN=sum(c // 4 for c in counts) / len(counts),
+               GREM=sum(c % 4 for c in counts) / len(counts),
                PMAIN=sum(n // 8 for n in ranges) / len(ranges), PREM=sum(n % 8 for n in ranges) / len(ranges))
     return env
 

@@ -466,6 +466,29 @@ __device__ void distance_tile_simt(T* St, T* Qs, T* Ks, const Meta<T, CMAX, TQ, 
   __syncthreads();
 }
 
+// Entries [0, n) of the table `tab` (dtab layout) of the window centred at (r, c) of `img` (has =
+// false: the zero window) into X[d * ROWS + i], layout "dm", through gather(): window i = t % ROWS of
+// the calling thread, its entries t / ROWS + j * STEP, four per iteration (independent loads).
+// (The trip counts for bench/sass_count.py assume ROWS = TQ = TK, as for float.)
+template <typename T, int ROWS>
+__device__ __forceinline__ void load_window_range(T* X, const T* img, bool has, int r, int c, const int4* tab, int n,
+                                                  const AxisPatch& ar, const AxisPatch& ac, int H, int W) {
+  constexpr int STEP = kThreads / ROWS;
+  static_assert(kThreads % ROWS == 0, "window-range mapping");
+  const int first = threadIdx.x / ROWS;
+  const int cnt = (n - first + STEP - 1) / STEP;  // the thread's entries (0 when first >= n)
+  const int4* tp = tab + first;
+  T* xp = X + threadIdx.x;  // entry first + j * STEP of window t % ROWS is at X[t + j * kThreads]
+  int j = cnt;
+#pragma unroll 1
+  for (; j >= 4; j -= 4, tp += 4 * STEP, xp += 4 * kThreads) {  // sass: trips=GMAIN
+#pragma unroll
+    for (int u = 0; u < 4; ++u) xp[u * kThreads] = has ? gather(img, __ldg(tp + u * STEP), r, c, ar, ac, H, W, true) : T(0);
+  }
+#pragma unroll 1
+  for (; j > 0; --j, tp += STEP, xp += kThreads) *xp = has ? gather(img, __ldg(tp), r, c, ar, ac, H, W, true) : T(0);  // sass: trips=GREM
+}
+
 // The partner term of the paired-patch machine (docs/theory.md §3.7) for the thread's RM x RN
 // micro-tile: acc[i][j] = beta * sum_d2 (q2_d2 - k2_d2)^2 over the entries of the C x P2 x P2
 // partner windows, the query's at query_partner(x) in z and the key's at key_partner(mu, u) in
@@ -479,8 +502,6 @@ template <typename T, int CMAX, int TQ, int TK>
 __device__ void partner_tile(T (&acc)[TQ / 16][TK / 16], T* Q2, T* K2, const Meta<T, CMAX, TQ, TK>& mt,
                              const PatchParams<T>& p, const AxisPatch& ar2, const AxisPatch& ac2) {
   constexpr int RM = TQ / 16, RN = TK / 16, DP = Cfg<T>::DP;
-  constexpr int QSTEP = kThreads / TQ, KSTEP = kThreads / TK;
-  static_assert(kThreads % TQ == 0 && kThreads % TK == 0, "partner-window mapping");
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
 #pragma unroll
   for (int i = 0; i < RM; ++i)
@@ -493,17 +514,15 @@ __device__ void partner_tile(T (&acc)[TQ / 16][TK / 16], T* Q2, T* K2, const Met
   const int qb = mt.q_b[row], kmu = mt.k_mu[k];
   const int64_t qloc = qb >= 0 ? p.qpartner[qb * HW + static_cast<int64_t>(mt.q_r[row]) * p.W + mt.q_c[row]] : -1;
   const int64_t kloc = kmu >= 0 ? p.kpartner[kmu * HW + static_cast<int64_t>(mt.k_r[k]) * p.W + mt.k_c[k]] : -1;
-  const int qr = qloc >= 0 ? static_cast<int>(qloc / p.W) : 0, qc = qloc >= 0 ? static_cast<int>(qloc % p.W) : 0;
-  const int kr = kloc >= 0 ? static_cast<int>(kloc / p.W) : 0, kc = kloc >= 0 ? static_cast<int>(kloc % p.W) : 0;
+  // row and column of a partner: 32-bit divisions (a location is < H * W < 2^31), once per tile
+  const int ql = qloc >= 0 ? static_cast<int>(qloc) : 0, kl = kloc >= 0 ? static_cast<int>(kloc) : 0;
+  const int qr = ql / p.W, qc = ql - qr * p.W, kr = kl / p.W, kc = kl - kr * p.W;
   const T* zq = p.z + (qb >= 0 ? qb : 0) * CHW;
   const T* zk = p.data + (kmu >= 0 ? kmu : 0) * CHW;
   for (int d0 = 0; d0 < p.D2; d0 += DP) {  // sass: trips=NPART
     const int n = p.D2 - d0 < DP ? p.D2 - d0 : DP;
-    for (int dd = threadIdx.x / TQ; dd < n; dd += QSTEP)  // sass: trips=PGQ
-      Q2[dd * TQ + row] =
-          qloc >= 0 ? gather(zq, __ldg(dtab2 + d0 + dd), qr, qc, ar2, ac2, p.H, p.W, true) : T(0);
-    for (int dd = threadIdx.x / TK; dd < n; dd += KSTEP)  // sass: trips=PGK
-      K2[dd * TK + k] = kloc >= 0 ? gather(zk, __ldg(dtab2 + d0 + dd), kr, kc, ar2, ac2, p.H, p.W, true) : T(0);
+    load_window_range<T, TQ>(Q2, zq, qloc >= 0, qr, qc, dtab2 + d0, n, ar2, ac2, p.H, p.W);
+    load_window_range<T, TK>(K2, zk, kloc >= 0, kr, kc, dtab2 + d0, n, ar2, ac2, p.H, p.W);
     __syncthreads();
     // accumulate_range's loop, written out so that bench/sass_count.py (which reads trip counts
     // per source line) can tell the partner ranges from the patch ranges
