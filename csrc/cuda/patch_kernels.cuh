@@ -628,9 +628,11 @@ __device__ void cross_tile_tf32(float* St, float* Qs, float* Ks, float* qn, floa
 
 // PAIRED: the paired-patch machine (docs/theory.md §3.7), CUDA cores only: each key tile first
 // computes the partner term (partner_tile) into registers, then the patch distance tile adds it
-// (distance = patch distance + beta * partner distance); the softmax epilogue is the same.
+// (distance = patch distance + beta * partner distance); the softmax epilogue is the same. Its
+// partner micro-tile stays live across the patch distance: 3 blocks per SM at C = 1 (4 capped
+// ptxas at 64 registers and spilled 12 bytes).
 template <typename T, int CMAX, bool TF32, bool PAIRED = false>
-__global__ void __launch_bounds__(kThreads, TF32 || sizeof(T) != 4 ? 1 : CMAX == 1 ? 4 : 3) forward_kernel(const PatchParams<T> p) {
+__global__ void __launch_bounds__(kThreads, TF32 || sizeof(T) != 4 ? 1 : CMAX == 1 && !PAIRED ? 4 : 3) forward_kernel(const PatchParams<T> p) {
   constexpr int TQ = Cfg<T>::TQ, TK = Cfg<T>::TK, DK = Cfg<T>::DK;
   constexpr int PARTS = kThreads / TQ, KPT = TK / PARTS;
   // St[q * LDS + k], query-major: a thread's KPT consecutive keys are read with 16-byte loads; the
