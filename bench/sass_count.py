@@ -11,8 +11,8 @@ Needs ``nvcc`` (CUDA 12+/13) and ``nvdisasm`` (on PATH, under ``$CUDA_HOME/bin``
 
 Counting method
 ---------------
-1. ``nvcc -cubin -arch=sm_90 -O3 --use_fast_math -lineinfo`` compiles ``csrc/cuda/patch_kernels.cu``
-   and ``csrc/cuda/patch_argmax_attention.cu`` (the flags of the extension build, which
+1. ``nvcc -cubin -arch=sm_90 -O3 --use_fast_math -lineinfo`` compiles ``csrc/cuda/patch_kernels.cu``,
+   ``csrc/cuda/paired_kernels.cu`` and ``csrc/cuda/patch_argmax_attention.cu`` (the flags of the extension build, which
    matter: fast math changes the exp and sqrt sequences); ``nvdisasm --print-line-info-inline``
    disassembles them with, per instruction, its source line and the chain of lines it was
    inlined at.
@@ -182,7 +182,8 @@ def compile_cubin(source: Path, out: Path, nvcc: str) -> None:
         raise SystemExit(f"sass_count: nvcc failed on {source.name}:\n{proc.stderr}")
 
 
-def ptxas_report(nvcc: str, sources=("patch_kernels.cu", "ideal_kernels.cu", "patch_argmax_attention.cu")):
+def ptxas_report(nvcc: str, sources=("patch_kernels.cu", "paired_kernels.cu", "ideal_kernels.cu",
+                                     "patch_argmax_attention.cu")):
     """Per kernel of each source: registers, spill stores / loads and stack (bytes), static shared
     memory, from ``-Xptxas -v`` with the flags of compile_cubin (sm_90)."""
     rows = []
@@ -368,6 +369,24 @@ def patch_env(C: int, P: int, dtype: str = "float", H: int = 28, W: int = 28, tf
                 KPT=TK // (THREADS // TQ))
 
 
+def paired_env(C: int, P: int, P2: int, dtype: str = "float", H: int = 28, W: int = 28) -> dict:
+    """patch_env plus the partner term's trip counts (patch_kernels.cuh: partner_tile): NPART ranges
+    of DP entries of the D2 = C * P2 * P2 window (zeros: P2 clipped to 2H-1), per range the
+    window gathers (GMAIN, GREM) and the sums' PMAIN iterations of 8 entries and PREM of one."""
+    env = patch_env(C, P, dtype, H, W)
+    DP = 32 if dtype == "float" else 16  # csrc/cuda/common.cuh: Cfg<T>::DP
+    D2 = C * min(P2, 2 * H - 1) * min(P2, 2 * W - 1)
+    ranges = [min(DP, D2 - d0) for d0 in range(0, D2, DP)]
+
+    # load_window_range: per range GMAIN iterations of 4 gathers and GREM of one per thread (means
+    # over the LSTEP warp-uniform starts t // TK; the query windows have the same counts: TQ = TK)
+    counts = [len(range(s, n, env["LSTEP"])) for n in ranges for s in range(env["LSTEP"])]
+    env.update(P2=P2, D2=D2, DP=DP, NPART=len(ranges), GMAIN=sum(c // 4 for c in counts) / len(counts),
+               GREM=sum(c % 4 for c in counts) / len(counts),
+               PMAIN=sum(n // 8 for n in ranges) / len(ranges), PREM=sum(n % 8 for n in ranges) / len(ranges))
+    return env
+
+
 def attention_env(C: int, P: int, H: int = 28, W: int = 28, K: int = 8) -> dict:
     ah, aw, ahw = attention_geometry(H, W, P)
     return dict(C=C, P=P, H=H, W=W, HW=H * W, K=K, TSTRIDE=(H + 1) * (W + 1), AVG_H=ah, AVG_W=aw, AVG_HW=ahw,
@@ -393,6 +412,13 @@ def cases():
                         patch_env(C, P, tf32=True)))
             out.append((f"backward fp32 C={C} P={P}", "patch_kernels.cu", rf"backward_kernelIfLi{cmax}EE",
                         env))
+    # The paired-patch machine (P2 = P): its count minus the fp32 forward's of the same C, P is
+    # the partner term's cost per pair (bench/PELS.md).
+    for P in (3, 7):
+        for C in (1, 3):
+            cmax = 1 if C == 1 else 4
+            out.append((f"paired fp32 C={C} P=P2={P}", "paired_kernels.cu", rf"forward_kernelIfLi{cmax}ELb0ELb1EE",
+                        paired_env(C, P, P)))
     for P in (3, 7):
         out.append((f"attention hard C=1 P={P}", "patch_argmax_attention.cu", r"attention_kernelIfLi0EE",
                     attention_env(1, P)))
@@ -405,7 +431,7 @@ def run(breakdown: bool = False, only: str | None = None):
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         disasm = {}
-        for src in ("patch_kernels.cu", "patch_argmax_attention.cu"):
+        for src in ("patch_kernels.cu", "paired_kernels.cu", "patch_argmax_attention.cu"):
             cubin = Path(tmp) / (src + ".cubin")
             compile_cubin(CSRC / "cuda" / src, cubin, nvcc)
             disasm[src] = disassemble(cubin, nvdisasm)

@@ -1,6 +1,6 @@
 """The two backends of the CUDA kernel sources for the tests: the GPU and the CPU emulator.
 
-Shared by test_cuda.py, test_cuda_attention.py and test_op_errors.py; ``tests/conftest.py``
+Shared by test_cuda.py, test_cuda_attention.py, test_cuda_paired.py and test_op_errors.py; ``tests/conftest.py``
 turns :func:`backend_runner` into the ``runner`` fixture.
 
 ``CudaRunner`` calls the compiled CUDA operators through ``torch.ops.creativity_fast``.
@@ -36,6 +36,7 @@ SOURCE = (
     '  m.def("backward", &cf_emu::backward);\n'
     '  m.def("backward_lse", &cf_emu::backward_lse);\n'
     '  m.def("attention", &cf_emu::attention);\n'
+    '  m.def("paired_forward", &cf_emu::paired_forward);\n'
     '  m.def("precision_stats", &cf_emu::precision_stats);\n'
     "}\n"
 )
@@ -89,6 +90,11 @@ class EmulatorRunner:
         return self.module.backward_lse(grad, grad_lse, z, data, sigma, P, mode, boundary, keys, key_logw, x0, lse,
                                         self.SMS, self.MAJOR)
 
+    def paired_forward(self, z, data, sigma, P, P2, query_partner, key_partner, beta, boundary, keys,
+                       return_argmax=True):
+        return tuple(self.module.paired_forward(z, data, sigma, P, P2, query_partner, key_partner, beta, boundary,
+                                                keys, return_argmax, self.SMS, self.MAJOR))
+
     def tf32_capable(self):
         return True
 
@@ -119,6 +125,11 @@ class CudaRunner:
     def backward_lse(self, grad, grad_lse, z, data, sigma, P, mode, boundary, keys, key_logw, x0, lse):
         return torch.ops.creativity_fast.patch_posterior_mean_backward_lse(grad, grad_lse, z, data, sigma, P, mode,
                                                                            boundary, keys, key_logw, x0, lse)
+
+    def paired_forward(self, z, data, sigma, P, P2, query_partner, key_partner, beta, boundary, keys,
+                       return_argmax=True):
+        return torch.ops.creativity_fast.paired_patch_posterior_mean(z, data, sigma, P, P2, query_partner,
+                                                                     key_partner, beta, boundary, keys, return_argmax)
 
     def tf32_capable(self):
         return torch.cuda.get_device_capability()[0] >= 8

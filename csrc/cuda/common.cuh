@@ -27,10 +27,12 @@ struct Cfg;
 template <>
 struct Cfg<float> {
   static constexpr int TQ = 64, TK = 64, DK = 16, DQ = 64;
+  static constexpr int DP = 32;  // partner-window entries per range (paired machine; fits the distance tile)
 };
 template <>
 struct Cfg<double> {
   static constexpr int TQ = 64, TK = 32, DK = 8, DQ = 16;
+  static constexpr int DP = 16;
 };
 
 // Query pixels are split into groups with one shared key rectangle (dictionary.h:
@@ -85,6 +87,13 @@ struct PatchParams {
   const T* lse = nullptr;
   T* pA = nullptr;
   T* pS = nullptr;
+  // paired-patch machine (docs/theory.md §3.7; forward only): partner maps of flat locations
+  // (-1: none, the zero window), the P2 x P2 window's entry table (as dtab), D2 entries, beta
+  const int64_t* qpartner = nullptr;  // [B, H, W]
+  const int64_t* kpartner = nullptr;  // [N, H, W]
+  const int* dtab2 = nullptr;         // [D2][4]
+  int P2 = 0, D2 = 0;
+  T beta = T(0);
 };
 
 // Arguments of the ideal-machine kernels (whole images).
@@ -150,6 +159,10 @@ inline int64_t attention_scratch_doubles(int C, int H, int W, bool soft, int K) 
 // registers; the glue checks C <= 4 for the patch modes).
 template <typename T>
 cudaError_t launch_patch_forward(const PatchParams<T>& p, int64_t nwork, bool tf32, int cmax, cudaStream_t stream);
+// The paired-patch machine's forward (forward_kernel with PAIRED; paired_kernels.cu): the
+// same plan, partial states and merge as the ELS forward, fp32 / fp64 CUDA cores only.
+template <typename T>
+cudaError_t launch_paired_forward(const PatchParams<T>& p, int64_t nwork, int cmax, cudaStream_t stream);
 template <typename T>
 cudaError_t launch_patch_merge(const PatchParams<T>& p, T* x0, T* lse, int64_t* best, cudaStream_t stream);
 template <typename T>

@@ -35,6 +35,10 @@ struct EmuLaunch {
     cfc::ladder::patch_forward<T>(EmuLauncher{}, p, nwork, tf32, cmax);
   }
   template <typename T>
+  void paired_forward(const cfc::PatchParams<T>& p, int64_t nwork, int cmax) const {
+    cfc::ladder::paired_forward<T>(EmuLauncher{}, p, nwork, cmax);
+  }
+  template <typename T>
   void patch_merge(const cfc::PatchParams<T>& p, T* x0, T* lse, int64_t* best) const {
     cfc::ladder::patch_merge<T>(EmuLauncher{}, p, x0, lse, best);
   }
@@ -88,6 +92,18 @@ inline at::Tensor backward_lse(const at::Tensor& grad, const at::Tensor& grad_ls
       cfc::impl::parse_options(creativity_fast::op_args::kPatchPosteriorMeanBackwardLse, P, mode, boundary, keys);
   const cfc::impl::DeviceInfo dev{static_cast<int>(sms), static_cast<int>(major)};
   return cfc::impl::backward(EmuLaunch{}, dev, grad, z, data, sigma, o, key_logw, x0, lse, &grad_lse);
+}
+
+// paired_patch_posterior_mean on the emulator (argument order of the operator), sms and major as above.
+inline std::vector<at::Tensor> paired_forward(const at::Tensor& z, const at::Tensor& data, const at::Tensor& sigma,
+                                              int64_t P, int64_t P2, const at::Tensor& query_partner,
+                                              const at::Tensor& key_partner, double beta, const std::string& boundary,
+                                              const std::string& keys, bool return_argmax, int64_t sms,
+                                              int64_t major) {
+  const cfc::impl::DeviceInfo dev{static_cast<int>(sms), static_cast<int>(major)};
+  auto r = cfc::impl::paired_forward(EmuLaunch{}, dev, z, data, sigma, P, P2, query_partner, key_partner, beta,
+                                     boundary, keys, return_argmax);
+  return {std::get<0>(r), std::get<1>(r), std::get<2>(r)};
 }
 
 // The precision policy's decisions so far (ops_impl.cuh: PrecisionStats), as

@@ -1,7 +1,8 @@
 // The launch ladder of the CUDA kernels: which template instantiation of a kernel a launch
 // runs (scalar type, channels in registers, tf32, phase), and its grid, block and dynamic
 // shared memory. One definition used by both executions of the kernels:
-//   - the CUDA launchers (patch_kernels.cu, ideal_kernels.cu, patch_argmax_attention.cu)
+//   - the CUDA launchers (patch_kernels.cu, paired_kernels.cu, ideal_kernels.cu,
+//     patch_argmax_attention.cu)
 //     pass StreamLauncher, which launches on a CUDA stream;
 //   - the CPU emulator (emulated_ops.cuh) passes its own launcher, which runs the kernel
 //     on cpu_emulation.cuh.
@@ -52,6 +53,15 @@ cudaError_t patch_forward(Launcher&& launch, const PatchParams<T>& p, int64_t nw
   }
   if (cmax == 1) return launch(detail::forward_kernel<T, 1, false>, d, p);
   return launch(detail::forward_kernel<T, 4, false>, d, p);
+}
+
+// forward_kernel<T, CMAX, false, true>: the paired-patch machine, one block per work item.
+template <typename T, typename Launcher>
+cudaError_t paired_forward(Launcher&& launch, const PatchParams<T>& p, int64_t nwork, int cmax) {
+  if (nwork <= 0) return cudaSuccess;
+  const LaunchDims d{static_cast<unsigned>(nwork), 1, static_cast<unsigned>(kThreads), 0};
+  if (cmax == 1) return launch(detail::forward_kernel<T, 1, false, true>, d, p);
+  return launch(detail::forward_kernel<T, 4, false, true>, d, p);
 }
 
 // merge_kernel<T>: one thread per (sample, pixel).

@@ -2,8 +2,8 @@
 //
 // The host flows live in ops_impl.cuh (checks: csrc/op_args.h and the CUDA limits; plan,
 // buffers, precision policy); this file binds them to the CUDA launchers (patch_kernels.cu,
-// ideal_kernels.cu, patch_argmax_attention.cu, whose instantiation ladder is
-// launch_ladder.cuh), the device guard and the current stream, and registers them for the
+// paired_kernels.cu, ideal_kernels.cu, patch_argmax_attention.cu, whose instantiation ladder
+// is launch_ladder.cuh), the device guard and the current stream, and registers them for the
 // CUDA dispatch key.
 //
 // This translation unit is host code only; nvcc's device passes (__CUDA_ARCH__ defined) see
@@ -33,6 +33,10 @@ struct CudaLaunch {
   template <typename T>
   void patch_forward(const PatchParams<T>& p, int64_t nwork, bool tf32, int cmax) const {
     C10_CUDA_CHECK(launch_patch_forward<T>(p, nwork, tf32, cmax, stream));
+  }
+  template <typename T>
+  void paired_forward(const PatchParams<T>& p, int64_t nwork, int cmax) const {
+    C10_CUDA_CHECK(launch_paired_forward<T>(p, nwork, cmax, stream));
   }
   template <typename T>
   void patch_merge(const PatchParams<T>& p, T* x0, T* lse, int64_t* best) const {
@@ -112,6 +116,19 @@ at::Tensor patch_posterior_mean_backward_lse_cuda(const at::Tensor& grad_x0, con
                         &grad_lse);
 }
 
+// No backward operator (as on the CPU): the autograd formula of creativity_fast/ops.py
+// differentiates the reference twin, which runs on the GPU tensors.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> paired_patch_posterior_mean_cuda(
+    const at::Tensor& z, const at::Tensor& data, const at::Tensor& sigma, int64_t P, int64_t P2,
+    const at::Tensor& query_partner, const at::Tensor& key_partner, double beta, c10::string_view boundary,
+    c10::string_view keys, bool return_argmax) {
+  check_on_cuda(op_args::kPairedPatchPosteriorMean, "z", z);
+  const c10::cuda::CUDAGuard guard(z.device());
+  const CudaLaunch launch{c10::cuda::getCurrentCUDAStream()};
+  return impl::paired_forward(launch, device_info(z.get_device()), z, data, sigma, P, P2, query_partner, key_partner,
+                              beta, boundary, keys, return_argmax);
+}
+
 std::tuple<at::Tensor, at::Tensor> patch_argmax_attention_cuda(const at::Tensor& images, const at::Tensor& center,
                                                                int64_t P, int64_t exclude, double tau) {
   check_on_cuda(op_args::kPatchArgmaxAttention, "images", images);
@@ -132,6 +149,7 @@ TORCH_LIBRARY_IMPL(creativity_fast, CUDA, m) {
   m.impl("patch_posterior_mean_backward_lse",
          TORCH_FN(creativity_fast::cuda::patch_posterior_mean_backward_lse_cuda));
   m.impl("patch_argmax_attention", TORCH_FN(creativity_fast::cuda::patch_argmax_attention_cuda));
+  m.impl("paired_patch_posterior_mean", TORCH_FN(creativity_fast::cuda::paired_patch_posterior_mean_cuda));
   // Not registered: masked_local_posterior (no CUDA kernel). A direct
   // torch.ops.creativity_fast.masked_local_posterior call on CUDA tensors raises torch's
   // "could not run ... with arguments from the 'CUDA' backend" NotImplementedError;

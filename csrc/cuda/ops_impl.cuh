@@ -17,6 +17,8 @@
 
 #include <ATen/TensorOperators.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/amax.h>
+#include <ATen/ops/amin.h>
 #include <ATen/ops/arange.h>
 #include <ATen/ops/cat.h>
 #include <ATen/ops/maximum.h>
@@ -571,6 +573,103 @@ at::Tensor backward(const L& launch, const DeviceInfo& dev, const at::Tensor& gr
   return o.mode == Mode::Ideal
              ? ideal_backward<double>(launch, grad, z, data, sigma, key_logw, x0, lse, grad_lse, dev)
              : patch_backward<double>(launch, grad, z, data, sigma, key_logw, x0, lse, grad_lse, o, dev);
+}
+
+// ------------------------------------------------------------------------------------
+// paired_patch_posterior_mean (docs/theory.md §3.7): the ELS plan, partial states and merge,
+// with forward_kernel's PAIRED instantiation (partner_tile, patch_kernels.cuh). Forward only:
+// the autograd formula (creativity_fast/ops.py) differentiates the reference twin on the same
+// device (NOTES.md, "Paired-patch machine").
+
+// A partner map's entries lie in [-1, HW): checked on the device with one synchronisation (two
+// scalars back); on failure the map is copied once for the shared message (op_args.h).
+inline void check_partner_map(const char* op, const char* name, const at::Tensor& t, int64_t HW) {
+  if (t.numel() == 0) return;
+  const at::Tensor range = at::stack({t.amin(), t.amax()}).cpu();
+  const int64_t* r = range.data_ptr<int64_t>();
+  if (r[0] >= -1 && r[1] < HW) return;
+  const at::Tensor host = t.cpu();
+  op_args::check_partner_values(op, name, host.data_ptr<int64_t>(), host.numel(), HW);
+}
+
+template <typename T, typename L>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> paired_forward_impl(const L& launch, const at::Tensor& z,
+                                                                   const at::Tensor& data, const at::Tensor& sigma,
+                                                                   const at::Tensor& qpartner,
+                                                                   const at::Tensor& kpartner, int P2, double beta,
+                                                                   const Options& o, bool return_argmax,
+                                                                   const DeviceInfo& dev) {
+  const int B = z.size(0), C = z.size(1), H = z.size(2), W = z.size(3), N = data.size(0);
+  const DevicePlan dp =
+      upload_plan(build_plan(B, C, H, W, N, o.P, Mode::Els, o.boundary, o.keys, Cfg<T>::TQ, Cfg<T>::TK,
+                             target_blocks(dev), int64_t(sizeof(T)) * (4 + C) + 8, 0, kPartialBudgetBytes,
+                             fixed_tiles_per_block()),
+                  z.device());
+  // The partner window's entry table (the AxisPatch rule of P2), as the plan's dtab.
+  std::vector<int> dtab2, doff2;
+  patch_entry_table(C, H, W, AxisPatch(P2, H, o.boundary), AxisPatch(P2, W, o.boundary), &dtab2, &doff2);
+  at::Tensor dtab2_h = at::empty({int64_t(dtab2.size())}, at::TensorOptions().dtype(at::kInt));
+  std::memcpy(dtab2_h.data_ptr<int>(), dtab2.data(), dtab2.size() * sizeof(int));
+  const at::Tensor dtab2_d = dtab2_h.to(z.device());
+  const int64_t E = dp.host.entries;
+  const at::Tensor inv2s2 = inv_two_sigma_sq(sigma);
+  const auto opts = z.options();
+  at::Tensor pm = at::empty({E}, opts), ps = at::empty({E}, opts), pbest = at::empty({E}, opts);
+  at::Tensor pacc = at::empty({E * C}, opts), pid = at::empty({E}, opts.dtype(at::kLong));
+  const std::optional<at::Tensor> no_logw;
+  PatchParams<T> p = patch_params<T>(dp, z, data, inv2s2, no_logw, o);
+  p.pm = pm.data_ptr<T>();
+  p.ps = ps.data_ptr<T>();
+  p.pbest = pbest.data_ptr<T>();
+  p.pacc = pacc.data_ptr<T>();
+  p.pid = pid.data_ptr<int64_t>();
+  p.qpartner = qpartner.data_ptr<int64_t>();
+  p.kpartner = kpartner.data_ptr<int64_t>();
+  p.dtab2 = dtab2_d.data_ptr<int>();
+  p.P2 = P2;
+  p.D2 = static_cast<int>(dtab2.size() / 4);
+  p.beta = static_cast<T>(beta);
+  if (verbose())
+    std::fprintf(stderr, "[creativity_fast cuda] paired: P=%d P2=%d D2=%d beta=%g (CUDA cores, %s)\n", o.P, P2, p.D2,
+                 beta, std::is_same<T, float>::value ? "fp32" : "fp64");
+  launch.paired_forward(p, static_cast<int64_t>(dp.host.work.size()), C == 1 ? 1 : 4);
+  at::Tensor x0 = at::empty({B, C, H, W}, opts), lse = at::empty({B, H, W}, opts);
+  at::Tensor best = at::empty({return_argmax ? int64_t(B) * H * W : 0}, opts.dtype(at::kLong));
+  launch.patch_merge(p, x0.data_ptr<T>(), lse.data_ptr<T>(), return_argmax ? best.data_ptr<int64_t>() : nullptr);
+  if (return_argmax) best = best.view({B, H, W});
+  return {x0, lse, best};
+}
+
+// The operator body: the shared checks of op_args.h (those of the CPU operator, in its order),
+// the CUDA limits, the partner values; beta = 0 runs the ELS forward itself (the partner term
+// is not formed), as the CPU operator does, so it equals patch_posterior_mean bit for bit.
+template <typename L>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> paired_forward(const L& launch, const DeviceInfo& dev,
+                                                              const at::Tensor& z_in, const at::Tensor& data_in,
+                                                              const at::Tensor& sigma_in, int64_t P, int64_t P2,
+                                                              const at::Tensor& qpartner_in,
+                                                              const at::Tensor& kpartner_in, double beta,
+                                                              c10::string_view boundary, c10::string_view keys,
+                                                              bool return_argmax) {
+  const char* op = op_args::kPairedPatchPosteriorMean;
+  const Options o = op_args::parse_patch_options(op, P, "els", boundary, keys);
+  const std::optional<at::Tensor> no_logw;
+  op_args::check_patch_inputs(op, z_in, data_in, sigma_in, no_logw, o);
+  const int p2 = op_args::check_paired_inputs(op, z_in, data_in, P2, beta, qpartner_in, kpartner_in);
+  check_cuda_limits(op, z_in, data_in, o);
+  const at::Tensor z = z_in.contiguous(), data = data_in.contiguous(), sigma = sigma_in.contiguous();
+  const at::Tensor qpartner = qpartner_in.contiguous(), kpartner = kpartner_in.contiguous();
+  const int64_t HW = z.size(2) * z.size(3);
+  // The kernel indexes with the partners: out-of-range entries would read outside the images.
+  check_partner_map(op, "query_partner", qpartner, HW);
+  check_partner_map(op, "key_partner", kpartner, HW);
+  if (beta == 0) {
+    return z.scalar_type() == at::kFloat ? patch_forward<float>(launch, z, data, sigma, no_logw, o, return_argmax, dev)
+                                         : patch_forward<double>(launch, z, data, sigma, no_logw, o, return_argmax, dev);
+  }
+  if (z.scalar_type() == at::kFloat)
+    return paired_forward_impl<float>(launch, z, data, sigma, qpartner, kpartner, p2, beta, o, return_argmax, dev);
+  return paired_forward_impl<double>(launch, z, data, sigma, qpartner, kpartner, p2, beta, o, return_argmax, dev);
 }
 
 // ------------------------------------------------------------------------------------

@@ -457,10 +457,12 @@ __device__ __forceinline__ void accumulate_range(T (&acc)[RM][RN], const T* Qs, 
 // of Ks, behind a barrier); with ko->on (short patches, the forward's KeyEntryOffsets) the key
 // entries come from load_key_patch_small into spare rows of Qs. Otherwise (the backward) chunks
 // of DK entries.
-template <typename T, int CMAX, int TQ, int TK, int DK, int LDS, bool QMAJOR, bool WIDE>
+// ADD (the paired machine): St = distance + add[i * RN + j], the thread's micro-tile of a second
+// term (partner_tile), added once the patch distance is complete.
+template <typename T, int CMAX, int TQ, int TK, int DK, int LDS, bool QMAJOR, bool WIDE, bool ADD = false>
 __device__ void distance_tile_simt(T* St, T* Qs, T* Ks, const Meta<T, CMAX, TQ, TK>& mt, const PatchParams<T>& p,
                                    const AxisPatch& ar, const AxisPatch& ac, bool q_resident,
-                                   const KeyEntryOffsets<TK>* ko = nullptr) {
+                                   const KeyEntryOffsets<TK>* ko = nullptr, const T* add = nullptr) {
   constexpr int RM = TQ / 16, RN = TK / 16;
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
   T acc[RM][RN];
@@ -500,6 +502,12 @@ __device__ void distance_tile_simt(T* St, T* Qs, T* Ks, const Meta<T, CMAX, TQ, 
       __syncthreads();
     }
   }
+  if constexpr (ADD) {
+#pragma unroll
+    for (int i = 0; i < RM; ++i)
+#pragma unroll
+      for (int j = 0; j < RN; ++j) acc[i][j] += add[i * RN + j];
+  }
 #pragma unroll
   for (int i = 0; i < RM; ++i)
 #pragma unroll
@@ -510,6 +518,84 @@ __device__ void distance_tile_simt(T* St, T* Qs, T* Ks, const Meta<T, CMAX, TQ, 
         St[(tx * RN + j) * LDS + ty * RM + i] = acc[i][j];
     }
   __syncthreads();
+}
+
+// Entries [0, n) of the table `tab` (dtab layout) of the window centred at (r, c) of `img` (has =
+// false: the zero window) into X[d * ROWS + i], layout "dm", through gather(): window i = t % ROWS of
+// the calling thread, its entries t / ROWS + j * STEP, four per iteration (independent loads).
+// (The trip counts for bench/sass_count.py assume ROWS = TQ = TK, as for float.)
+template <typename T, int ROWS>
+__device__ __forceinline__ void load_window_range(T* X, const T* img, bool has, int r, int c, const int4* tab, int n,
+                                                  const AxisPatch& ar, const AxisPatch& ac, int H, int W) {
+  constexpr int STEP = kThreads / ROWS;
+  static_assert(kThreads % ROWS == 0, "window-range mapping");
+  const int first = threadIdx.x / ROWS;
+  const int cnt = (n - first + STEP - 1) / STEP;  // the thread's entries (0 when first >= n)
+  const int4* tp = tab + first;
+  T* xp = X + threadIdx.x;  // entry first + j * STEP of window t % ROWS is at X[t + j * kThreads]
+  int j = cnt;
+#pragma unroll 1
+  for (; j >= 4; j -= 4, tp += 4 * STEP, xp += 4 * kThreads) {  // sass: trips=GMAIN
+#pragma unroll
+    for (int u = 0; u < 4; ++u) xp[u * kThreads] = has ? gather(img, __ldg(tp + u * STEP), r, c, ar, ac, H, W, true) : T(0);
+  }
+#pragma unroll 1
+  for (; j > 0; --j, tp += STEP, xp += kThreads) *xp = has ? gather(img, __ldg(tp), r, c, ar, ac, H, W, true) : T(0);  // sass: trips=GREM
+}
+
+// The partner term of the paired-patch machine (docs/theory.md §3.7) for the thread's RM x RN
+// micro-tile: acc[i][j] = beta * sum_d2 (q2_d2 - k2_d2)^2 over the entries of the C x P2 x P2
+// partner windows, the query's at query_partner(x) in z and the key's at key_partner(mu, u) in
+// training image mu (-1: the zero window), read with the AxisPatch rule of P2 (zero extension or
+// wrap, sqrt(multiplicity) folded into both sides, as the patch distance). The windows are
+// gathered per key tile in ranges of Cfg<T>::DP entries into Q2 (TQ x DP) and K2 (TK x DP),
+// layout "dm", and summed as accumulate_range sums (direct differences, entries in increasing
+// d2, as the patch distance). Partners are arbitrary locations: no patch_corner fast path, every
+// entry goes through gather(). Q2 and K2 may alias the distance tile (this runs before it).
+template <typename T, int CMAX, int TQ, int TK>
+__device__ void partner_tile(T (&acc)[TQ / 16][TK / 16], T* Q2, T* K2, const Meta<T, CMAX, TQ, TK>& mt,
+                             const PatchParams<T>& p, const AxisPatch& ar2, const AxisPatch& ac2) {
+  constexpr int RM = TQ / 16, RN = TK / 16, DP = Cfg<T>::DP;
+  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+#pragma unroll
+  for (int i = 0; i < RM; ++i)
+#pragma unroll
+    for (int j = 0; j < RN; ++j) acc[i][j] = T(0);
+  const int64_t HW = static_cast<int64_t>(p.H) * p.W, CHW = p.C * HW;
+  const int4* dtab2 = reinterpret_cast<const int4*>(p.dtab2);
+  // The thread's query row and key (fixed over the ranges): image, partner row and column (-1: none).
+  const int row = threadIdx.x % TQ, k = threadIdx.x % TK;
+  const int qb = mt.q_b[row], kmu = mt.k_mu[k];
+  const int64_t qloc = qb >= 0 ? p.qpartner[qb * HW + static_cast<int64_t>(mt.q_r[row]) * p.W + mt.q_c[row]] : -1;
+  const int64_t kloc = kmu >= 0 ? p.kpartner[kmu * HW + static_cast<int64_t>(mt.k_r[k]) * p.W + mt.k_c[k]] : -1;
+  // row and column of a partner: 32-bit divisions (a location is < H * W < 2^31), once per tile
+  const int ql = qloc >= 0 ? static_cast<int>(qloc) : 0, kl = kloc >= 0 ? static_cast<int>(kloc) : 0;
+  const int qr = ql / p.W, qc = ql - qr * p.W, kr = kl / p.W, kc = kl - kr * p.W;
+  const T* zq = p.z + (qb >= 0 ? qb : 0) * CHW;
+  const T* zk = p.data + (kmu >= 0 ? kmu : 0) * CHW;
+  for (int d0 = 0; d0 < p.D2; d0 += DP) {  // sass: trips=NPART
+    const int n = p.D2 - d0 < DP ? p.D2 - d0 : DP;
+    load_window_range<T, TQ>(Q2, zq, qloc >= 0, qr, qc, dtab2 + d0, n, ar2, ac2, p.H, p.W);
+    load_window_range<T, TK>(K2, zk, kloc >= 0, kr, kc, dtab2 + d0, n, ar2, ac2, p.H, p.W);
+    __syncthreads();
+    // accumulate_range's loop, written out so that bench/sass_count.py (which reads trip counts
+    // per source line) can tell the partner ranges from the patch ranges
+    const T* qp = Q2 + ty * RM;
+    const T* kp = K2 + tx * RN;
+    const T* const kend = K2 + n * TK;
+#pragma unroll 1
+    for (; kp + 7 * TK < kend; qp += 8 * TQ, kp += 8 * TK) {  // sass: trips=PMAIN
+#pragma unroll
+      for (int u = 0; u < 8; ++u) accumulate_entry<T, RM, RN, TQ, TK>(acc, qp, kp, 0, 0, u);
+    }
+#pragma unroll 1
+    for (; kp < kend; qp += TQ, kp += TK) accumulate_entry<T, RM, RN, TQ, TK>(acc, qp, kp, 0, 0, 0);  // sass: trips=PREM
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < RM; ++i)
+#pragma unroll
+    for (int j = 0; j < RN; ++j) acc[i][j] *= p.beta;
 }
 
 // sum_d (q_d - k_d)^2 of one (query row, key) pair, gathered from global memory: the
@@ -715,8 +801,13 @@ __device__ __forceinline__ void tile_softmax_plain(State<T, CMAX>& st, const T* 
 // ---------------------------------------------------------------------------------------
 // Forward kernel.
 
-template <typename T, int CMAX, bool TF32>
-__global__ void __launch_bounds__(kThreads, TF32 || sizeof(T) != 4 ? 1 : CMAX == 1 ? 4 : 3) forward_kernel(const PatchParams<T> p) {
+// PAIRED: the paired-patch machine (docs/theory.md §3.7), CUDA cores only: each key tile first
+// computes the partner term (partner_tile) into registers, then the patch distance tile adds it
+// (distance = patch distance + beta * partner distance); the softmax epilogue is the same. Its
+// partner micro-tile stays live across the patch distance: 3 blocks per SM at C = 1 (4 capped
+// ptxas at 64 registers and spilled 12 bytes).
+template <typename T, int CMAX, bool TF32, bool PAIRED = false>
+__global__ void __launch_bounds__(kThreads, TF32 || sizeof(T) != 4 ? 1 : CMAX == 1 && !PAIRED ? 4 : 3) forward_kernel(const PatchParams<T> p) {
   constexpr int TQ = Cfg<T>::TQ, TK = Cfg<T>::TK, DK = Cfg<T>::DK;
   constexpr int PARTS = kThreads / TQ, KPT = TK / PARTS;
   // St[q * LDS + k], query-major: a thread's KPT consecutive keys are read with 16-byte loads; the
@@ -727,6 +818,7 @@ __global__ void __launch_bounds__(kThreads, TF32 || sizeof(T) != 4 ? 1 : CMAX ==
   constexpr int KS = TF32 ? TK * (DK + 4) : TK * Cfg<T>::DQ;  // CUDA cores: ranges of DQ entries (distance_tile_simt)
   constexpr int SK = TQ * LDS > KS ? TQ * LDS : KS;
   static_assert(!TF32 || (TQ == 64 && TK == 64), "the tf32 tiling is 64 x 64");
+  static_assert(!(TF32 && PAIRED), "the paired machine runs on CUDA cores");
   static_assert(PARTS * TQ == kThreads && KPT * PARTS == TK, "epilogue mapping");
   static_assert((3 + CMAX) * kThreads <= TQ * LDS, "partial-state reduction reuses the distance tile");
   if (p.path != nullptr && (*p.path != 0) != TF32) return;  // the device chose the other path (uniform)
@@ -744,9 +836,11 @@ __global__ void __launch_bounds__(kThreads, TF32 || sizeof(T) != 4 ? 1 : CMAX ==
   const WorkItem wi = p.work[blockIdx.x];
   const GroupInfo g = p.groups[wi.group];
   const AxisPatch ar(p.P, p.H, p.boundary), ac(p.P, p.W, p.boundary);
+  const AxisPatch ar2(PAIRED ? p.P2 : 1, p.H, p.boundary), ac2(PAIRED ? p.P2 : 1, p.W, p.boundary);
   const int row = threadIdx.x % TQ, part = threadIdx.x / TQ;
   const KeyIndex kx(g);
   const int64_t HW = static_cast<int64_t>(p.H) * p.W;
+  static_assert(!PAIRED || (TQ + TK) * Cfg<T>::DP <= SK, "partner windows share the distance tile's buffer");
 
   load_queries(mt, p, g, wi.q0, ar, ac);
   State<T, CMAX> st;
@@ -765,6 +859,11 @@ __global__ void __launch_bounds__(kThreads, TF32 || sizeof(T) != 4 ? 1 : CMAX ==
     __syncthreads();
     if constexpr (TF32) {
       cross_tile_tf32<CMAX, LDS>(St, Qs, Ks, qn, kn, mt, p, ar, ac);  // only instantiated for float
+    } else if constexpr (PAIRED) {
+      T pt[TQ / 16][TK / 16];
+      partner_tile<T, CMAX, TQ, TK>(pt, StKs, StKs + TQ * Cfg<T>::DP, mt, p, ar2, ac2);
+      distance_tile_simt<T, CMAX, TQ, TK, DK, LDS, true, true, true>(St, Qs, Ks, mt, p, ar, ac, q_resident, nullptr,
+                                                                     &pt[0][0]);
     } else {
       distance_tile_simt<T, CMAX, TQ, TK, DK, LDS, true, true>(St, Qs, Ks, mt, p, ar, ac, q_resident, &ko);
     }

@@ -56,6 +56,28 @@ struct HostPlan {
 // partial state of (split s, query q) of group g is entry g.part + s * g.nq + q.
 // bytes per entry = bytes_fixed + bytes_per_d * D; the splits are coarsened until all
 // entries fit in budget (or every group has one split).
+// The entry table of a C x P x P patch along the axis patches ar, ac: dtab [D][4] = (channel,
+// row offset index, col offset index, multiplicity) in the kernels' entry order d = (ch * Kr + i)
+// * Kc + j, and doff [D] = (ch * H + i) * W + j. Returns the sum of the multiplicities.
+inline double patch_entry_table(int C, int H, int W, const AxisPatch& ar, const AxisPatch& ac, std::vector<int>* dtab,
+                                std::vector<int>* doff) {
+  double sumw = 0;
+  dtab->assign(static_cast<size_t>(C) * ar.count * ac.count * 4, 0);
+  doff->clear();
+  for (int ch = 0, d = 0; ch < C; ++ch)
+    for (int i = 0; i < ar.count; ++i)
+      for (int j = 0; j < ac.count; ++j, ++d) {
+        const int mult = ar.weight(i) * ac.weight(j);
+        (*dtab)[4 * d + 0] = ch;
+        (*dtab)[4 * d + 1] = i;
+        (*dtab)[4 * d + 2] = j;
+        (*dtab)[4 * d + 3] = mult;
+        doff->push_back((ch * H + i) * W + j);
+        sumw += mult;
+      }
+  return sumw;
+}
+
 inline HostPlan build_plan(int B, int C, int H, int W, int N, int P, Mode mode, Boundary boundary, Keys keys, int TQ,
                            int TK, int64_t target_blocks, int64_t bytes_fixed, int64_t bytes_per_d,
                            int64_t budget = kPartialBudgetBytes, int64_t fixed_tiles_per_block = 0) {
@@ -64,18 +86,7 @@ inline HostPlan build_plan(int B, int C, int H, int W, int N, int P, Mode mode, 
   pl.Kr = ar.count;
   pl.Kc = ac.count;
   pl.D = C * pl.Kr * pl.Kc;
-  pl.dtab.resize(static_cast<size_t>(pl.D) * 4);
-  for (int ch = 0, d = 0; ch < C; ++ch)
-    for (int i = 0; i < pl.Kr; ++i)
-      for (int j = 0; j < pl.Kc; ++j, ++d) {
-        const int mult = ar.weight(i) * ac.weight(j);
-        pl.dtab[4 * d + 0] = ch;
-        pl.dtab[4 * d + 1] = i;
-        pl.dtab[4 * d + 2] = j;
-        pl.dtab[4 * d + 3] = mult;
-        pl.doff.push_back((ch * H + i) * W + j);
-        pl.sumw += mult;
-      }
+  pl.sumw = patch_entry_table(C, H, W, ar, ac, &pl.dtab, &pl.doff);
   const auto rows = axis_classes(H, P, mode, boundary, keys, &pl.rowclass);
   const auto cols = axis_classes(W, P, mode, boundary, keys, &pl.colclass);
   pl.ncc = static_cast<int>(cols.size());
