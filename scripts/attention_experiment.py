@@ -60,7 +60,7 @@ from creativity_fast.metrics import analyze_samples, fraction_summary, same_glyp
 from creativity_fast.nets import NetworkDenoiser, load_network  # noqa: E402
 from creativity_fast.registry import make_denoiser  # noqa: E402
 from creativity_fast.stats import median_summary, win_fraction  # noqa: E402
-from twin_glyph_experiment import prepare, sample_cached, slug  # noqa: E402
+from twin_glyph_experiment import add_run_options, prepare, sample_cached, slug  # noqa: E402
 
 NET_KINDS = {"cnn": "CNN", "soft": "CNN+soft attn", "top1": "CNN+top-1 attn"}
 
@@ -81,11 +81,7 @@ def parse_args(argv=None):
     p.add_argument("--attend-on", default="z,x0", help="PELS attend_on values (default: %(default)s)")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--only", default=None, help="comma list of row slugs to run (default: all)")
-    p.add_argument("--backend", default="auto", choices=("auto", "kernel", "reference"))
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0, help="data seed (held-out data uses seed + 1)")
-    p.add_argument("--no-progress", action="store_true")
+    add_run_options(p, batch_size=128)
     return p.parse_args(argv)
 
 

@@ -48,7 +48,7 @@ from creativity_fast.commands.sweep import grid, point_id  # noqa: E402
 from creativity_fast.data.synthetic import DEFAULT_ALPHABET  # noqa: E402
 from creativity_fast.metrics import global_consistency, memorization, nearest_neighbours  # noqa: E402
 from creativity_fast.stats import median_summary  # noqa: E402
-from twin_glyph_experiment import prepare  # noqa: E402
+from twin_glyph_experiment import add_run_options, prepare  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -64,11 +64,7 @@ def parse_args(argv=None):
     p.add_argument("--size", type=int, default=12)
     p.add_argument("--alphabet", type=int, default=DEFAULT_ALPHABET)
     p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--backend", default="auto", choices=("auto", "kernel", "reference"))
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0, help="data seed (held-out data uses seed + 1)")
-    p.add_argument("--no-progress", action="store_true")
+    add_run_options(p, batch_size=128)
     return p.parse_args(argv)
 
 

@@ -61,6 +61,15 @@ from creativity_fast.ops import has_kernel  # noqa: E402
 from creativity_fast.schedules import cosine_vp_sigmas  # noqa: E402
 
 
+def add_run_options(p: argparse.ArgumentParser, *, batch_size: int) -> None:
+    """The options every twin-glyph experiment script shares: backend, batch, threads, data seed, progress."""
+    p.add_argument("--backend", default="auto", choices=("auto", "kernel", "reference"))
+    p.add_argument("--batch-size", type=int, default=batch_size)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--seed", type=int, default=0, help="data seed (held-out data uses seed + 1)")
+    p.add_argument("--no-progress", action="store_true")
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="results/twin_glyphs")
@@ -74,11 +83,7 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=10, help="DDIM steps (default: %(default)s)")
     p.add_argument("--extra", action="append", default=[], metavar="LAM,GAMMA",
                    help="another AELS setting to run (repeatable), e.g. --extra 0,0.25")
-    p.add_argument("--backend", default="auto", choices=("auto", "kernel", "reference"))
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    p.add_argument("--seed", type=int, default=0, help="data seed (held-out data uses seed + 1)")
-    p.add_argument("--no-progress", action="store_true")
+    add_run_options(p, batch_size=32)
     return p.parse_args(argv)
 
 

@@ -208,3 +208,14 @@ def top_two_logits(z, data, sigma, P, mode, boundary, keys, key_logw=None):
     logits = logits.masked_fill(~allowed[None, :, None, :], float("-inf")).reshape(B, H * W, N * H * W)
     top = logits.topk(2, dim=-1).values.reshape(B, H, W, 2)
     return top[..., 0], top[..., 1]
+
+
+def random_partners(B: int, N: int, H: int, W: int, seed: int, *, none_every: int = 4):
+    """Random partner maps ``[B, H, W]`` (queries) and ``[N, H, W]`` (training images) of flat
+    locations, every ``none_every``-th entry -1 (no partner)."""
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randint(0, H * W, (B, H, W), generator=g)
+    k = torch.randint(0, H * W, (N, H, W), generator=g)
+    q.view(-1)[::none_every] = -1
+    k.view(-1)[1::none_every] = -1
+    return q, k

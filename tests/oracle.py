@@ -56,6 +56,32 @@ def literal_softmax_mean(logits: list, centres: list, ids: list):
     return sum(wi * ci for wi, ci in zip(w, centres)) / s, mx + math.log(s), ids[logits.index(mx)]
 
 
+def nonfinite_softmax_mean(logits: list, centres: list):
+    """``(x0, lse)`` of one pixel under the non-finite rule (csrc/cuda/NOTES.md, "Non-finite inputs"):
+    a NaN logit makes both NaN; no finite logit gives ``x0 = NaN``, ``lse = -inf``; otherwise the
+    softmax mean with IEEE products (``0 * inf = NaN``). ``centres``: float64 tensors ``[C]``."""
+    if any(math.isnan(l) for l in logits) or all(l == -math.inf for l in logits):
+        return math.nan, (math.nan if any(math.isnan(l) for l in logits) else -math.inf)
+    m = max(logits)
+    w = torch.tensor([math.exp(l - m) for l in logits], dtype=torch.float64)
+    return (w[:, None] * torch.stack(centres)).sum(0) / w.sum(), m + math.log(float(w.sum()))
+
+
+def nonfinite_pattern(t: torch.Tensor) -> torch.Tensor:
+    """``[3, *t.shape]``: where ``t`` is NaN, +inf, -inf."""
+    t = t.detach().cpu()
+    return torch.stack([torch.isnan(t), t == float("inf"), t == float("-inf")])
+
+
+def assert_nonfinite_like(actual, expected, what, tol):
+    """Same NaN/+inf/-inf entries as ``expected``, the finite ones within ``tol``."""
+    pa, pe = nonfinite_pattern(actual), nonfinite_pattern(expected)
+    assert torch.equal(pa, pe), (f"{what}: NaN/+inf/-inf at {pa.flatten(1).sum(1).tolist()} entries, "
+                                 f"expected {pe.flatten(1).sum(1).tolist()}")
+    finite = torch.isfinite(expected)
+    torch.testing.assert_close(actual.detach().cpu().double()[finite], expected[finite], **tol)
+
+
 def oracle(z, data, sigma, P, mode, boundary="zeros", keys="all", key_logw=None):
     """Returns (x0_hat [B,C,H,W], lse [B,H,W], best (mu, y_flat) [B,H,W,2]) in float64."""
     z = z.double()

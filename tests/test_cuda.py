@@ -32,6 +32,7 @@ from creativity_fast.reference import patch_posterior_mean_reference
 
 from cuda_backends import set_env
 from helpers import OPERATOR_VARIANTS, TOL, float32_x0_tol, patch_weight_sum, random_inputs, variant_id
+from oracle import assert_nonfinite_like, nonfinite_softmax_mean
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -238,28 +239,8 @@ def _nonfinite_oracle(z, data, sigma, P, mode, boundary, keys):
                             dist = patch_distance(z[b].double(), (r, c), data[mu].double(), y, P, boundary)
                         logits.append(-dist * inv)
                         centres.append(data[mu, :, y[0], y[1]].double())
-                if any(math.isnan(l) for l in logits) or all(l == -math.inf for l in logits):
-                    lse[b, r, c] = math.nan if any(math.isnan(l) for l in logits) else -math.inf
-                    x0[b, :, r, c] = math.nan
-                    continue
-                m = max(logits)
-                w = torch.tensor([math.exp(l - m) for l in logits], dtype=torch.float64)
-                x0[b, :, r, c] = (w[:, None] * torch.stack(centres)).sum(0) / w.sum()  # 0 * inf = NaN, as IEEE
-                lse[b, r, c] = m + math.log(float(w.sum()))
+                x0[b, :, r, c], lse[b, r, c] = nonfinite_softmax_mean(logits, centres)
     return x0, lse
-
-
-def _nonfinite_pattern(t):
-    t = t.detach().cpu()
-    return torch.stack([torch.isnan(t), t == float("inf"), t == float("-inf")])
-
-
-def _assert_nonfinite_like(actual, expected, what, tol):
-    pa, pe = _nonfinite_pattern(actual), _nonfinite_pattern(expected)
-    assert torch.equal(pa, pe), (f"{what}: NaN/+inf/-inf at {pa.flatten(1).sum(1).tolist()} entries, "
-                                 f"expected {pe.flatten(1).sum(1).tolist()}")
-    finite = torch.isfinite(expected)
-    torch.testing.assert_close(actual.detach().cpu().double()[finite], expected[finite], **tol)
 
 
 @pytest.mark.parametrize("path,dtype", NONFINITE_PATHS, ids=[p for p, _ in NONFINITE_PATHS])
@@ -280,8 +261,8 @@ def test_nonfinite_inputs_propagate_the_same_on_every_path(runner, case, machine
         with set_env(CREATIVITY_FAST_CUDA_MATH=path if path != "fp64" else "auto",
                      CREATIVITY_FAST_CUDA_TILES_PER_BLOCK=tiles):
             x0, lse, best = runner.forward(*_to(runner, dtype, z, data, sigma), 3, mode, boundary, keys, None, True)
-        _assert_nonfinite_like(x0, x_exp, f"x0_hat ({path}, tiles {tiles})", tol)
-        _assert_nonfinite_like(lse, lse_exp, f"lse ({path}, tiles {tiles})", tol)
+        assert_nonfinite_like(x0, x_exp, f"x0_hat ({path}, tiles {tiles})", tol)
+        assert_nonfinite_like(lse, lse_exp, f"lse ({path}, tiles {tiles})", tol)
         no_finite_logit = torch.isnan(lse_exp) | (lse_exp == float("-inf"))
         assert bool((best.cpu()[no_finite_logit & (lse_exp == float("-inf"))] == -1).all())
 
@@ -319,8 +300,8 @@ def test_nonfinite_cpu_kernel_and_reference_against_the_rule(backend, case, mach
     x_exp, lse_exp = _nonfinite_oracle(z, data, sigma, 3, mode, boundary, keys)
     if backend == "reference":
         x0, lse, _ = patch_posterior_mean_reference(z, data, sigma, 3, mode, boundary, keys)
-        _assert_nonfinite_like(x0, x_exp, "x0_hat (reference)", TOL[torch.float64])
-        _assert_nonfinite_like(lse, lse_exp, "lse (reference)", TOL[torch.float64])
+        assert_nonfinite_like(x0, x_exp, "x0_hat (reference)", TOL[torch.float64])
+        assert_nonfinite_like(lse, lse_exp, "lse (reference)", TOL[torch.float64])
         return
     # every instruction set this CPU has: pruning decides per vector of 8, 4 or 2 images,
     # and the rule must not depend on that
@@ -333,8 +314,8 @@ def test_nonfinite_cpu_kernel_and_reference_against_the_rule(backend, case, mach
                 if "lacks" in str(e):
                     continue
                 raise
-        _assert_nonfinite_like(x0, x_exp, f"x0_hat (cpu, {isa})", TOL[torch.float64])
-        _assert_nonfinite_like(lse, lse_exp, f"lse (cpu, {isa})", TOL[torch.float64])
+        assert_nonfinite_like(x0, x_exp, f"x0_hat (cpu, {isa})", TOL[torch.float64])
+        assert_nonfinite_like(lse, lse_exp, f"lse (cpu, {isa})", TOL[torch.float64])
 
 
 # ---------------------------------------------------------------------------------------

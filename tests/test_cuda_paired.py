@@ -10,8 +10,6 @@ in test_paired.py.
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
@@ -19,7 +17,8 @@ from creativity_fast import ops
 from creativity_fast.reference import paired_patch_posterior_mean_reference
 
 from cuda_backends import set_env
-from helpers import TOL, float32_x0_tol, patch_weight_sum, random_inputs, stable_seed
+from helpers import TOL, float32_x0_tol, patch_weight_sum, random_inputs, random_partners, stable_seed
+from oracle import assert_nonfinite_like, nonfinite_softmax_mean
 
 VARIANTS = (("zeros", "all"), ("circular", "all"), ("circular", "valid"))
 # (B, N, C, H, W): C = 1 and 3, H != W, N = 1, and a larger N (several key tiles per block).
@@ -28,21 +27,11 @@ SHAPES = [(2, 3, 1, 7, 9), (1, 1, 3, 6, 5), (3, 13, 3, 5, 8)]
 PATCHES = [(3, 5), (5, 3), (1, 3), (7, 1), (3, 7)]
 
 
-def _partners(B, N, H, W, seed, none_every=4):
-    """Random partner maps [B, H, W] and [N, H, W] (flat locations), every ``none_every``-th -1 (no partner)."""
-    g = torch.Generator().manual_seed(seed)
-    q = torch.randint(0, H * W, (B, H, W), generator=g)
-    k = torch.randint(0, H * W, (N, H, W), generator=g)
-    q.view(-1)[::none_every] = -1
-    k.view(-1)[1::none_every] = -1
-    return q, k
-
-
 def _problem(shape, seed):
     B, N, C, H, W = shape
     z, data, sigma, _ = random_inputs(B=B, C=C, H=H, W=W, N=N, seed=seed, sigma=(0.4, 1.5), query="gaussian",
                                       query_scale=1.2)
-    q, k = _partners(B, N, H, W, seed + 1)
+    q, k = random_partners(B, N, H, W, seed + 1)
     return z, data, sigma, q, k
 
 
@@ -240,28 +229,8 @@ def _nonfinite_oracle(z, data, sigma, P, P2, q, k, beta, boundary, keys):
                                                      boundary)
                         logits.append(-(d + beta * d2) * inv)
                         centres.append(data[mu, :, y[0], y[1]])
-                if any(math.isnan(l) for l in logits) or all(l == -math.inf for l in logits):
-                    lse[b, r, c] = math.nan if any(math.isnan(l) for l in logits) else -math.inf
-                    x0[b, :, r, c] = math.nan
-                    continue
-                m = max(logits)
-                w = torch.tensor([math.exp(l - m) for l in logits], dtype=torch.float64)
-                x0[b, :, r, c] = (w[:, None] * torch.stack(centres)).sum(0) / w.sum()
-                lse[b, r, c] = m + math.log(float(w.sum()))
+                x0[b, :, r, c], lse[b, r, c] = nonfinite_softmax_mean(logits, centres)
     return x0, lse
-
-
-def _pattern(t):
-    t = t.detach().cpu()
-    return torch.stack([torch.isnan(t), t == float("inf"), t == float("-inf")])
-
-
-def _assert_nonfinite_like(actual, expected, what, tol):
-    pa, pe = _pattern(actual), _pattern(expected)
-    assert torch.equal(pa, pe), (f"{what}: NaN/+inf/-inf at {pa.flatten(1).sum(1).tolist()} entries, "
-                                 f"expected {pe.flatten(1).sum(1).tolist()}")
-    finite = torch.isfinite(expected)
-    torch.testing.assert_close(actual.detach().cpu().double()[finite], expected[finite], **tol)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
@@ -278,8 +247,8 @@ def test_nonfinite_inputs_follow_the_rule(runner, case, boundary, dtype):
     for tiles in ("0", "1"):
         with set_env(CREATIVITY_FAST_CUDA_TILES_PER_BLOCK=tiles):
             x0, lse, best = _run(runner, dtype, z, data, sigma, 3, 3, q, k, 1.5, boundary, "all")
-        _assert_nonfinite_like(x0, x_exp, f"x0_hat (tiles {tiles})", tol)
-        _assert_nonfinite_like(lse, lse_exp, f"lse (tiles {tiles})", tol)
+        assert_nonfinite_like(x0, x_exp, f"x0_hat (tiles {tiles})", tol)
+        assert_nonfinite_like(lse, lse_exp, f"lse (tiles {tiles})", tol)
         assert bool((best.cpu()[lse_exp == float("-inf")] == -1).all())
 
 

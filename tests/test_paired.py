@@ -19,7 +19,7 @@ import creativity_fast as cf
 from creativity_fast import ops
 from creativity_fast.reference import paired_patch_posterior_mean_reference
 
-from helpers import random_inputs, stable_seed
+from helpers import random_inputs, random_partners, stable_seed
 from oracle import paired_oracle
 
 KERNEL = ops.has_kernel("cpu", "paired_patch_posterior_mean")
@@ -28,20 +28,12 @@ BACKENDS = ("reference", "kernel") if KERNEL else ("reference",)
 VARIANTS = (("zeros", "all"), ("circular", "all"), ("circular", "valid"))
 
 
-def partners(B, N, H, W, seed, *, none_every=4):
-    """Random partner maps ``[B, H, W]`` and ``[N, H, W]``, every ``none_every``-th entry -1 (no partner)."""
-    g = torch.Generator().manual_seed(seed)
-    q = torch.randint(0, H * W, (B, H, W), generator=g)
-    k = torch.randint(0, H * W, (N, H, W), generator=g)
-    q.view(-1)[::none_every] = -1
-    k.view(-1)[1::none_every] = -1
-    return q, k
 
 
 def problem(B, N, C, H, W, seed, dtype=torch.float64, sigma=(0.4, 1.5)):
     z, data, s, _ = random_inputs(B=B, C=C, H=H, W=W, N=N, seed=seed, sigma=sigma, query="gaussian",
                                   query_scale=1.2, dtype=dtype)
-    q, k = partners(B, N, H, W, seed + 1)
+    q, k = random_partners(B, N, H, W, seed + 1)
     return z, data, s, q, k
 
 

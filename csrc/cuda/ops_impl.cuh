@@ -374,6 +374,50 @@ inline at::Tensor inv_two_sigma_sq(const at::Tensor& sigma) { return (sigma * si
 // ------------------------------------------------------------------------------------
 // Forward.
 
+// The uploaded plan of a patch forward (ELS, local or paired): one definition of its tiles,
+// block target and partial-state budget.
+template <typename T>
+DevicePlan forward_plan(int B, int C, int H, int W, int N, const Options& o, Mode mode, const DeviceInfo& dev,
+                        const at::Device& device) {
+  return upload_plan(build_plan(B, C, H, W, N, o.P, mode, o.boundary, o.keys, Cfg<T>::TQ, Cfg<T>::TK,
+                                target_blocks(dev), int64_t(sizeof(T)) * (4 + C) + 8, 0, kPartialBudgetBytes,
+                                fixed_tiles_per_block()),
+                     device);
+}
+
+// The partial online-softmax states of a forward's E plan entries (max, sum, best logit,
+// weighted centres, best key), attached to the kernel's parameters.
+struct PartialStates {
+  at::Tensor pm, ps, pbest, pacc, pid;
+  PartialStates(int64_t E, int C, const at::TensorOptions& opts)
+      : pm(at::empty({E}, opts)),
+        ps(at::empty({E}, opts)),
+        pbest(at::empty({E}, opts)),
+        pacc(at::empty({E * C}, opts)),
+        pid(at::empty({E}, opts.dtype(at::kLong))) {}
+  template <typename T>
+  void attach(PatchParams<T>& p) const {
+    p.pm = pm.data_ptr<T>();
+    p.ps = ps.data_ptr<T>();
+    p.pbest = pbest.data_ptr<T>();
+    p.pacc = pacc.data_ptr<T>();
+    p.pid = pid.data_ptr<int64_t>();
+  }
+};
+
+// Merge the partial states into the outputs (x0_hat [B, C, H, W], lse [B, H, W], best [B, H, W]
+// or empty).
+template <typename T, typename L>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> merged_outputs(const L& launch, const PatchParams<T>& p, int B, int C,
+                                                              int H, int W, const at::TensorOptions& opts,
+                                                              bool return_argmax) {
+  at::Tensor x0 = at::empty({B, C, H, W}, opts), lse = at::empty({B, H, W}, opts);
+  at::Tensor best = at::empty({return_argmax ? int64_t(B) * H * W : 0}, opts.dtype(at::kLong));
+  launch.patch_merge(p, x0.data_ptr<T>(), lse.data_ptr<T>(), return_argmax ? best.data_ptr<int64_t>() : nullptr);
+  if (return_argmax) best = best.view({B, H, W});
+  return {x0, lse, best};
+}
+
 template <typename T, typename L>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> patch_forward(const L& launch, const at::Tensor& z,
                                                              const at::Tensor& data, const at::Tensor& sigma,
@@ -381,31 +425,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> patch_forward(const L& launch, co
                                                              const Options& o, bool return_argmax,
                                                              const DeviceInfo& dev) {
   const int B = z.size(0), C = z.size(1), H = z.size(2), W = z.size(3), N = data.size(0);
-  const DevicePlan dp =
-      upload_plan(build_plan(B, C, H, W, N, o.P, o.mode, o.boundary, o.keys, Cfg<T>::TQ, Cfg<T>::TK,
-                             target_blocks(dev), int64_t(sizeof(T)) * (4 + C) + 8, 0, kPartialBudgetBytes,
-                             fixed_tiles_per_block()),
-                  z.device());
-  const int64_t E = dp.host.entries;
+  const DevicePlan dp = forward_plan<T>(B, C, H, W, N, o, o.mode, dev, z.device());
   PathChoice path;
   if (std::is_same<T, float>::value) path = choose_tf32(z, data, sigma, o, dp.host.D, dev);
   const at::Tensor inv2s2 = inv_two_sigma_sq(sigma);
   const auto opts = z.options();
-  at::Tensor pm = at::empty({E}, opts), ps = at::empty({E}, opts), pbest = at::empty({E}, opts);
-  at::Tensor pacc = at::empty({E * C}, opts), pid = at::empty({E}, opts.dtype(at::kLong));
+  const PartialStates states(dp.host.entries, C, opts);
   PatchParams<T> p = patch_params<T>(dp, z, data, inv2s2, key_logw, o);
-  p.pm = pm.data_ptr<T>();
-  p.ps = ps.data_ptr<T>();
-  p.pbest = pbest.data_ptr<T>();
-  p.pacc = pacc.data_ptr<T>();
-  p.pid = pid.data_ptr<int64_t>();
+  states.attach(p);
   if (path.flag.defined()) p.path = path.flag.data_ptr<int>();  // both paths launched, one runs
   launch.patch_forward(p, static_cast<int64_t>(dp.host.work.size()), path.tf32, C == 1 ? 1 : 4);
-  at::Tensor x0 = at::empty({B, C, H, W}, opts), lse = at::empty({B, H, W}, opts);
-  at::Tensor best = at::empty({return_argmax ? int64_t(B) * H * W : 0}, opts.dtype(at::kLong));
-  launch.patch_merge(p, x0.data_ptr<T>(), lse.data_ptr<T>(), return_argmax ? best.data_ptr<int64_t>() : nullptr);
-  if (return_argmax) best = best.view({B, H, W});
-  return {x0, lse, best};
+  return merged_outputs<T>(launch, p, B, C, H, W, opts, return_argmax);
 }
 
 template <typename T>
@@ -600,29 +630,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> paired_forward_impl(const L& laun
                                                                    const Options& o, bool return_argmax,
                                                                    const DeviceInfo& dev) {
   const int B = z.size(0), C = z.size(1), H = z.size(2), W = z.size(3), N = data.size(0);
-  const DevicePlan dp =
-      upload_plan(build_plan(B, C, H, W, N, o.P, Mode::Els, o.boundary, o.keys, Cfg<T>::TQ, Cfg<T>::TK,
-                             target_blocks(dev), int64_t(sizeof(T)) * (4 + C) + 8, 0, kPartialBudgetBytes,
-                             fixed_tiles_per_block()),
-                  z.device());
+  const DevicePlan dp = forward_plan<T>(B, C, H, W, N, o, Mode::Els, dev, z.device());
   // The partner window's entry table (the AxisPatch rule of P2), as the plan's dtab.
   std::vector<int> dtab2, doff2;
   patch_entry_table(C, H, W, AxisPatch(P2, H, o.boundary), AxisPatch(P2, W, o.boundary), &dtab2, &doff2);
   at::Tensor dtab2_h = at::empty({int64_t(dtab2.size())}, at::TensorOptions().dtype(at::kInt));
   std::memcpy(dtab2_h.data_ptr<int>(), dtab2.data(), dtab2.size() * sizeof(int));
   const at::Tensor dtab2_d = dtab2_h.to(z.device());
-  const int64_t E = dp.host.entries;
   const at::Tensor inv2s2 = inv_two_sigma_sq(sigma);
   const auto opts = z.options();
-  at::Tensor pm = at::empty({E}, opts), ps = at::empty({E}, opts), pbest = at::empty({E}, opts);
-  at::Tensor pacc = at::empty({E * C}, opts), pid = at::empty({E}, opts.dtype(at::kLong));
+  const PartialStates states(dp.host.entries, C, opts);
   const std::optional<at::Tensor> no_logw;
   PatchParams<T> p = patch_params<T>(dp, z, data, inv2s2, no_logw, o);
-  p.pm = pm.data_ptr<T>();
-  p.ps = ps.data_ptr<T>();
-  p.pbest = pbest.data_ptr<T>();
-  p.pacc = pacc.data_ptr<T>();
-  p.pid = pid.data_ptr<int64_t>();
+  states.attach(p);
   p.qpartner = qpartner.data_ptr<int64_t>();
   p.kpartner = kpartner.data_ptr<int64_t>();
   p.dtab2 = dtab2_d.data_ptr<int>();
@@ -633,11 +653,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> paired_forward_impl(const L& laun
     std::fprintf(stderr, "[creativity_fast cuda] paired: P=%d P2=%d D2=%d beta=%g (CUDA cores, %s)\n", o.P, P2, p.D2,
                  beta, std::is_same<T, float>::value ? "fp32" : "fp64");
   launch.paired_forward(p, static_cast<int64_t>(dp.host.work.size()), C == 1 ? 1 : 4);
-  at::Tensor x0 = at::empty({B, C, H, W}, opts), lse = at::empty({B, H, W}, opts);
-  at::Tensor best = at::empty({return_argmax ? int64_t(B) * H * W : 0}, opts.dtype(at::kLong));
-  launch.patch_merge(p, x0.data_ptr<T>(), lse.data_ptr<T>(), return_argmax ? best.data_ptr<int64_t>() : nullptr);
-  if (return_argmax) best = best.view({B, H, W});
-  return {x0, lse, best};
+  return merged_outputs<T>(launch, p, B, C, H, W, opts, return_argmax);
 }
 
 // The operator body: the shared checks of op_args.h (those of the CPU operator, in its order),
