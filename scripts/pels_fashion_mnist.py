@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""PELS beside ELS on Fashion-MNIST, from the same initial noise (docs/attention.md, issue item 4d).
+"""PELS beside ELS on Fashion-MNIST, from the same initial noise (docs/attention.md).
 
 One command reproduces the grid of docs/attention.md (rerunning resumes each machine's samples)::
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Can we trade locality against global consistency to control creativity? (docs/attention.md, issue item 4c)
+"""Can we trade locality against global consistency to control creativity? (docs/attention.md)
 
 One command reproduces the trade-off plot and table of docs/attention.md (rerunning resumes; finished grid
 points are skipped)::
