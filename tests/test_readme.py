@@ -64,3 +64,16 @@ def test_readme_python_example_runs(monkeypatch):
     assert stats.x0_hat.shape == (8, 1, 28, 28) and stats.lse.shape == (8, 28, 28)
     assert stats.argmax.shape == (8, 28, 28, 2)
     assert samples.shape == (16, 1, 28, 28) and torch.isfinite(samples).all()
+
+
+def test_docs_have_no_control_characters_from_unescaped_tex():
+    """A TeX macro written into a non-raw Python string loses its backslash to an escape
+    (`\\beta` -> backspace + "eta", `\\frac` -> form feed, `\\times` -> tab, `\\rVert` and
+    `\\ne` -> a line break); the first three leave control characters behind."""
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")),
+                 *sorted((ROOT / "bench").glob("*.md"))]:
+        text = path.read_text()
+        bad = sorted({hex(ord(ch)) for ch in text if ord(ch) < 32 and ch != "\n"})
+        assert not bad, f"{path.relative_to(ROOT)} contains control characters {bad}"
+        for broken in ("\nVert", "\nangle", "\nabla"):
+            assert broken not in text, f"{path.relative_to(ROOT)}: {broken!r} is a TeX macro split by an escape"
