@@ -20,6 +20,12 @@ machines); the partner distance adds ``D2 = C * P2^2`` subtractions and as many
 multiply-adds per pair (``2 * D2`` flops) to ELS's O(C) box-filter update, except for
 pairs whose ELS logit alone already underflows the softmax (skipped exactly).
 
+Floor of the partner term: ``bench/microbench.py``'s ``cf_partner_term_rate`` times one
+8-lane partner distance on one thread with its data in cache, in three forms (as the
+kernel computes it; keys in double; the dot-product form, one multiply-add per entry).
+The fastest form gives the least time any direct evaluation of the term can take on this
+machine, ``pairs / 8 / rate / threads`` (perfect scaling, no memory stalls, no pruning),
+and so the least PELS / ELS ratio: ``floor ratio = (els + that time) / els``.
 Writes the JSON to ``--out`` and prints a markdown table (ratio = pels step / els).
 Times on a shared machine are noisy; compare the ratio within one run.
 """
@@ -35,6 +41,8 @@ import time
 
 import torch
 
+import microbench
+
 import creativity_fast as cf
 from creativity_fast.attention import training_partners
 from creativity_fast.data import load_dataset
@@ -49,6 +57,20 @@ def timed(fn, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+TERM_FORMS = ("kernel", "double_keys", "dot")
+
+
+def partner_term_rates(D2: int, seconds: float = 0.5) -> dict:
+    """8-lane partner distances per second on one thread, per form (microbench.cpp)."""
+    import ctypes
+
+    lib = ctypes.CDLL(str(microbench.build()))
+    lib.cf_partner_term_rate.restype = ctypes.c_double
+    lib.cf_partner_term_rate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_double, ctypes.POINTER(ctypes.c_double)]
+    sink = ctypes.c_double()
+    return {form: lib.cf_partner_term_rate(D2, i, seconds, ctypes.byref(sink)) for i, form in enumerate(TERM_FORMS)}
 
 
 def run_case(data, x0, P, sigma, boundary, repeats):
@@ -76,7 +98,10 @@ def run_case(data, x0, P, sigma, boundary, repeats):
 
     t_els, t_op, t_step = timed(els, repeats), timed(pels_op, repeats), timed(pels_step, repeats)
     pairs = cf.count_pairs(B, data.shape[0], H, W, P, "els", boundary)
-    return dict(P=P, P2=P, sigma=sigma, boundary=boundary, B=B, N=data.shape[0], C=C, H=H, W=W, pairs=pairs,
+    rates = partner_term_rates(C * P * P)
+    term_floor_s = pairs / 8 / max(rates.values()) / torch.get_num_threads()
+    return dict(term_rates_per_s=rates, term_floor_s=term_floor_s, floor_ratio=(t_els + term_floor_s) / t_els,
+                P=P, P2=P, sigma=sigma, boundary=boundary, B=B, N=data.shape[0], C=C, H=H, W=W, pairs=pairs,
                 extra_flops_per_pair=2 * C * P * P, els_s=t_els, pels_op_s=t_op, pels_step_s=t_step,
                 training_partners_s=t_train, ratio_op=t_op / t_els, ratio_step=t_step / t_els)
 
@@ -107,11 +132,17 @@ def main(argv=None):
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(dict(meta=meta, rows=rows), f, indent=1)
-    print("\n| P = P2 | sigma | boundary | extra flops/pair | ELS step | PELS op | PELS step | ratio (step) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| P = P2 | sigma | boundary | extra flops/pair | ELS step | PELS op | PELS step | ratio (step) |"
+          " term floor | floor ratio |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['P']} | {r['sigma']:g} | {r['boundary']} | {r['extra_flops_per_pair']} | {r['els_s']:.2f} s |"
-              f" {r['pels_op_s']:.2f} s | {r['pels_step_s']:.2f} s | {r['ratio_step']:.2f}x |")
+              f" {r['pels_op_s']:.2f} s | {r['pels_step_s']:.2f} s | {r['ratio_step']:.2f}x |"
+              f" {r['term_floor_s']:.2f} s | {r['floor_ratio']:.2f}x |")
+    print("\nns per 8-lane partner distance (one thread, in cache), by form:")
+    for r in rows:
+        if r["sigma"] == rows[0]["sigma"] and r["boundary"] == rows[0]["boundary"]:
+            print(f"  D2 = {r['C'] * r['P2'] ** 2}: " + ", ".join(f"{k} {1e9 / v:.1f}" for k, v in r["term_rates_per_s"].items()))
     print(f"\nload average at the end: {meta['load_average']}")
 
 

@@ -278,3 +278,5 @@ def test_bench_pels_smoke(tmp_path):
     assert proc.returncode == 0, proc.stderr
     rows = json.loads(out.read_text())["rows"]
     assert len(rows) == 1 and rows[0]["pairs"] > 0 and rows[0]["extra_flops_per_pair"] == 18
+    assert set(rows[0]["term_rates_per_s"]) == {"kernel", "double_keys", "dot"}
+    assert all(rate > 0 for rate in rows[0]["term_rates_per_s"].values()) and rows[0]["floor_ratio"] > 1
