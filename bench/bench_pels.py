@@ -2,6 +2,7 @@
 
     PYTHONPATH=. python bench/bench_pels.py [--n 1000] [--b 8] [--ps 3,7,15] [--sigmas 0.05,1,10]
                                             [--boundaries zeros,circular] [--repeats 3] [--out bench/results/pels.json]
+                                            [--partner-structure]
 
 Shapes: those of ``bench/bench_patch_posterior.py`` (the first N embedded Fashion-MNIST
 training images, B test images plus sigma * noise as queries, float32, P = P2 = attention
@@ -73,6 +74,30 @@ def partner_term_rates(D2: int, seconds: float = 0.5) -> dict:
     return {form: lib.cf_partner_term_rate(D2, i, seconds, ctypes.byref(sink)) for i, form in enumerate(TERM_FORMS)}
 
 
+def partner_structure(data, x0, P, sigma) -> dict:
+    """How much structure a partner-distance table could exploit (bench/PELS.md): distinct
+    partners per sample and per training image, and the fraction of pixels whose right
+    neighbour's partner is the right neighbour of their own partner (coherent gathers)."""
+    B, _, H, W = x0.shape
+    key_partner = training_partners(data, P, cache=False).view(-1, H, W)
+    g = torch.Generator().manual_seed(1234)
+    z = x0 + sigma * torch.randn(x0.shape, generator=g)
+    query_partner = cf.patch_argmax_attention(z, P, center=mean_patch(data, P)).view(-1, H, W)
+
+    def coherent(p):  # [n, H, W] flat partners -> [n, H, W - 1] bool
+        return (p[..., 1:] // W == p[..., :-1] // W) & (p[..., 1:] % W == p[..., :-1] % W + 1)
+
+    groups = key_partner[: key_partner.shape[0] // 8 * 8].view(-1, 8, H, W)
+    distinct_keys = sorted(int(p.unique().numel()) for p in key_partner)
+    return dict(P=P, sigma=sigma, query_coherent=coherent(query_partner).float().mean().item(),
+                key_coherent=coherent(key_partner).float().mean().item(),
+                lane_group_coherent=coherent(groups.flatten(0, 1)).view(groups.shape[0], 8, H, W - 1)
+                .all(1).float().mean().item() if groups.numel() else float("nan"),
+                distinct_query_partners=[int(p.unique().numel()) for p in query_partner],
+                distinct_key_partners_median=distinct_keys[len(distinct_keys) // 2],
+                distinct_key_partners_max=distinct_keys[-1])
+
+
 def run_case(data, x0, P, sigma, boundary, repeats):
     B, C, H, W = x0.shape
     g = torch.Generator().manual_seed(1234)
@@ -115,9 +140,16 @@ def main(argv=None):
     p.add_argument("--boundaries", default="zeros,circular")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", default="bench/results/pels.json")
+    p.add_argument("--partner-structure", action="store_true",
+                   help="print the partners' structure (distinct, coherent) per P and sigma instead of timing")
     args = p.parse_args(argv)
     data = load_dataset(limit=args.n).images.contiguous()
     x0 = load_dataset(split="test", limit=args.b).images.contiguous()
+    if args.partner_structure:
+        for P in (int(v) for v in args.ps.split(",")):
+            for sigma in (float(v) for v in args.sigmas.split(",")):
+                print(json.dumps(partner_structure(data, x0, P, sigma)), flush=True)
+        return
     rows = []
     for P in (int(v) for v in args.ps.split(",")):
         for sigma in (float(v) for v in args.sigmas.split(",")):

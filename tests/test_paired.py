@@ -280,3 +280,10 @@ def test_bench_pels_smoke(tmp_path):
     assert len(rows) == 1 and rows[0]["pairs"] > 0 and rows[0]["extra_flops_per_pair"] == 18
     assert set(rows[0]["term_rates_per_s"]) == {"kernel", "double_keys", "dot"}
     assert all(rate > 0 for rate in rows[0]["term_rates_per_s"].values()) and rows[0]["floor_ratio"] > 1
+    proc = subprocess.run([sys.executable, str(root / "bench" / "bench_pels.py"), "--n", "16", "--b", "2", "--ps", "3",
+                           "--sigmas", "1", "--partner-structure"], capture_output=True, text=True,
+                          env={**__import__("os").environ, "PYTHONPATH": str(root)}, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    stats = json.loads(proc.stdout.splitlines()[0])
+    assert all(0 <= stats[k] <= 1 for k in ("query_coherent", "key_coherent", "lane_group_coherent"))
+    assert len(stats["distinct_query_partners"]) == 2 and 1 <= stats["distinct_key_partners_median"] <= 28 * 28
