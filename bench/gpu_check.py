@@ -122,6 +122,7 @@ def check_forward(name, z, data, sigma, P, machine, dtype, key_logw=None, tol_x=
 
 def correctness() -> None:
     import torch
+    from creativity_fast.ops import environment
     from creativity_fast.reference import patch_posterior_mean_reference
     from helpers import OPERATOR_VARIANTS as MACHINES
     from helpers import random_inputs
@@ -153,10 +154,9 @@ def correctness() -> None:
     for P in (3, 7, 15):
         check_forward(f"forward els/zeros/all 28x28 N=300 P={P} f32 (default plan)", z, data, sigma, P,
                       ("els", "zeros", "all"), torch.float32)
-    os.environ["CREATIVITY_FAST_CUDA_TILES_PER_BLOCK"] = "1"
-    check_forward("forward els/circular/all 28x28 N=300 P=7 f32 (one key tile per block)", z, data, sigma, 7,
-                  ("els", "circular", "all"), torch.float32)
-    os.environ.pop("CREATIVITY_FAST_CUDA_TILES_PER_BLOCK")
+    with environment(CREATIVITY_FAST_CUDA_TILES_PER_BLOCK=1):
+        check_forward("forward els/circular/all 28x28 N=300 P=7 f32 (one key tile per block)", z, data, sigma, 7,
+                      ("els", "circular", "all"), torch.float32)
 
     # Backward against autograd through the reference, float64.
     for machine in MACHINES:
@@ -206,9 +206,8 @@ def correctness() -> None:
         seed += 1
         z, data, sigma, _ = random_inputs(B=2, C=1, H=28, W=28, N=100, sigma=(0.2,), seed=seed)
         args = (z.float().cuda(), data.float().cuda(), sigma.float().cuda(), 7, "els", "zeros", "all", None, True)
-        os.environ["CREATIVITY_FAST_CUDA_MATH"] = "fp32"
-        exact = torch.ops.creativity_fast.patch_posterior_mean(*args)
-        os.environ.pop("CREATIVITY_FAST_CUDA_MATH")
+        with environment(CREATIVITY_FAST_CUDA_MATH="fp32"):
+            exact = torch.ops.creativity_fast.patch_posterior_mean(*args)
         auto = torch.ops.creativity_fast.patch_posterior_mean(*args)
         record("precision policy sigma=0.2 P=7: auto = fp32", all(torch.equal(a, b) for a, b in zip(auto, exact)))
 
@@ -261,9 +260,9 @@ def check_switch(name, z, data, P, tol):
     tf32 and fp32; the tf32 errors against the GPU's float64 path stay within the bound."""
     import torch
 
-    if tol is not None:
-        os.environ["CREATIVITY_FAST_TF32_TOL"] = str(tol)
-    try:
+    from creativity_fast.ops import environment
+
+    with environment(**({} if tol is None else {"CREATIVITY_FAST_TF32_TOL": tol})):
         zc, dc = z.float().cuda(), data.float().cuda()
         probe = torch.full((z.shape[0],), 1.0, device="cuda")
         _, bound1, tol_used = policy_decision(zc, dc, probe, P)
@@ -286,8 +285,6 @@ def check_switch(name, z, data, P, tol):
             details.append(f"{factor} sigma*={sigma_star * factor:.3g}: auto {path}, bound {bound:.2e}, "
                            f"x0 err tf32 {ex_t:.1e} fp32 {ex_f:.1e}, lse err tf32 {el_t:.1e}")
         record(name, ok, "; ".join(details))
-    finally:
-        os.environ.pop("CREATIVITY_FAST_TF32_TOL", None)
 
 
 def accuracy_at_scale(images, source: str) -> None:
@@ -375,7 +372,7 @@ def check_attention(seed: int) -> None:
     float64 scores) and, on exact (dyadic) inputs with ties, against the pure-PyTorch reference."""
     import torch
     from creativity_fast import ops
-    from creativity_fast.ops import mean_patch
+    from creativity_fast.ops import environment, mean_patch
     from creativity_fast.reference import patch_argmax_attention_reference
 
     cpu_kernel = ops.has_kernel("cpu", "patch_argmax_attention")
@@ -428,12 +425,9 @@ def check_attention(seed: int) -> None:
     images = torch.randn(64, 1, 28, 28, generator=g)
     center = mean_patch(images, 5)
     for splits, scratch in (("7", "shared"), ("3", "global"), ("1", "global")):
-        os.environ["CREATIVITY_FAST_CUDA_ATTENTION_SPLITS"] = splits
-        os.environ["CREATIVITY_FAST_CUDA_ATTENTION_SCRATCH"] = scratch
-        for tau in (None, 1.0):
-            run(f"attention 64x1x28x28 P=5 splits={splits} scratch={scratch} tau={tau}", images, center, 5, 5, tau)
-    os.environ.pop("CREATIVITY_FAST_CUDA_ATTENTION_SPLITS")
-    os.environ.pop("CREATIVITY_FAST_CUDA_ATTENTION_SCRATCH")
+        with environment(CREATIVITY_FAST_CUDA_ATTENTION_SPLITS=splits, CREATIVITY_FAST_CUDA_ATTENTION_SCRATCH=scratch):
+            for tau in (None, 1.0):
+                run(f"attention 64x1x28x28 P=5 splits={splits} scratch={scratch} tau={tau}", images, center, 5, 5, tau)
     images = torch.randn(1, 3, 80, 80, generator=g)
     run("attention 1x3x80x80 P=7 (scratch > shared memory: global)", images, mean_patch(images, 7), 7, 7, None)
 
