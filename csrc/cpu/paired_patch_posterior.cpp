@@ -40,25 +40,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> paired_patch_posterior_mean_cpu(
   Setup S;
   setup(S, op, z, data, sigma, o, no_logw);
   PpmProblem& pb = S.pb;
-  pb.want_argmax = return_argmax;
   pb.paired = beta != 0;
   pb.P2 = p2;
   pb.beta = beta;
   pb.qpartner = query_partner.data_ptr<int64_t>();
   pb.kpartner = key_partner.data_ptr<int64_t>();
-  at::Tensor x0 = at::empty_like(z);
-  at::Tensor lse = at::empty({pb.B, pb.H, pb.W}, z.options());
-  at::Tensor best = return_argmax ? at::empty({pb.B, pb.H, pb.W}, z.options().dtype(at::kLong))
-                                  : at::empty({0}, z.options().dtype(at::kLong));
-  pb.z = z.data_ptr();
-  pb.data = data.data_ptr();
-  pb.logw = nullptr;
-  pb.x0 = x0.data_ptr();
-  pb.lse = lse.data_ptr();
-  pb.best = return_argmax ? best.data_ptr<int64_t>() : nullptr;
-  const IsaKernels& k = select_isa();
-  run_units(S.units, pb, z.scalar_type() == at::kFloat ? k.forward_f32 : k.forward_f64);
-  return {x0, lse, best};
+  return run_forward(S, z, data, no_logw, return_argmax);
 }
 
 }  // namespace

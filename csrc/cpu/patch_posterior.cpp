@@ -250,21 +250,9 @@ void run_units(int64_t units, const PpmProblem& pb, UnitFn fn) {
   });
 }
 
-namespace {
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> patch_posterior_mean_cpu(
-    const at::Tensor& z_in, const at::Tensor& data_in, const at::Tensor& sigma, int64_t P, c10::string_view mode,
-    c10::string_view boundary, c10::string_view keys, const std::optional<at::Tensor>& key_logw_in,
-    bool return_argmax) {
-  const char* op = op_args::kPatchPosteriorMean;
-  const op_args::PatchOptions o = op_args::parse_patch_options(op, P, mode, boundary, keys);
-  op_args::check_patch_inputs(op, z_in, data_in, sigma, key_logw_in, o);
-  const at::Tensor z = z_in.contiguous();
-  const at::Tensor data = data_in.contiguous();
-  std::optional<at::Tensor> key_logw;
-  if (key_logw_in.has_value()) key_logw = key_logw_in->contiguous();
-  Setup S;
-  setup(S, op, z, data, sigma, o, key_logw);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> run_forward(Setup& S, const at::Tensor& z, const at::Tensor& data,
+                                                           const std::optional<at::Tensor>& key_logw,
+                                                           bool return_argmax) {
   PpmProblem& pb = S.pb;
   pb.want_argmax = return_argmax;
   at::Tensor x0 = at::empty_like(z);
@@ -280,6 +268,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> patch_posterior_mean_cpu(
   const IsaKernels& k = select_isa();
   run_units(S.units, pb, z.scalar_type() == at::kFloat ? k.forward_f32 : k.forward_f64);
   return {x0, lse, best};
+}
+
+namespace {
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> patch_posterior_mean_cpu(
+    const at::Tensor& z_in, const at::Tensor& data_in, const at::Tensor& sigma, int64_t P, c10::string_view mode,
+    c10::string_view boundary, c10::string_view keys, const std::optional<at::Tensor>& key_logw_in,
+    bool return_argmax) {
+  const char* op = op_args::kPatchPosteriorMean;
+  const op_args::PatchOptions o = op_args::parse_patch_options(op, P, mode, boundary, keys);
+  op_args::check_patch_inputs(op, z_in, data_in, sigma, key_logw_in, o);
+  const at::Tensor z = z_in.contiguous();
+  const at::Tensor data = data_in.contiguous();
+  std::optional<at::Tensor> key_logw;
+  if (key_logw_in.has_value()) key_logw = key_logw_in->contiguous();
+  Setup S;
+  setup(S, op, z, data, sigma, o, key_logw);
+  return run_forward(S, z, data, key_logw, return_argmax);
 }
 
 at::Tensor backward_impl(const char* op, const at::Tensor& grad_in, const at::Tensor* grad_lse_in,

@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <tuple>
 #include <vector>
 
 #include "cpu/ppm_api.h"
@@ -41,6 +42,13 @@ const IsaKernels& select_isa();
 
 // fn(pb, u) for every work unit u, in parallel on torch's thread pool.
 void run_units(int64_t units, const PpmProblem& pb, UnitFn fn);
+
+// The forward of a set-up call: allocates (x0 [B,C,H,W], lse [B,H,W], best key [B,H,W] or
+// [0]), points S.pb at them and at z, data and key_logw (contiguous, alive for the call),
+// and runs the chosen instruction set's forward over every work unit.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> run_forward(Setup& S, const at::Tensor& z, const at::Tensor& data,
+                                                           const std::optional<at::Tensor>& key_logw,
+                                                           bool return_argmax);
 
 }  // namespace cpu
 }  // namespace creativity_fast
