@@ -73,14 +73,18 @@ def check_sigma(sigma, batch: int, like: torch.Tensor) -> torch.Tensor:
         elif sigma.shape != (batch,):
             raise ValueError(f"sigma must be a float or a [B] tensor with B={batch}; got shape {tuple(sigma.shape)}")
         sigma = sigma.to(like.dtype)
+        # one device sync per call (values are needed before any kernel runs); a float
+        # sigma is checked on the host below and needs none
+        if not bool(((sigma > 0) & torch.isfinite(sigma)).all()):
+            raise ValueError(f"sigma must be finite and > 0 everywhere; got {sigma.tolist()}")
     elif isinstance(sigma, (int, float)) and not isinstance(sigma, bool):
-        if not math.isfinite(sigma) or sigma <= 0:
-            raise ValueError(f"sigma must be a finite value > 0; got {sigma}")
-        sigma = torch.full((batch,), float(sigma), dtype=like.dtype, device=like.device)
+        # checked after rounding to z's dtype, which can overflow or flush to 0 (float32)
+        rounded = torch.tensor(float(sigma), dtype=like.dtype).item()
+        if not math.isfinite(rounded) or rounded <= 0:
+            raise ValueError(f"sigma must be a finite value > 0 in {like.dtype}; got {sigma}")
+        sigma = torch.full((batch,), rounded, dtype=like.dtype, device=like.device)
     else:
         raise TypeError(f"sigma must be a float or a [B] tensor; got {type(sigma).__name__}")
-    if not bool(torch.isfinite(sigma).all()) or bool((sigma <= 0).any()):
-        raise ValueError(f"sigma must be finite and > 0 everywhere; got {sigma.tolist()}")
     return sigma.contiguous()
 
 

@@ -372,3 +372,22 @@ def test_cuda_registers_every_operator_but_masked_local_posterior():
                "patch_argmax_attention"):
         assert ops.has_kernel("cuda", op), op
     assert not ops.has_kernel("cuda", "masked_local_posterior")
+
+
+@pytest.mark.parametrize("sigma, error, match", [
+    (0.0, ValueError, "sigma must be a finite value > 0"),
+    (float("inf"), ValueError, "sigma must be a finite value > 0"),
+    (1e-50, ValueError, r"finite value > 0 in torch.float32"),  # flushes to 0 in float32
+    (1e39, ValueError, r"finite value > 0 in torch.float32"),  # overflows float32
+    (torch.tensor([0.5, float("nan")]), ValueError, "sigma must be finite and > 0 everywhere"),
+    (torch.tensor([0.5, -1.0]), ValueError, "sigma must be finite and > 0 everywhere"),
+    (True, TypeError, "sigma must be a float or a"),
+])
+def test_wrapper_sigma_is_checked_in_z_dtype(sigma, error, match):
+    """The typed wrapper rejects a sigma that is not finite and > 0 once rounded to z's dtype."""
+    import creativity_fast as cf
+
+    z, data = torch.zeros(2, 1, 5, 4), torch.zeros(3, 1, 5, 4)
+    with pytest.raises(error, match=match):
+        cf.patch_posterior_mean(z, data, sigma, 3)
+    assert cf.patch_posterior_mean(z, data, 1e-30, 3).shape == z.shape  # tiny but representable
