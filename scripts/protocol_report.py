@@ -61,6 +61,18 @@ def run_table(obj: dict, paper: dict, ceiling: dict | None) -> list[str]:
     return rows
 
 
+def _sampling_time(settings: dict) -> str:
+    """Sampling time summed over every (resumed) run, per entry, with the seeds it covers."""
+    per_entry = settings.get("sampling_seconds")
+    if not per_entry:
+        return f"{settings['seconds']:.0f} s (last invocation)"
+    parts = []
+    for name, t in per_entry.items():
+        cover = "" if t["timed_seeds"] == t["seeds"] else f" ({t['timed_seeds']} of {t['seeds']} seeds timed)"
+        parts.append(f"{MACHINE_LABEL.get(name, name)} {t['seconds']:.0f} s{cover}")
+    return "sampling " + ", ".join(parts)
+
+
 def report(root: Path, paper_key: str) -> str:
     lines = [f"# The paper's Fashion-MNIST protocol: results in `{root}`", ""]
     for table, schedule in RUNS:
@@ -73,7 +85,7 @@ def report(root: Path, paper_key: str) -> str:
                   f"{obj['n_seeds']} seeds; network `{Path(s['net']).name}`; schedules "
                   + ", ".join(f"{MACHINE_LABEL.get(k, k)} `{Path(str(v)).name}`" for k, v in s["patch_schedules"].items())
                   + f"; {s['n_train']:,} training images at {s['resize']} x {s['resize']}; "
-                  f"{sum(s['pairs'].values()):.3g} pairs; {s['seconds']:.0f} s on {s['device']}.", ""]
+                  f"{sum(s['pairs'].values()):.3g} pairs; {_sampling_time(s)} on {s['device']}.", ""]
         lines += run_table(obj, PAPER_R[paper_key][table], ceiling)
         lines.append("")
     return "\n".join(lines)

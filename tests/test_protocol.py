@@ -167,6 +167,13 @@ def test_compare_cli_net_steps_resume_overlap_and_ceiling(tmp_path, tiny_net, ca
     assert "resuming, 2 of 3 seeds already finished" in capsys.readouterr().out
     more = json.loads((a / "compare.json").read_text())
     assert more["machines"]["local"]["r"][:2] == first["machines"]["local"]["r"]
+    # sampling time adds up over resumed runs: the rerun sampled nothing and kept the first
+    # run's times; the longer run added one timed seed per entry
+    for entry in ("network", "local", "ideal"):
+        t1, t2, t3 = (x["settings"]["sampling_seconds"][entry] for x in (first, again, more))
+        assert (t1["timed_seeds"], t1["seeds"]) == (2, 2) and t1["seconds"] > 0
+        assert t2 == t1
+        assert (t3["timed_seeds"], t3["seeds"]) == (3, 3) and t3["seconds"] >= t1["seconds"]
 
     # evaluation seeds must not be calibration seeds
     cal = tmp_path / "cal.json"
@@ -202,6 +209,7 @@ def test_compare_cli_net_steps_resume_overlap_and_ceiling(tmp_path, tiny_net, ca
     assert text.count("| 0.88 |") == 1 and "| 0.74 |" in text      # the paper's Table 2 LS and IS
     assert "| ceiling: network B vs network | 1.000 [1.000, 1.000]" in text
     assert "Table 1" not in text                                    # no Table 1 outputs given
+    assert "sampling network " in text and " s on cpu." in text and "seeds timed" not in text
 
     # --resize 32 reaches the samples and every output's settings
     assert main(["compare", *common[:-4], "--machine", "ideal", "--resize", "32", "--out", str(tmp_path / "r")]) == 0
@@ -250,3 +258,23 @@ def test_class_conditional_cli_with_the_els_machine_as_the_network(tmp_path, mon
     for i, c in enumerate(res["class_labels"]):
         dist = ((data.images - torch.from_numpy(samples["samples_ideal"][i])) ** 2).flatten(1).sum(1)
         assert int(data.labels[int(dist.argmin())]) == c
+
+
+def test_timed_checkpoint_shares_batch_time_and_skips_untimed_seeds(tmp_path, monkeypatch):
+    """Each batch's wall time is split equally among its new seeds; seeds from a file written
+    without times stay untimed, and resumed seeds are not timed again."""
+    from creativity_fast.commands import common
+
+    clock = iter([10.0, 16.0, 17.0])
+    monkeypatch.setattr(common.time, "perf_counter", lambda: next(clock))
+    path, sample = tmp_path / "per_seed_x.npz", (torch.zeros(1, 2, 2), None)
+    common.save_partial(path, {0: sample}, "S")  # an old file: no times
+    assert common.load_partial_seconds(path, "S") == {}
+    done = common.load_partial(path, "S")
+    checkpoint = common.TimedCheckpoint(path, "S", keep=done, done=done)  # clock 10
+    checkpoint({**done, 1: sample, 2: sample})  # clock 16: two new seeds in 6 s
+    checkpoint({**done, 1: sample, 2: sample, 3: sample})  # clock 17: one new seed in 1 s
+    assert common.load_partial_seconds(path, "S") == {1: 3.0, 2: 3.0, 3: 1.0}
+    assert sorted(common.load_partial(path, "S")) == [0, 1, 2, 3]
+    assert common.load_partial_seconds(path, "other settings") == {}
+

@@ -258,28 +258,70 @@ def partial_results_path(out: Path, name: str) -> Path:
     return out / f".{name}.partial.npz"
 
 
-def save_partial(path: Path, results: dict, settings: str) -> None:
+def save_partial(path: Path, results: dict, settings: str, seconds: Optional[dict] = None) -> None:
+    """Finished seeds, their settings string and, where known, each seed's sampling seconds."""
     seeds = sorted(results)
     arrays = dict(seeds=np.array(seeds), settings=np.array(settings),
                   samples=torch.stack([results[s][0] for s in seeds]).numpy())
     if all(results[s][1] is not None for s in seeds):
         arrays["provenance"] = torch.stack([results[s][1] for s in seeds]).numpy()
+    if seconds:
+        arrays["seconds"] = np.array([seconds.get(s, np.nan) for s in seeds], dtype=np.float64)
     io.save_npz(path, **arrays)
+
+
+def _matching_partial(path: Path, settings: str) -> Optional[dict]:
+    if not path.exists():
+        return None
+    try:
+        arrays = io.load_npz(path)
+    except ValueError:
+        return None
+    return arrays if str(arrays.get("settings")) == settings else None
 
 
 def load_partial(path: Path, settings: str) -> dict:
     """Finished seeds of an interrupted run with the same settings (else nothing)."""
-    if not path.exists():
-        return {}
-    try:
-        arrays = io.load_npz(path)
-    except ValueError:
-        return {}
-    if str(arrays.get("settings")) != settings:
+    arrays = _matching_partial(path, settings)
+    if arrays is None:
         return {}
     prov = arrays.get("provenance")
     return {int(s): (torch.from_numpy(arrays["samples"][i]), None if prov is None else torch.from_numpy(prov[i]))
             for i, s in enumerate(arrays["seeds"])}
+
+
+def load_partial_seconds(path: Path, settings: str) -> dict:
+    """``{seed: sampling seconds}`` of a partial file's finished seeds; seeds saved without a time
+    (files written before times were kept) are absent."""
+    arrays = _matching_partial(path, settings)
+    if arrays is None or "seconds" not in arrays:
+        return {}
+    return {int(s): float(t) for s, t in zip(arrays["seeds"], arrays["seconds"]) if np.isfinite(t)}
+
+
+class TimedCheckpoint:
+    """A ``checkpoint`` for :func:`sample_images` that saves the partial file and gives each newly
+    finished seed an equal share of its batch's wall time, so that the sampling time of a run
+    interrupted and resumed any number of times adds up (``seconds``: ``{seed: s}``).
+
+    ``keep``: finished seeds to keep in the file besides this run's (earlier runs, other seed lists);
+    ``done``: the seeds this run resumes from, which are not timed again.
+    """
+
+    def __init__(self, path: Path, settings: str, *, keep: dict, done: dict):
+        self.path, self.settings, self.keep = path, settings, keep
+        self.seconds = load_partial_seconds(path, settings)
+        self.known = set(keep) | set(done)
+        self.last = time.perf_counter()
+
+    def __call__(self, results: dict) -> None:
+        now = time.perf_counter()
+        new = [s for s in results if s not in self.known]
+        for s in new:
+            self.seconds[s] = (now - self.last) / len(new)
+        self.known.update(new)
+        self.last = now
+        save_partial(self.path, {**self.keep, **results}, self.settings, seconds=self.seconds)
 
 
 def elapsed(start: float) -> float:

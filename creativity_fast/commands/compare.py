@@ -316,6 +316,8 @@ def run(args) -> int:
                          keys=args.keys, machine_opts=args.machine_opts, backend=args.backend)
         return json.dumps({**base_settings, **extra}, sort_keys=True)
 
+    sampling_seconds = {}  # per entry: seconds over every run that sampled its seeds (see TimedCheckpoint)
+
     def sample_fn(name, denoiser, schedule):
         settings = entry_settings(name, schedule)
         path = out / f"per_seed_{name}.npz"
@@ -326,12 +328,13 @@ def run(args) -> int:
         elif not args.no_progress:
             print(f"sampling {name} ...")
 
-        def checkpoint(results):  # keep seeds of earlier runs with the same settings too
-            common.save_partial(path, {**done_all, **results}, settings)
-
+        # keeps seeds of earlier runs with the same settings too, and times every new batch
+        checkpoint = common.TimedCheckpoint(path, settings, keep=done_all, done=done)
         results = common.sample_images(denoiser, seeds, data.image_shape, schedule, sampler=args.sampler,
                                        eta=args.eta, batch_size=args.batch_size, progress=not args.no_progress,
                                        done=done, checkpoint=checkpoint, device=device, class_of=class_of)
+        timed = [checkpoint.seconds[s] for s in seeds if s in checkpoint.seconds]
+        sampling_seconds[name] = dict(seconds=round(sum(timed), 3), timed_seeds=len(timed), seeds=len(seeds))
         return common.stack_results(results, seeds)[0]
 
     result = compare(net, machines, seeds, sigmas, data.image_shape, sampler=args.sampler, eta=args.eta,
@@ -352,7 +355,7 @@ def run(args) -> int:
         keys=args.keys, backend=args.backend, kernel=bool(has_kernel(device)), noise_schedule=args.noise_schedule,
         steps=args.steps, data=data.name, data_source=data.source, n_train=len(data), limit=args.limit,
         resize=args.resize, device=device.type, pairs=pairs, network_evaluations=len(seeds) * net_steps
-        * (1 + len(networks)), seconds=round(seconds, 1))
+        * (1 + len(networks)), seconds=round(seconds, 1), sampling_seconds=sampling_seconds)
     obj = result.to_json()
     js = io.save_json(out / "compare.json", obj)
     rows = result.per_seed_rows()
