@@ -117,7 +117,7 @@ def test_calibration_json_round_trip(tmp_path):
         load_patch_schedule(bad)
 
 
-def test_calibrate_and_compare_cli(tmp_path, tiny_net, capsys):
+def test_calibrate_and_compare_cli(tmp_path, tiny_net, capsys, monkeypatch):
     from creativity_fast.cli import main
     common = ["--net", str(tiny_net), "--limit", "12", "--steps", "2", "--seeds", "0-1", "--no-progress"]
     cal = tmp_path / "cal"
@@ -125,6 +125,20 @@ def test_calibrate_and_compare_cli(tmp_path, tiny_net, capsys):
     obj = json.loads((cal / "calibration.json").read_text())
     assert len(obj["patch_sizes"]) == 2 and set(obj["patch_sizes"]) <= {3, 5}
     assert obj["boundary"] == "zeros" and (cal / "calibration.png").stat().st_size > 0
+    tables = np.load(cal / "calibration_tables.npz")
+    assert list(tables["steps"]) == [0, 1] and tables["tables"].shape == (2, 2, 2)
+    # a rerun of a finished calibration calls no machine and writes the same schedule
+    import creativity_fast.commands.calibrate as calibrate_command
+
+    def no_machine(*args, **kwargs):
+        raise AssertionError("a finished calibration was recomputed")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(calibrate_command, "make_denoiser", no_machine)
+        assert main(["calibrate", *common, "--seeds", "100-101", "--candidates", "3,5", "--out", str(cal)]) == 0
+    assert "resuming: 2 of 2 steps already calibrated" in capsys.readouterr().out
+    again = json.loads((cal / "calibration.json").read_text())
+    assert {k: v for k, v in again.items() if k != "seconds"} == {k: v for k, v in obj.items() if k != "seconds"}
     cmp_out = tmp_path / "cmp"
     assert main(["compare", *common, "--patch-schedule", str(cal / "calibration.json"), "--out", str(cmp_out)]) == 0
     out = capsys.readouterr().out

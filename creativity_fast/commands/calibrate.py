@@ -10,7 +10,8 @@ Class-conditional networks give every seed a class as ``compare`` does. Writes `
 (``patch_sizes`` in sampling order plus the whole score table; pass it to
 ``compare --patch-schedule OUT/calibration.json`` or ``sample --patch-schedule``
 after ``creativity_fast.calibration.load_patch_schedule``) and ``OUT/calibration.png``.
-Finished steps are saved as they complete; rerunning the same command resumes.
+Finished steps are saved as they complete (``calibration_tables.npz``, kept); rerunning the
+same command resumes, and once finished reruns only the network's trajectories.
 """
 
 from __future__ import annotations
@@ -95,13 +96,16 @@ def run(args) -> int:
                                data=data.name, n_train=len(data), resize=args.resize, limit=args.limit,
                                class_labels=classes,
                                device=device.type), sort_keys=True)
-    partial = common.partial_results_path(out, "calibrate")
+    # The per-step score tables [candidates, seeds], saved as each step finishes and kept: an
+    # interrupted run resumes from them, and a finished one reruns without a machine call.
+    tables_path = out / "calibration_tables.npz"
     done = {}
-    if partial.exists():
+    for path in (tables_path, common.partial_results_path(out, "calibrate")):  # the second: older versions
         try:
-            arrays = io.load_npz(partial)
+            arrays = io.load_npz(path) if path.exists() else {}
             if str(arrays.get("settings")) == settings:
                 done = {int(i): arrays["tables"][k] for k, i in enumerate(arrays["steps"])}
+                break
         except (ValueError, KeyError):
             done = {}
     if done:
@@ -109,7 +113,7 @@ def run(args) -> int:
 
     def checkpoint(tables):
         steps = sorted(tables)
-        io.save_npz(partial, steps=np.array(steps), tables=np.stack([tables[i] for i in steps]),
+        io.save_npz(tables_path, steps=np.array(steps), tables=np.stack([tables[i] for i in steps]),
                     settings=np.array(settings))
 
     common.report_device(device, args.device, show=not args.no_progress)
@@ -125,7 +129,8 @@ def run(args) -> int:
                           n_train=len(data), limit=args.limit, resize=args.resize, conditional=classes is not None,
                           class_label=args.class_label, device=device.type, seconds=round(seconds, 1))
     png = calibration_figure(result, out / "calibration.png")
-    common.remove_quietly(partial)
+    checkpoint({i: result.per_seed[i] for i in range(len(result.per_seed))})  # also when every step was resumed
+    common.remove_quietly(common.partial_results_path(out, "calibrate"))
     print(f"patch sizes (highest noise first; {args.selection} selection over {len(seeds)} seeds):",
           " ".join(map(str, result.patch_sizes)))
     print("best median", args.metric, "per step:", " ".join(f"{v:.3f}" for v in result.best_scores))
