@@ -20,16 +20,21 @@ set -x
 cf calibrate --net "$NET" --limit 5000 --machine els --seeds 1000-1015 --candidates 3-17 --out "$ROOT/cal_els"
 cf calibrate --net "$NET" --limit 5000 --machine local --seeds 1000-1015 --candidates 3-17 --out "$ROOT/cal_ls"
 own=(--patch-schedule "$ROOT/cal_els/calibration.json" --schedule-for "local=$ROOT/cal_ls/calibration.json")
+# Finished samples are reused where their settings match (compare checks that and
+# recomputes otherwise): the machines' do not depend on the network's step count, the
+# network's not on the machines' schedule.
+reuse() { mkdir -p "$2"; for f in "${@:3}"; do [ -f "$1/$f" ] && cp -n "$1/$f" "$2/"; done; return 0; }
 for sched in own published; do
     args=("${own[@]}"); [ $sched = published ] && args=(--patch-schedule "$SCHEDULE")
+    reuse "$ROOT/table2_own" "$ROOT/table2_$sched" per_seed_network.npz
     cf compare --net "$NET" --seeds "$SEEDS" --steps 20 --net-steps 20 "${args[@]}" --out "$ROOT/table2_$sched"
-    # the machines' samples do not depend on the network's step count: reuse them
-    mkdir -p "$ROOT/table1_$sched"
-    cp -n "$ROOT/table2_$sched"/per_seed_{els,local,ideal}.npz "$ROOT/table1_$sched/"
+    reuse "$ROOT/table2_$sched" "$ROOT/table1_$sched" per_seed_{els,local,ideal}.npz
+    reuse "$ROOT/table1_own" "$ROOT/table1_$sched" per_seed_network.npz
     cf compare --net "$NET" --seeds "$SEEDS" --steps 20 --net-steps 150 "${args[@]}" --out "$ROOT/table1_$sched"
 done
 if [ -n "${NET_B:-}" ]; then
     for n in 20 150; do
+        reuse "$ROOT/table$([ $n = 20 ] && echo 2 || echo 1)_own" "$ROOT/ceiling_$n" per_seed_network.npz
         cf compare --net "$NET" --net-ceiling "$NET_B" --machine none --seeds "$SEEDS" --net-steps $n --out "$ROOT/ceiling_$n"
     done
 fi
