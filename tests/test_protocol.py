@@ -278,3 +278,43 @@ def test_timed_checkpoint_shares_batch_time_and_skips_untimed_seeds(tmp_path, mo
     assert sorted(common.load_partial(path, "S")) == [0, 1, 2, 3]
     assert common.load_partial_seconds(path, "other settings") == {}
 
+
+
+def test_paper_protocol_script_runs_every_step_and_reuses_samples(tmp_path):
+    """scripts/paper_protocol.sh, with a stand-in `python` that records each command and writes
+    each entry's per-seed file only when it is missing (as compare's resume does): every step runs
+    in order, and the network's and machines' samples come from the run that first made them."""
+    import os
+    import subprocess
+
+    bin_dir, root = tmp_path / "bin", tmp_path / "proto"
+    bin_dir.mkdir()
+    fake = bin_dir / "python"
+    fake.write_text("""#!/bin/bash
+echo "$*" >> "$LOG"
+out=""; prev=""; for a in "$@"; do [ "$prev" = --out ] && out=$a; prev=$a; done
+case "$*" in
+  *" calibrate "*) mkdir -p "$out"; echo made > "$out/calibration.json" ;;
+  *" compare "*) mkdir -p "$out"
+     entries="network els local ideal"; case "$*" in *"--machine none"*) entries="network ceiling" ;; esac
+     for e in $entries; do [ -f "$out/per_seed_$e.npz" ] || basename "$out" > "$out/per_seed_$e.npz"; done ;;
+esac
+""")
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "LOG": str(tmp_path / "log"),
+           "NET": "a.pt", "NET_B": "b.pt", "ROOT": str(root)}
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "paper_protocol.sh")], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    steps = [line.split(" --out ")[-1].split()[0].replace(str(root) + "/", "") if "--out" in line else line.split()[0]
+             for line in (tmp_path / "log").read_text().splitlines()]
+    assert steps == ["cal_els", "cal_ls", "table2_own", "table1_own", "table2_published", "table1_published",
+                     "ceiling_20", "ceiling_150", "scripts/protocol_report.py"]
+
+    def made_by(folder, entry):
+        return (root / folder / f"per_seed_{entry}.npz").read_text().strip()
+
+    assert made_by("table1_own", "els") == "table2_own" and made_by("table1_published", "ideal") == "table2_published"
+    assert made_by("table2_published", "network") == "table2_own" and made_by("table1_published", "network") == "table1_own"
+    assert made_by("ceiling_20", "network") == "table2_own" and made_by("ceiling_150", "network") == "table1_own"
+    assert made_by("ceiling_20", "ceiling") == "ceiling_20"
