@@ -101,13 +101,10 @@ def run(args) -> int:
     tables_path = out / "calibration_tables.npz"
     done = {}
     for path in (tables_path, common.partial_results_path(out, "calibrate")):  # the second: older versions
-        try:
-            arrays = io.load_npz(path) if path.exists() else {}
-            if str(arrays.get("settings")) == settings:
-                done = {int(i): arrays["tables"][k] for k, i in enumerate(arrays["steps"])}
-                break
-        except (ValueError, KeyError):
-            done = {}
+        arrays = common.matching_partial(path, settings)
+        if arrays is not None and "tables" in arrays and "steps" in arrays:
+            done = {int(i): arrays["tables"][k] for k, i in enumerate(arrays["steps"])}
+            break
     if done:
         print(f"resuming: {len(done)} of {args.steps} steps already calibrated")
 

@@ -270,7 +270,8 @@ def save_partial(path: Path, results: dict, settings: str, seconds: Optional[dic
     io.save_npz(path, **arrays)
 
 
-def _matching_partial(path: Path, settings: str) -> Optional[dict]:
+def matching_partial(path: Path, settings: str) -> Optional[dict]:
+    """The arrays of a saved partial file written with the same settings string (else None)."""
     if not path.exists():
         return None
     try:
@@ -282,7 +283,7 @@ def _matching_partial(path: Path, settings: str) -> Optional[dict]:
 
 def load_partial(path: Path, settings: str) -> dict:
     """Finished seeds of an interrupted run with the same settings (else nothing)."""
-    arrays = _matching_partial(path, settings)
+    arrays = matching_partial(path, settings)
     if arrays is None:
         return {}
     prov = arrays.get("provenance")
@@ -293,7 +294,7 @@ def load_partial(path: Path, settings: str) -> dict:
 def load_partial_seconds(path: Path, settings: str) -> dict:
     """``{seed: sampling seconds}`` of a partial file's finished seeds; seeds saved without a time
     (files written before times were kept) are absent."""
-    arrays = _matching_partial(path, settings)
+    arrays = matching_partial(path, settings)
     if arrays is None or "seconds" not in arrays:
         return {}
     return {int(s): float(t) for s, t in zip(arrays["seeds"], arrays["seconds"]) if np.isfinite(t)}
