@@ -47,7 +47,7 @@ __all__ = [
     "METRICS", "SELECTIONS", "CalibrationResult", "CompareResult", "calibrate", "select_patch_sizes", "compare", "agreement",
     "sample_seeds",
     "load_patch_schedule", "resolve_patch_schedule", "calibration_seeds", "default_schedule_path", "save_calibration",
-    "calibration_figure", "agreement_figure", "scatter_figure",
+    "calibration_figure", "agreement_figure", "scatter_figure", "load_compare_result",
 ]
 
 METRICS = ("cosine", "mse")
@@ -536,6 +536,29 @@ def compare(net_denoiser: Denoiser, machines: Mapping[str, Denoiser], seeds: Seq
                          baseline=baseline if baseline in r else None)
 
 
+def load_compare_result(out: Union[str, os.PathLike]) -> CompareResult:
+    """The :class:`CompareResult` a ``compare`` run saved in the folder ``out`` (``compare.json``
+    and ``compare_samples.npz``), e.g. to draw its figures again."""
+    from .io import load_npz
+    out = Path(out)
+    obj = json.loads((out / "compare.json").read_text())
+    arrays = load_npz(out / "compare_samples.npz")
+    seeds = [int(s) for s in obj["seeds"]]
+    if [int(s) for s in arrays["seeds"]] != seeds:
+        raise ValueError(f"{out}: compare.json and compare_samples.npz hold different seeds")
+    names = [obj["reference"]] + list(obj["machines"])
+    missing = [k for k in names if f"samples_{k}" not in arrays]
+    if missing:
+        raise ValueError(f"{out}/compare_samples.npz has no samples for {', '.join(missing)}")
+    machines = obj["machines"]
+    return CompareResult(seeds, {k: torch.from_numpy(arrays[f"samples_{k}"]) for k in names},
+                         {k: np.asarray(v["r"], dtype=np.float64) for k, v in machines.items()},
+                         {k: np.asarray(v["r2"], dtype=np.float64) for k, v in machines.items()},
+                         reference=obj["reference"], settings=obj.get("settings", {}),
+                         class_labels=obj.get("class_labels"),
+                         baseline="ideal" if "ideal" in machines else None)
+
+
 # --------------------------------------------------------------------------- #
 # figures
 # --------------------------------------------------------------------------- #
@@ -554,15 +577,21 @@ def _save_figure(fig, path: Union[str, os.PathLike]) -> Path:
     return path
 
 
-def agreement_figure(result: CompareResult, path: Union[str, os.PathLike], *, columns: int = 16) -> Path:
+def agreement_figure(result: CompareResult, path: Union[str, os.PathLike], *, columns: int = 16,
+                     max_seeds: Optional[int] = None) -> Path:
     """Rows network | ELS | LS | IS (every machine of ``result``), one column per seed, wrapped
-    every ``columns`` seeds; each machine row is labelled with its median ``r`` and ``R^2``."""
+    every ``columns`` seeds; each machine row is labelled with its median ``r`` and ``R^2`` over
+    all of the result's seeds. ``max_seeds``: draw only the first that many seeds (None: all)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if max_seeds is not None and (isinstance(max_seeds, bool) or not isinstance(max_seeds, numbers.Integral)
+                                  or max_seeds <= 0):
+        raise ValueError(f"max_seeds must be a positive int or None; got {max_seeds!r}")
     names = ["network"] + result.machines
-    n = len(result.seeds)
+    n_all = len(result.seeds)
+    n = n_all if max_seeds is None else min(int(max_seeds), n_all)
     columns = max(1, min(columns, n))
     blocks = math.ceil(n / columns)
     per = len(names) + 1                     # a thin spacer row between blocks of seeds
@@ -596,7 +625,8 @@ def agreement_figure(result: CompareResult, path: Union[str, os.PathLike], *, co
             if name != "network":
                 label += f"\nr={mr[name]:.2f}\nR²={mr2[name]:.2f}"
             axes[row, 0].set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
-    fig.suptitle(f"network vs machines from the same noise ({n} seeds; per-image Pearson r under each sample)",
+    shown = f"{n} seeds" if n == n_all else f"the first {n} of {n_all} seeds; row medians over all {n_all}"
+    fig.suptitle(f"network vs machines from the same noise ({shown}; per-image Pearson r under each sample)",
                  fontsize=8)
     fig.subplots_adjust(wspace=0.05, hspace=0.35)
     out = _save_figure(fig, path)

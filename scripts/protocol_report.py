@@ -6,7 +6,10 @@ protocol (Table 1: network 150 DDIM steps, machines 20; Table 2: 20 and 20), eac
 median Pearson r, r^2 and coefficient of determination R^2 with bootstrap 95% intervals,
 the fraction of seeds where it beats IS, the median per-seed difference to IS, the
 ceiling (the same r between two networks of the same recipe), and the paper's number
-beside it. docs/calibration.md, "The paper's protocol", defines every quantity.
+beside it; and per run two figures beside it, ``ROOT/<run>_grid.png`` (network | ELS | LS |
+IS from the same noise, the first 16 seeds) and ``ROOT/<run>_scatter.png`` (per-seed r of
+each machine against IS's). docs/calibration.md, "The paper's protocol", defines every
+quantity.
 
     python scripts/protocol_report.py ROOT [--paper resnet|none]
 """
@@ -15,6 +18,8 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+
+from creativity_fast.calibration import agreement_figure, load_compare_result, scatter_figure
 
 # Median r between the network and each machine in Kamb & Ganguli (2025), Fashion-MNIST
 # ResNet: Table 1 (network 150 steps, machines 20) and Table 2 (20 and 20).
@@ -73,7 +78,17 @@ def _sampling_time(settings: dict) -> str:
     return "sampling " + ", ".join(parts)
 
 
-def report(root: Path, paper_key: str) -> str:
+def figures(root: Path, run: str, *, grid_seeds: int = 16) -> list[str]:
+    """Draw ``run``'s grid (its first ``grid_seeds`` seeds) and, where IS was sampled, its
+    per-seed scatter against IS into ``root``; returns the file names written."""
+    result = load_compare_result(root / run)
+    names = [agreement_figure(result, root / f"{run}_grid.png", max_seeds=grid_seeds).name]
+    if result.baseline is not None and len(result.machines) > 1:
+        names.append(scatter_figure(result, root / f"{run}_scatter.png").name)
+    return names
+
+
+def report(root: Path, paper_key: str, *, draw: bool = True) -> str:
     lines = [f"# The paper's Fashion-MNIST protocol: results in `{root}`", ""]
     for table, schedule in RUNS:
         obj = _load(root / f"{table}_{schedule}")
@@ -88,6 +103,13 @@ def report(root: Path, paper_key: str) -> str:
                   f"{sum(s['pairs'].values()):.3g} pairs; {_sampling_time(s)} on {s['device']}.", ""]
         lines += run_table(obj, PAPER_R[paper_key][table], ceiling)
         lines.append("")
+        if draw:
+            lines += ["Figures: " + ", ".join(f"[{n}]({n})" for n in figures(root, f"{table}_{schedule}")), ""]
+    if draw:
+        drawn = [n for steps in (20, 150) if _load(root / f"ceiling_{steps}") is not None
+                 for n in figures(root, f"ceiling_{steps}")]
+        if drawn:
+            lines += ["Ceiling figures (network | network B): " + ", ".join(f"[{n}]({n})" for n in drawn), ""]
     return "\n".join(lines)
 
 
@@ -96,8 +118,9 @@ def main(argv=None) -> int:
     p.add_argument("root", type=Path)
     p.add_argument("--paper", choices=sorted(PAPER_R), default="resnet",
                    help="whose published medians to print beside ours (the paper gives the ResNet's only)")
+    p.add_argument("--no-figures", action="store_true", help="write report.md only")
     args = p.parse_args(argv)
-    text = report(args.root, args.paper)
+    text = report(args.root, args.paper, draw=not args.no_figures)
     (args.root / "report.md").write_text(text + "\n")
     print(text)
     return 0

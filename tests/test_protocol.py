@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from creativity_fast.calibration import calibrate, compare, select_patch_sizes
+from creativity_fast.calibration import (agreement_figure, calibrate, compare, load_compare_result,
+                                        select_patch_sizes)
 from creativity_fast.classes import seed_classes, splitmix64
 from creativity_fast.data import load_dataset
 from creativity_fast.denoisers import ELSDenoiser, LocalDenoiser
@@ -201,9 +202,24 @@ def test_compare_cli_net_steps_resume_overlap_and_ceiling(tmp_path, tiny_net, ca
     root = tmp_path / "proto"
     (root / "table2_own").mkdir(parents=True)
     (root / "ceiling_20").mkdir()
-    shutil.copy(a / "compare.json", root / "table2_own")
-    shutil.copy(tmp_path / "c" / "compare.json", root / "ceiling_20")
+    for src, run in ((a, "table2_own"), (tmp_path / "c", "ceiling_20")):
+        for name in ("compare.json", "compare_samples.npz"):
+            shutil.copy(src / name, root / run)
     text = protocol_report.report(root, "resnet")
+    # its figures are drawn from the saved run, which loads back as it was computed
+    assert "[table2_own_grid.png](table2_own_grid.png), [table2_own_scatter.png]" in text
+    assert "[ceiling_20_grid.png](ceiling_20_grid.png)" in text and "ceiling_20_scatter" not in text
+    assert all((root / f).stat().st_size > 1000 for f in ("table2_own_grid.png", "table2_own_scatter.png"))
+    loaded = load_compare_result(a)
+    assert loaded.seeds == [0, 1, 2] and loaded.machines == list(more["machines"]) and loaded.baseline == "ideal"
+    assert loaded.to_json()["statistics"] == more["statistics"]
+    assert torch.equal(loaded.samples["local"], torch.from_numpy(np.load(a / "compare_samples.npz")["samples_local"]))
+    from PIL import Image
+    heights = [Image.open(agreement_figure(loaded, tmp_path / f"g{k}.png", columns=1, max_seeds=k)).size[1]
+               for k in (1, 3)]
+    assert heights[1] > 2 * heights[0]                             # one seed drawn, then three
+    with pytest.raises(ValueError, match="max_seeds"):
+        agreement_figure(loaded, tmp_path / "g.png", max_seeds=0)
     r_ls = more["statistics"]["machines"]["local"]["r"]          # a/compare.json: the 3-seed run
     assert f"| LS | {r_ls['median']:.3f} [{r_ls['ci'][0]:.3f}, {r_ls['ci'][1]:.3f}]" in text
     assert text.count("| 0.88 |") == 1 and "| 0.74 |" in text      # the paper's Table 2 LS and IS

@@ -5,7 +5,8 @@ each machine (default ``els,local,ideal``; ``--steps`` steps) from the same init
 seed (one class per seed for a class-conditional network), then writes ``OUT/compare.json``
 (per machine the per-seed r and R^2, medians with bootstrap intervals, the fraction of seeds
 beating IS, settings), ``OUT/compare_per_seed.csv``, ``OUT/compare.png`` (rows network | ELS |
-LS | IS over the same seeds), ``OUT/compare_scatter.png`` and ``OUT/compare_samples.npz``.
+LS | IS over the first 16 seeds, ``--figure-seeds``), ``OUT/compare_scatter.png`` and
+``OUT/compare_samples.npz``.
 Finished samples are kept in ``OUT/per_seed_<entry>.npz``; rerunning with the same settings
 skips them (docs/calibration.md).
 """
@@ -236,6 +237,8 @@ def register(sub) -> None:
     common.add_sampling_options(p, default_seeds="0-31")
     common.add_device_option(p)
     p.add_argument("--columns", type=int, default=16, help="seeds per figure row block (default: %(default)s)")
+    p.add_argument("--figure-seeds", type=int, default=16,
+                   help="seeds drawn in compare.png, the first ones; 0: all (default: %(default)s)")
     p.add_argument("--out", default="out/compare", help="output directory (default: %(default)s)")
     p.set_defaults(func=run)
 
@@ -263,6 +266,8 @@ def run(args) -> int:
         raise ValueError(f"--schedule-for {unknown[0]}=...: {unknown[0]} is not among --machine ({args.machine})")
     if args.columns <= 0:
         raise ValueError(f"--columns must be a positive int; got {args.columns}")
+    if args.figure_seeds < 0:
+        raise ValueError(f"--figure-seeds must be 0 (all) or a positive int; got {args.figure_seeds}")
     net_steps = args.steps if args.net_steps is None else args.net_steps
     if net_steps <= 0:
         raise ValueError(f"--net-steps must be a positive int; got {net_steps}")
@@ -368,7 +373,7 @@ def run(args) -> int:
     arrays = {f"samples_{k}": v.numpy() for k, v in result.samples.items()}
     extra = {} if classes is None else {"class_labels": np.array(classes)}
     io.save_npz(out / "compare_samples.npz", seeds=np.array(seeds), **extra, **arrays)
-    png = agreement_figure(result, out / "compare.png", columns=args.columns)
+    png = agreement_figure(result, out / "compare.png", columns=args.columns, max_seeds=args.figure_seeds or None)
     written = [str(js), str(csv), str(png), str(out / "compare_samples.npz")]
     if result.baseline is not None and len(result.machines) > 1:
         written.append(str(scatter_figure(result, out / "compare_scatter.png")))
