@@ -7,18 +7,22 @@
 # docs/calibration.md, "The paper's protocol", explains every command.
 #
 #   NET=model.pt ROOT=runs/proto SCHEDULE=fashion_mnist_resnet_zeros [NET_B=model_b.pt] \
-#       [SEEDS=0-99] [DATA=/usr/share/datasets/fashion-mnist] bash scripts/paper_protocol.sh
+#       [SEEDS=0-99] [CANDIDATES=3-17] [DATA=/usr/share/datasets/fashion-mnist] bash scripts/paper_protocol.sh
+#
+# CANDIDATES: the calibrated patch sizes; the paper's 3-17 suits its ResNet (receptive field
+# 17), while its UNet's published schedule reaches 25, so give a UNet 3-27.
 set -euo pipefail
 : "${NET:?set NET to the network checkpoint}" "${ROOT:?set ROOT to the output folder}"
 SCHEDULE=${SCHEDULE:-fashion_mnist_resnet_zeros}
 SEEDS=${SEEDS:-0-99}
+CANDIDATES=${CANDIDATES:-3-17}
 DATA=${DATA:-/usr/share/datasets/fashion-mnist}
 PAPER=${PAPER:-resnet}
 cf() { python -m creativity_fast "$@" --data "$DATA" --resize 32 --no-progress; }
 mkdir -p "$ROOT"
 set -x
-cf calibrate --net "$NET" --limit 5000 --machine els --seeds 1000-1015 --candidates 3-17 --out "$ROOT/cal_els"
-cf calibrate --net "$NET" --limit 5000 --machine local --seeds 1000-1015 --candidates 3-17 --out "$ROOT/cal_ls"
+cf calibrate --net "$NET" --limit 5000 --machine els --seeds 1000-1015 --candidates "$CANDIDATES" --out "$ROOT/cal_els"
+cf calibrate --net "$NET" --limit 5000 --machine local --seeds 1000-1015 --candidates "$CANDIDATES" --out "$ROOT/cal_ls"
 own=(--patch-schedule "$ROOT/cal_els/calibration.json" --schedule-for "local=$ROOT/cal_ls/calibration.json")
 # Finished samples are reused where their settings match (compare checks that and
 # recomputes otherwise): the machines' do not depend on the network's step count, the

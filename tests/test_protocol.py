@@ -334,3 +334,12 @@ esac
     assert made_by("table2_published", "network") == "table2_own" and made_by("table1_published", "network") == "table1_own"
     assert made_by("ceiling_20", "network") == "table2_own" and made_by("ceiling_150", "network") == "table1_own"
     assert made_by("ceiling_20", "ceiling") == "ceiling_20"
+    calibrations = [line for line in (tmp_path / "log").read_text().splitlines() if " calibrate " in line]
+    assert len(calibrations) == 2 and all("--candidates 3-17 " in line for line in calibrations)
+
+    # CANDIDATES widens the calibrated patch sizes (a UNet's)
+    env["CANDIDATES"] = "3-27"
+    (tmp_path / "log").unlink()
+    assert subprocess.run(["bash", str(ROOT / "scripts" / "paper_protocol.sh")], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60).returncode == 0
+    assert sum("--candidates 3-27 " in line for line in (tmp_path / "log").read_text().splitlines()) == 2
