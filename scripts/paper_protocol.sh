@@ -2,8 +2,9 @@
 # The paper's Fashion-MNIST protocol for one class-conditional 32x32 network, every step
 # resumable (rerun the same command after an interruption): ELS and LS calibration on
 # 16 seeds disjoint from the evaluation seeds, then Table 2 (network 20 steps) and
-# Table 1 (network 150 steps) with the own calibration and with the published schedule,
-# the ceiling if a second network is given, and ROOT/report.md.
+# Table 1 (network 150 steps) with the own calibration and with the published schedule;
+# if a second network is given, the ceiling and both tables against it (own schedules);
+# then ROOT/report.md.
 # docs/calibration.md, "The paper's protocol", explains every command.
 #
 #   NET=model.pt ROOT=runs/proto SCHEDULE=fashion_mnist_resnet_zeros [NET_B=model_b.pt] \
@@ -40,6 +41,13 @@ if [ -n "${NET_B:-}" ]; then
     for n in 20 150; do
         reuse "$ROOT/table$([ $n = 20 ] && echo 2 || echo 1)_own" "$ROOT/ceiling_$n" per_seed_network.npz
         cf compare --net "$NET" --net-ceiling "$NET_B" --machine none --seeds "$SEEDS" --net-steps $n --out "$ROOT/ceiling_$n"
+    done
+    # The machines calibrated on NET, judged against NET_B: is their agreement a property of
+    # the recipe or of one network? Their samples are reused; only NET_B's are new.
+    for n in 20 150; do
+        t=table$([ $n = 20 ] && echo 2 || echo 1)
+        reuse "$ROOT/${t}_own" "$ROOT/${t}_own_net_b" per_seed_{els,local,ideal}.npz
+        cf compare --net "$NET_B" --seeds "$SEEDS" --steps 20 --net-steps $n "${own[@]}" --out "$ROOT/${t}_own_net_b"
     done
 fi
 python scripts/protocol_report.py "$ROOT" --paper "$PAPER"

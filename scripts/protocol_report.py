@@ -1,7 +1,8 @@
 """Tables of the paper's Fashion-MNIST protocol from the outputs of ``scripts/paper_protocol.sh``.
 
-Reads ``ROOT/{table2_own, table1_own, table2_published, table1_published, ceiling_20,
-ceiling_150}/compare.json`` (whichever exist) and writes ``ROOT/report.md``: one table per
+Reads ``ROOT/{table2_own, table1_own, table2_published, table1_published, table2_own_net_b,
+table1_own_net_b, ceiling_20, ceiling_150}/compare.json`` (whichever exist; ``_net_b``: the
+same machines against the ceiling's second network) and writes ``ROOT/report.md``: one table per
 protocol (Table 1: network 150 DDIM steps, machines 20; Table 2: 20 and 20), each machine's
 median Pearson r, r^2 and coefficient of determination R^2 with bootstrap 95% intervals,
 the fraction of seeds where it beats IS, the median per-seed difference to IS, the
@@ -29,7 +30,11 @@ PAPER_R = {
     "none": {"table1": {}, "table2": {}},
 }
 MACHINE_LABEL = {"els": "ELS", "local": "LS", "ideal": "IS"}
-RUNS = [("table2", "own"), ("table1", "own"), ("table2", "published"), ("table1", "published")]
+# (protocol, patch schedule, network): "b" is the ceiling's second network, judged with the
+# schedules calibrated on the first.
+RUNS = [("table2", "own", ""), ("table1", "own", ""), ("table2", "published", ""), ("table1", "published", ""),
+        ("table2", "own", "b"), ("table1", "own", "b")]
+NETWORK = {"": "", "b": "; against network B (the ceiling's second network, not the one calibrated on)"}
 PROTOCOL = {"table1": "Table 1 protocol: network 150 DDIM steps, machines 20",
             "table2": "Table 2 protocol: network 20 DDIM steps, machines 20"}
 
@@ -90,13 +95,14 @@ def figures(root: Path, run: str, *, grid_seeds: int = 16) -> list[str]:
 
 def report(root: Path, paper_key: str, *, draw: bool = True) -> str:
     lines = [f"# The paper's Fashion-MNIST protocol: results in `{root}`", ""]
-    for table, schedule in RUNS:
-        obj = _load(root / f"{table}_{schedule}")
+    for table, schedule, net in RUNS:
+        run = f"{table}_{schedule}" + (f"_net_{net}" if net else "")
+        obj = _load(root / run)
         if obj is None:
             continue
         s = obj["settings"]
         ceiling = _load(root / f"ceiling_{150 if table == 'table1' else 20}")
-        lines += [f"## {PROTOCOL[table]}; patch schedule: {schedule}", "",
+        lines += [f"## {PROTOCOL[table]}; patch schedule: {schedule}{NETWORK[net]}", "",
                   f"{obj['n_seeds']} seeds; network `{Path(s['net']).name}`; schedules "
                   + ", ".join(f"{MACHINE_LABEL.get(k, k)} `{Path(str(v)).name}`" for k, v in s["patch_schedules"].items())
                   + f"; {s['n_train']:,} training images at {s['resize']} x {s['resize']}; "
@@ -104,7 +110,7 @@ def report(root: Path, paper_key: str, *, draw: bool = True) -> str:
         lines += run_table(obj, PAPER_R[paper_key][table], ceiling)
         lines.append("")
         if draw:
-            lines += ["Figures: " + ", ".join(f"[{n}]({n})" for n in figures(root, f"{table}_{schedule}")), ""]
+            lines += ["Figures: " + ", ".join(f"[{n}]({n})" for n in figures(root, run)), ""]
     if draw:
         drawn = [n for steps in (20, 150) if _load(root / f"ceiling_{steps}") is not None
                  for n in figures(root, f"ceiling_{steps}")]

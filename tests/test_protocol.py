@@ -202,7 +202,8 @@ def test_compare_cli_net_steps_resume_overlap_and_ceiling(tmp_path, tiny_net, ca
     root = tmp_path / "proto"
     (root / "table2_own").mkdir(parents=True)
     (root / "ceiling_20").mkdir()
-    for src, run in ((a, "table2_own"), (tmp_path / "c", "ceiling_20")):
+    (root / "table2_own_net_b").mkdir()
+    for src, run in ((a, "table2_own"), (tmp_path / "c", "ceiling_20"), (a, "table2_own_net_b")):
         for name in ("compare.json", "compare_samples.npz"):
             shutil.copy(src / name, root / run)
     text = protocol_report.report(root, "resnet")
@@ -222,9 +223,11 @@ def test_compare_cli_net_steps_resume_overlap_and_ceiling(tmp_path, tiny_net, ca
         agreement_figure(loaded, tmp_path / "g.png", max_seeds=0)
     r_ls = more["statistics"]["machines"]["local"]["r"]          # a/compare.json: the 3-seed run
     assert f"| LS | {r_ls['median']:.3f} [{r_ls['ci'][0]:.3f}, {r_ls['ci'][1]:.3f}]" in text
-    assert text.count("| 0.88 |") == 1 and "| 0.74 |" in text      # the paper's Table 2 LS and IS
+    assert text.count("| 0.88 |") == 2 and "| 0.74 |" in text      # the paper's Table 2 LS and IS, per network
     assert "| ceiling: network B vs network | 1.000 [1.000, 1.000]" in text
     assert "Table 1" not in text                                    # no Table 1 outputs given
+    assert text.count("## Table 2") == 2 and text.count("against network B") == 1
+    assert text.index("against network B") > text.index("[table2_own_scatter.png]")  # after the own table
     assert "sampling network " in text and " s on cpu." in text and "seeds timed" not in text
 
     # --resize 32 reaches the samples and every output's settings
@@ -325,7 +328,8 @@ esac
     steps = [line.split(" --out ")[-1].split()[0].replace(str(root) + "/", "") if "--out" in line else line.split()[0]
              for line in (tmp_path / "log").read_text().splitlines()]
     assert steps == ["cal_els", "cal_ls", "table2_own", "table1_own", "table2_published", "table1_published",
-                     "ceiling_20", "ceiling_150", "scripts/protocol_report.py"]
+                     "ceiling_20", "ceiling_150", "table2_own_net_b", "table1_own_net_b",
+                     "scripts/protocol_report.py"]
 
     def made_by(folder, entry):
         return (root / folder / f"per_seed_{entry}.npz").read_text().strip()
@@ -334,6 +338,8 @@ esac
     assert made_by("table2_published", "network") == "table2_own" and made_by("table1_published", "network") == "table1_own"
     assert made_by("ceiling_20", "network") == "table2_own" and made_by("ceiling_150", "network") == "table1_own"
     assert made_by("ceiling_20", "ceiling") == "ceiling_20"
+    assert made_by("table1_own_net_b", "els") == "table2_own" and made_by("table2_own_net_b", "network") == "table2_own_net_b"
+    assert all("--net b.pt " in line for line in (tmp_path / "log").read_text().splitlines() if "_net_b" in line)
     calibrations = [line for line in (tmp_path / "log").read_text().splitlines() if " calibrate " in line]
     assert len(calibrations) == 2 and all("--candidates 3-17 " in line for line in calibrations)
 
