@@ -618,7 +618,8 @@ def agreement_figure(result: CompareResult, path: Union[str, os.PathLike], *, co
                 arr = img[0].numpy() if img.shape[0] == 1 else ((img.permute(1, 2, 0).numpy() + 1) / 2)
                 ax.imshow(arr, cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
                 if k == 0:
-                    ax.set_title(f"seed {result.seeds[i]}", fontsize=6)
+                    cls = "" if result.class_labels is None else f"\nclass {result.class_labels[i]}"
+                    ax.set_title(f"seed {result.seeds[i]}{cls}", fontsize=6)
                 if k > 0:
                     ax.set_xlabel(f"{result.r[name][i]:.2f}", fontsize=6, labelpad=1)
             label = _LABELS.get(name, name)
