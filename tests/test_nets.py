@@ -4,6 +4,7 @@ checkpoints (weights_only, clear errors) and the training loop (loss falls, exac
 import fractions
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -477,3 +478,28 @@ def test_gpu_training_script_parses_and_uses_the_paper_preset():
     for needle in ("--preset paper", "--width 256", "--class-conditional", "--resize 32", "--device cuda",
                    "--time-limit", '"$OUT'):
         assert needle in text, needle
+
+
+@pytest.mark.parametrize("folder, arch", [("fmnist32_resnet_cc", "resnet"), ("fmnist32_unet_cc", "unet")])
+def test_shipped_paper_networks_load_safely_as_the_papers_recipe(folder, arch):
+    """results/paper_nets: each checkpoint loads with weights_only, is the paper's architecture
+    (no normalisation, ReLU, additive class-conditional embeddings), predicts eps of the input's
+    shape for 32x32 class-conditional input, and its README row, log and loss plot are there."""
+    root = Path(__file__).resolve().parents[1] / "results" / "paper_nets"
+    path = root / folder / "model.pt"
+    assert path.stat().st_size < 5_000_000                        # small enough to ship
+    ckpt = torch.load(path, weights_only=True, map_location="cpu")
+    cfg = ckpt["config"]
+    assert (cfg["arch"], cfg["norm"], cfg["activation"], cfg["embedding"], cfg["num_classes"]) == \
+        (arch, "none", "relu", "add", 10)
+    den = NetworkDenoiser(build_network(cfg).eval())
+    den.net.load_state_dict(ckpt["state_dict"])
+    z = torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        x0 = den(z, 1.0, class_labels=torch.tensor([0, 9]))
+    assert x0.shape == z.shape and torch.isfinite(x0).all()
+    with pytest.raises(ValueError):
+        den(z, 1.0)                                               # a class-conditional network needs labels
+    steps = [json.loads(line)["step"] for line in (root / folder / "training_log.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps) and (root / folder / "loss.png").stat().st_size > 1000
+    assert f"`{folder}`" in (root / "README.md").read_text() and f"| {steps[-1]:,} |" in (root / "README.md").read_text()
