@@ -628,7 +628,7 @@ def agreement_figure(result: CompareResult, path: Union[str, os.PathLike], *, co
             axes[row, 0].set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
     shown = f"{n} seeds" if n == n_all else f"the first {n} of {n_all} seeds; row medians over all {n_all}"
     fig.suptitle(f"network vs machines from the same noise ({shown}; per-image Pearson r under each sample)",
-                 fontsize=8)
+                 fontsize=8, y=1.0 if result.class_labels is None else 1.03)  # clear of two-line seed titles
     fig.subplots_adjust(wspace=0.05, hspace=0.35)
     out = _save_figure(fig, path)
     plt.close(fig)
