@@ -185,6 +185,8 @@ def test_compare_cli_net_steps_resume_overlap_and_ceiling(tmp_path, tiny_net, ca
     assert main(["compare", *bad, "--allow-seed-overlap", "--out", str(tmp_path / "o")]) == 0
     assert json.loads((tmp_path / "o" / "compare.json").read_text())["settings"]["seed_overlap"] == {"local": [1]}
     assert main(["compare", *common, "--schedule-for", "els=5", "--out", str(tmp_path / "x")]) == 2
+    assert main(["compare", *common, "--figure-seeds", "-1", "--out", str(tmp_path / "x")]) == 2
+    assert "--figure-seeds must be 0 (all) or a positive int" in capsys.readouterr().err
 
     # the ceiling path: the network against a second network (here itself: r = 1)
     assert main(["compare", *common[:-4], "--machine", "none", "--net-ceiling", str(tiny_net),
