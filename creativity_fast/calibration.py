@@ -47,7 +47,7 @@ __all__ = [
     "METRICS", "SELECTIONS", "CalibrationResult", "CompareResult", "calibrate", "select_patch_sizes", "compare", "agreement",
     "sample_seeds",
     "load_patch_schedule", "resolve_patch_schedule", "calibration_seeds", "default_schedule_path", "save_calibration",
-    "calibration_figure", "agreement_figure", "scatter_figure", "load_compare_result",
+    "calibration_figure", "agreement_figure", "scatter_figure", "compare_figures", "load_compare_result",
 ]
 
 METRICS = ("cosine", "mse")
@@ -667,6 +667,16 @@ def scatter_figure(result: CompareResult, path: Union[str, os.PathLike], *, base
     out = _save_figure(fig, path)
     plt.close(fig)
     return out
+
+
+def compare_figures(result: CompareResult, grid: Union[str, os.PathLike], scatter: Union[str, os.PathLike], *,
+                    columns: int = 16, max_seeds: Optional[int] = None) -> List[Path]:
+    """A compare run's figures: the :func:`agreement_figure` grid, and the :func:`scatter_figure`
+    where there is a baseline and another machine to set against it. Returns the paths written."""
+    written = [agreement_figure(result, grid, columns=columns, max_seeds=max_seeds)]
+    if result.baseline is not None and len(result.machines) > 1:
+        written.append(scatter_figure(result, scatter))
+    return written
 
 
 def calibration_figure(result: CalibrationResult, path: Union[str, os.PathLike]) -> Path:

@@ -20,7 +20,7 @@ import argparse
 import json
 from pathlib import Path
 
-from creativity_fast.calibration import agreement_figure, load_compare_result, scatter_figure
+from creativity_fast.calibration import compare_figures, load_compare_result
 
 # Median r between the network and each machine in Kamb & Ganguli (2025), Fashion-MNIST
 # ResNet: Table 1 (network 150 steps, machines 20) and Table 2 (20 and 20).
@@ -105,11 +105,8 @@ def _schedules(settings: dict) -> str:
 def figures(root: Path, run: str, *, grid_seeds: int = 16) -> list[str]:
     """Draw ``run``'s grid (its first ``grid_seeds`` seeds) and, where IS was sampled, its
     per-seed scatter against IS into ``root``; returns the file names written."""
-    result = load_compare_result(root / run)
-    names = [agreement_figure(result, root / f"{run}_grid.png", max_seeds=grid_seeds).name]
-    if result.baseline is not None and len(result.machines) > 1:
-        names.append(scatter_figure(result, root / f"{run}_scatter.png").name)
-    return names
+    return [path.name for path in compare_figures(load_compare_result(root / run), root / f"{run}_grid.png",
+                                                  root / f"{run}_scatter.png", max_seeds=grid_seeds)]
 
 
 def report(root: Path, paper_key: str, *, draw: bool = True) -> str:
@@ -135,7 +132,7 @@ def report(root: Path, paper_key: str, *, draw: bool = True) -> str:
         if draw:
             lines += ["Figures: " + ", ".join(f"[{n}]({n})" for n in figures(root, run)), ""]
     if draw:
-        drawn = [n for steps in (20, 150) if _load(root / f"ceiling_{steps}") is not None
+        drawn = [n for steps in (20, 150) if (root / f"ceiling_{steps}" / "compare.json").exists()
                  for n in figures(root, f"ceiling_{steps}")]
         if drawn:
             lines += ["Ceiling figures (network | network B): " + ", ".join(f"[{n}]({n})" for n in drawn), ""]

@@ -23,7 +23,7 @@ from typing import Optional
 import numpy as np
 
 from .. import io
-from ..calibration import agreement_figure, calibration_seeds, compare, resolve_patch_schedule, scatter_figure
+from ..calibration import calibration_seeds, compare, compare_figures, resolve_patch_schedule
 from ..dictionary import count_pairs
 from ..registry import get_machine, machine_names
 from ..adapters import DEFAULT_SCHEDULER, load_denoiser
@@ -373,10 +373,9 @@ def run(args) -> int:
     arrays = {f"samples_{k}": v.numpy() for k, v in result.samples.items()}
     extra = {} if classes is None else {"class_labels": np.array(classes)}
     io.save_npz(out / "compare_samples.npz", seeds=np.array(seeds), **extra, **arrays)
-    png = agreement_figure(result, out / "compare.png", columns=args.columns, max_seeds=args.figure_seeds or None)
-    written = [str(js), str(csv), str(png), str(out / "compare_samples.npz")]
-    if result.baseline is not None and len(result.machines) > 1:
-        written.append(str(scatter_figure(result, out / "compare_scatter.png")))
+    pngs = compare_figures(result, out / "compare.png", out / "compare_scatter.png", columns=args.columns,
+                           max_seeds=args.figure_seeds or None)
+    written = [str(js), str(csv), str(out / "compare_samples.npz"), *map(str, pngs)]
     _print_table(obj["statistics"], result.machines, len(seeds), args.steps, net_steps)
     total_pairs = sum(v for v in pairs.values() if v)
     print(f"{total_pairs:.3g} machine (query pixel, key) pairs, {result.settings['network_evaluations']} network "
