@@ -466,7 +466,8 @@ class CompareResult:
 
     def to_json(self) -> dict:
         return {
-            "reference": self.reference, "seeds": list(self.seeds), "n_seeds": len(self.seeds),
+            "reference": self.reference, "baseline": self.baseline, "seeds": list(self.seeds),
+            "n_seeds": len(self.seeds),
             "class_labels": None if self.class_labels is None else [int(c) for c in self.class_labels],
             "median_r": self.median_r, "median_r2": self.median_r2,
             "statistics": self.statistics(),
@@ -556,7 +557,8 @@ def load_compare_result(out: Union[str, os.PathLike]) -> CompareResult:
                          {k: np.asarray(v["r2"], dtype=np.float64) for k, v in machines.items()},
                          reference=obj["reference"], settings=obj.get("settings", {}),
                          class_labels=obj.get("class_labels"),
-                         baseline="ideal" if "ideal" in machines else None)
+                         # files written before the baseline was saved: compare's default
+                         baseline=obj["baseline"] if "baseline" in obj else ("ideal" if "ideal" in machines else None))
 
 
 # --------------------------------------------------------------------------- #

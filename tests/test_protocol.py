@@ -1,6 +1,7 @@
 """The comparison protocol of docs/calibration.md: per-seed classes, --net-steps, calibration by the
 median of per-seed best P, the seed-overlap check, the ceiling path and resuming."""
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -215,7 +216,15 @@ def test_compare_cli_net_steps_resume_overlap_and_ceiling(tmp_path, tiny_net, ca
     assert all((root / f).stat().st_size > 1000 for f in ("table2_own_grid.png", "table2_own_scatter.png"))
     loaded = load_compare_result(a)
     assert loaded.seeds == [0, 1, 2] and loaded.machines == list(more["machines"]) and loaded.baseline == "ideal"
-    assert loaded.to_json()["statistics"] == more["statistics"]
+    assert loaded.to_json()["statistics"] == more["statistics"] and more["baseline"] == "ideal"
+    assert ceiling["baseline"] is None and load_compare_result(tmp_path / "c").baseline is None
+    # the saved baseline wins over compare's default: a result tested against LS loads back so
+    (tmp_path / "ls").mkdir()
+    shutil.copy(a / "compare_samples.npz", tmp_path / "ls")
+    against_ls = dataclasses.replace(loaded, baseline="local")
+    (tmp_path / "ls" / "compare.json").write_text(json.dumps(against_ls.to_json()))
+    assert load_compare_result(tmp_path / "ls").baseline == "local"
+    assert against_ls.to_json()["statistics"] != more["statistics"]
     assert torch.equal(loaded.samples["local"], torch.from_numpy(np.load(a / "compare_samples.npz")["samples_local"]))
     from PIL import Image
     heights = [Image.open(agreement_figure(loaded, tmp_path / f"g{k}.png", columns=1, max_seeds=k)).size[1]
