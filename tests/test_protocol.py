@@ -290,6 +290,40 @@ def test_class_conditional_cli_with_the_els_machine_as_the_network(tmp_path, mon
         assert int(data.labels[int(dist.argmin())]) == c
 
 
+def test_compare_runs_split_by_seeds_merge_to_the_single_run(tmp_path, tiny_net, capsys):
+    """scripts/merge_compare_runs.py: the same command on seeds 0-1 and on seed 2, merged, resumes
+    as one run of seeds 0-2 and gives its numbers; runs with other settings are refused."""
+    import importlib.util
+    from creativity_fast.cli import main
+    spec = importlib.util.spec_from_file_location("merge_compare_runs", ROOT / "scripts" / "merge_compare_runs.py")
+    merge = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(merge)
+    common = ["--net", str(tiny_net), "--limit", "12", "--steps", "2", "--no-progress",
+              "--machine", "local,ideal", "--patch-schedule", "3"]
+    x, y, whole = tmp_path / "x", tmp_path / "y", tmp_path / "whole"
+    assert main(["compare", *common, "--seeds", "0-1", "--out", str(x)]) == 0
+    assert main(["compare", *common, "--seeds", "2", "--out", str(y)]) == 0
+    assert merge.main([str(x), str(y)]) == 0
+    capsys.readouterr()
+    assert main(["compare", *common, "--seeds", "0-2", "--out", str(x)]) == 0
+    assert capsys.readouterr().out.count("resuming, 3 of 3 seeds already finished") == 3
+    assert main(["compare", *common, "--seeds", "0-2", "--out", str(whole)]) == 0
+    merged, single = (json.loads((d / "compare.json").read_text()) for d in (x, whole))
+    for name in ("local", "ideal"):  # equal up to float rounding: seed 2 ran in a batch of its own
+        assert merged["machines"][name]["r"] == pytest.approx(single["machines"][name]["r"], abs=1e-6)
+    # every seed keeps the time it was sampled in
+    assert merged["settings"]["sampling_seconds"]["local"]["timed_seeds"] == 3
+    other = tmp_path / "other"
+    # the network with other steps: its machine files would merge, its network file not (checked last)
+    assert main(["compare", *common, "--seeds", "3", "--net-steps", "3", "--out", str(other)]) == 0
+    before = {p.name: p.read_bytes() for p in x.glob("per_seed_*.npz")}
+    assert merge.main([str(x), str(other)]) == 2
+    assert "per_seed_network.npz was sampled with other settings" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in x.glob("per_seed_*.npz")} == before  # nothing half-merged
+    with pytest.raises(ValueError, match="nothing to merge"):
+        merge.merge_runs(x, [tmp_path / "empty"])
+
+
 def test_timed_checkpoint_shares_batch_time_and_skips_untimed_seeds(tmp_path, monkeypatch):
     """Each batch's wall time is split equally among its new seeds; seeds from a file written
     without times stay untimed, and resumed seeds are not timed again."""

@@ -300,6 +300,27 @@ def load_partial_seconds(path: Path, settings: str) -> dict:
     return {int(s): float(t) for s, t in zip(arrays["seeds"], arrays["seconds"]) if np.isfinite(t)}
 
 
+def read_partial_files(paths: Sequence[Path]) -> tuple[str, dict, dict]:
+    """The union of partial files of the same command on other seeds (e.g. a run split over
+    processes): ``(settings, {seed: (sample, provenance)}, {seed: seconds})``. Every file must
+    carry the first one's settings string, and a seed in two files must hold the same sample."""
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise ValueError("no partial files to merge")
+    settings = str(io.load_npz(paths[0])["settings"])
+    results, seconds = {}, {}
+    for path in paths:
+        if matching_partial(path, settings) is None:
+            raise ValueError(f"{path} was sampled with other settings than {paths[0]}; only runs of the same "
+                             f"command on other seeds can be merged")
+        for seed, value in load_partial(path, settings).items():
+            if seed in results and not torch.equal(results[seed][0], value[0]):
+                raise ValueError(f"seed {seed} differs between {path} and an earlier file; not merging")
+            results[seed] = value
+        seconds.update(load_partial_seconds(path, settings))
+    return settings, results, seconds
+
+
 class TimedCheckpoint:
     """A ``checkpoint`` for :func:`sample_images` that saves the partial file and gives each newly
     finished seed an equal share of its batch's wall time, so that the sampling time of a run
