@@ -7,9 +7,8 @@ A long comparison splits over processes (or machines) by seeds: run the same com
     python scripts/merge_compare_runs.py A B
 
 adds B's finished samples (``per_seed_<entry>.npz``, with their sampling times) to A's, and
-``compare --seeds 0-99 --out A`` then resumes every seed and writes the joint tables. On a
-machine whose cores gain little from threads inside one process, one single-threaded
-process per core does more seeds per hour (docs/calibration.md, "Outputs, resuming and cost"). Runs whose
+``compare --seeds 0-99 --out A`` then resumes every seed and writes the joint tables
+(docs/calibration.md, "Outputs, resuming and cost", says when splitting pays). Runs whose
 settings differ (schedule, data, network, ...) are refused, file by file.
 """
 
