@@ -1,7 +1,8 @@
 // Machine rates the kernel is measured against (bench/microbench.py builds and runs it):
 //   exp: the kernel's own vectorised exp (Cephes polynomial, flush to 0 below -87),
 //        on the widest vectors this CPU has, values per second;
-//   fma: independent fused multiply-adds on float32 vectors, per second.
+//   fma: independent fused multiply-adds on float32 lanes, per second (on the widest
+//        vector that is one register).
 // Both run on `threads` OpenMP threads for about `seconds` of wall time each.
 //   partner term: the paired-patch machine's second distance, |q - k|^2 over D2 window
 //        entries, one double query window against the partner windows of 8 training
@@ -52,6 +53,28 @@ double cf_exp_rate(int threads, double seconds, double* sink) {
   return double(rounds) * n * 16 * threads / elapsed;
 }
 
+// The FMA chains use the widest vector that is one register (64 bytes with AVX-512, 32 with
+// AVX, 16 otherwise): 12 chains then fit the register file, and the barrier below can pin
+// each one (a 64-byte vector on AVX2 spans two registers, and spilled chains measure memory).
+#if defined(__AVX512F__)
+typedef float vfma __attribute__((vector_size(64)));
+#elif defined(__AVX__)
+typedef float vfma __attribute__((vector_size(32)));
+#else
+typedef float vfma __attribute__((vector_size(16)));
+#endif
+static constexpr int kFmaLanes = int(sizeof(vfma) / sizeof(float));
+
+static inline void keep_in_register(vfma& x) {
+#if defined(__x86_64__) || defined(__i386__)
+  asm volatile("" : "+v"(x));
+#elif defined(__aarch64__)
+  asm volatile("" : "+w"(x));
+#else
+  asm volatile("" : "+m"(x));
+#endif
+}
+
 double cf_fma_rate(int threads, double seconds, double* sink) {
   double total = 0, t0 = omp_get_wtime(), elapsed = 0;
   long rounds = 0;
@@ -60,12 +83,12 @@ double cf_fma_rate(int threads, double seconds, double* sink) {
     double part = 0;
 #pragma omp parallel num_threads(threads) reduction(+ : part)
     {
-      vf a[12];
-      for (int k = 0; k < 12; ++k) a[k] = splat(0.01f * float(k + omp_get_thread_num()));
-      const vf m = splat(0.999f), c = splat(0.001f);
+      vfma a[12];
+      for (int k = 0; k < 12; ++k) a[k] = vfma{} + 0.01f * float(k + omp_get_thread_num());
+      const vfma m = vfma{} + 0.999f, c = vfma{} + 0.001f;
       for (long r = 0; r < reps; ++r) {
         for (int k = 0; k < 12; ++k) a[k] = a[k] * m + c;
-        asm volatile("" : "+v"(a[0]), "+v"(a[6]), "+v"(a[11]));
+        keep_in_register(a[0]); keep_in_register(a[6]); keep_in_register(a[11]);
       }
       for (int k = 0; k < 12; ++k) part += a[k][0];
     }
@@ -74,7 +97,7 @@ double cf_fma_rate(int threads, double seconds, double* sink) {
     elapsed = omp_get_wtime() - t0;
   }
   *sink = total;
-  return double(rounds) * 12 * 16 * threads / elapsed;
+  return double(rounds) * 12 * kFmaLanes * threads / elapsed;
 }
 
 typedef double vd8 __attribute__((vector_size(64)));
