@@ -558,7 +558,7 @@ def load_compare_result(out: Union[str, os.PathLike]) -> CompareResult:
                          reference=obj["reference"], settings=obj.get("settings", {}),
                          class_labels=obj.get("class_labels"),
                          # files written before the baseline was saved: compare's default
-                         baseline=obj["baseline"] if "baseline" in obj else ("ideal" if "ideal" in machines else None))
+                         baseline=obj.get("baseline", "ideal" if "ideal" in machines else None))
 
 
 # --------------------------------------------------------------------------- #

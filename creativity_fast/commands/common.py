@@ -281,23 +281,31 @@ def matching_partial(path: Path, settings: str) -> Optional[dict]:
     return arrays if str(arrays.get("settings")) == settings else None
 
 
-def load_partial(path: Path, settings: str) -> dict:
-    """Finished seeds of an interrupted run with the same settings (else nothing)."""
-    arrays = matching_partial(path, settings)
-    if arrays is None:
-        return {}
+def _partial_results(arrays: dict) -> dict:
+    """``{seed: (sample, provenance or None)}`` of a partial file's arrays."""
     prov = arrays.get("provenance")
     return {int(s): (torch.from_numpy(arrays["samples"][i]), None if prov is None else torch.from_numpy(prov[i]))
             for i, s in enumerate(arrays["seeds"])}
+
+
+def _partial_seconds(arrays: dict) -> dict:
+    """``{seed: sampling seconds}`` of a partial file's arrays; seeds saved without a time are absent."""
+    if "seconds" not in arrays:
+        return {}
+    return {int(s): float(t) for s, t in zip(arrays["seeds"], arrays["seconds"]) if np.isfinite(t)}
+
+
+def load_partial(path: Path, settings: str) -> dict:
+    """Finished seeds of an interrupted run with the same settings (else nothing)."""
+    arrays = matching_partial(path, settings)
+    return {} if arrays is None else _partial_results(arrays)
 
 
 def load_partial_seconds(path: Path, settings: str) -> dict:
     """``{seed: sampling seconds}`` of a partial file's finished seeds; seeds saved without a time
     (files written before times were kept) are absent."""
     arrays = matching_partial(path, settings)
-    if arrays is None or "seconds" not in arrays:
-        return {}
-    return {int(s): float(t) for s, t in zip(arrays["seeds"], arrays["seconds"]) if np.isfinite(t)}
+    return {} if arrays is None else _partial_seconds(arrays)
 
 
 def read_partial_files(paths: Sequence[Path]) -> tuple[str, dict, dict]:
@@ -310,14 +318,15 @@ def read_partial_files(paths: Sequence[Path]) -> tuple[str, dict, dict]:
     settings = str(io.load_npz(paths[0])["settings"])
     results, seconds = {}, {}
     for path in paths:
-        if matching_partial(path, settings) is None:
+        arrays = matching_partial(path, settings)  # each file read once
+        if arrays is None:
             raise ValueError(f"{path} was sampled with other settings than {paths[0]}; only runs of the same "
                              f"command on other seeds can be merged")
-        for seed, value in load_partial(path, settings).items():
+        for seed, value in _partial_results(arrays).items():
             if seed in results and not torch.equal(results[seed][0], value[0]):
                 raise ValueError(f"seed {seed} differs between {path} and an earlier file; not merging")
             results[seed] = value
-        seconds.update(load_partial_seconds(path, settings))
+        seconds.update(_partial_seconds(arrays))
     return settings, results, seconds
 
 
